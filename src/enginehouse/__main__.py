@@ -1,0 +1,3 @@
+from enginehouse.cli.main import main
+
+main()

@@ -1,0 +1,165 @@
+"""Every setting in one typed table.
+
+Each setting has a name, a default, an environment variable and a description; the CLI help and
+``enginehouse config`` are generated from :data:`SETTINGS`. The environment is passed in
+(``Config.from_env(environ)``), never read deep inside the code, so tests build a ``Config`` with
+exactly the values they need.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+
+def _path(value: str) -> Path:
+    return Path(value).expanduser()
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _optional_path(value: str) -> Path | None:
+    return Path(value).expanduser() if value else None
+
+
+def parse_host(value: str, default_port: int = 11434) -> tuple[str, int]:
+    """Parse ``host[:port]`` the way ``OLLAMA_HOST`` is written (a scheme is tolerated)."""
+    value = value.strip()
+    for scheme in ("http://", "https://"):
+        if value.startswith(scheme):
+            value = value[len(scheme) :]
+    value = value.rstrip("/")
+    if value.startswith("["):  # [::1]:port
+        host, _, rest = value[1:].partition("]")
+        port = rest.lstrip(":")
+        return host, int(port) if port else default_port
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        return value or "127.0.0.1", default_port
+    return host or "127.0.0.1", int(port)
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    env: str
+    default: str
+    description: str
+    parse: Callable[[str], Any] = str
+    fallback_env: str | None = None  # an Ollama variable honoured when ours is unset
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("home", "ENGINEHOUSE_HOME", "~/.enginehouse",
+            "Where the model store, built engines, runner logs and caches live.", _path),
+    Setting("host", "ENGINEHOUSE_HOST", "127.0.0.1:11434",
+            "Address the server binds to and the CLI talks to (host:port). Loopback by default.",
+            str, fallback_env="OLLAMA_HOST"),
+    Setting("llama_server", "ENGINEHOUSE_LLAMA_SERVER", "",
+            "Path of a llama-server binary to use instead of the one enginehouse builds.", _optional_path),
+    Setting("engines_dir", "ENGINEHOUSE_ENGINES_DIR", "",
+            "Where built engines are kept (default: HOME/engines). Shared between homes to reuse a build.",
+            _optional_path),
+    Setting("native_build", "ENGINEHOUSE_NATIVE_BUILD", "0",
+            "Build llama-server for this CPU only (GGML_NATIVE=ON): faster, but not portable.", _bool),
+    Setting("ctx_size", "ENGINEHOUSE_CONTEXT_LENGTH", "4096",
+            "Context tokens per parallel slot of a llama-server runner.", int,
+            fallback_env="OLLAMA_CONTEXT_LENGTH"),
+    Setting("num_parallel", "ENGINEHOUSE_NUM_PARALLEL", "4",
+            "Parallel slots per loaded model (continuous batching in the runner).", int,
+            fallback_env="OLLAMA_NUM_PARALLEL"),
+    Setting("threads", "ENGINEHOUSE_THREADS", "0",
+            "CPU threads per runner (0: let llama-server decide).", int),
+    Setting("cache_ram_mib", "ENGINEHOUSE_CACHE_RAM_MIB", "256",
+            "Host-RAM prompt cache per llama-server runner, MiB (llama-server's own default is 8 GiB).", int),
+    Setting("keep_alive", "ENGINEHOUSE_KEEP_ALIVE", "5m",
+            "How long an idle model stays loaded (Ollama duration: 5m, 1h, 0, -1 forever).",
+            str, fallback_env="OLLAMA_KEEP_ALIVE"),
+    Setting("load_timeout", "ENGINEHOUSE_LOAD_TIMEOUT", "300",
+            "Seconds a runner may take to become ready before the load fails.", float),
+    Setting("models_dir", "ENGINEHOUSE_MODELS", "",
+            "Model store directory (default: HOME/models).", _optional_path),
+    Setting("log_level", "ENGINEHOUSE_LOG_LEVEL", "info",
+            "Log level of the server: debug, info, warning, error.", str),
+    Setting("pypi_index", "ENGINEHOUSE_PYPI_INDEX", "https://pypi.org/simple",
+            "Package index (PEP 691 JSON) from which the pinned llama.cpp source is fetched.", str),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    home: Path = field(default_factory=lambda: _path("~/.enginehouse"))
+    host: str = "127.0.0.1:11434"
+    llama_server: Path | None = None
+    engines_dir: Path | None = None
+    native_build: bool = False
+    ctx_size: int = 4096
+    num_parallel: int = 4
+    threads: int = 0
+    cache_ram_mib: int = 256
+    keep_alive: str = "5m"
+    load_timeout: float = 300.0
+    models_dir: Path | None = None
+    log_level: str = "info"
+    pypi_index: str = "https://pypi.org/simple"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+        """Build a config from an environment mapping (``os.environ`` when None) plus overrides."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for s in SETTINGS:
+            raw = env.get(s.env)
+            if raw is None and s.fallback_env:
+                raw = env.get(s.fallback_env)
+            values[s.name] = s.parse(raw if raw is not None else s.default)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> Config:
+        return replace(self, **changes)
+
+    # Derived locations: one place decides the layout of the home.
+    @property
+    def models(self) -> Path:
+        return self.models_dir or self.home / "models"
+
+    @property
+    def engines(self) -> Path:
+        return self.engines_dir or self.home / "engines"
+
+    @property
+    def cache(self) -> Path:
+        return self.home / "cache"
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def bind(self) -> tuple[str, int]:
+        return parse_host(self.host)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.bind
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{port}"
+
+
+def settings_help() -> str:
+    """The settings table as text, for ``--help`` epilogues and the docs."""
+    lines = []
+    for s in SETTINGS:
+        extra = f" (or {s.fallback_env})" if s.fallback_env else ""
+        lines.append(f"{s.env}{extra} [default: {s.default or 'unset'}]\n    {s.description}")
+    return "\n".join(lines)
+

@@ -1,0 +1,128 @@
+"""The exception hierarchy and its one mapping to HTTP status and wire shape per front door.
+
+    EnginehouseError                      500  anything we raise on purpose
+    ├── InvalidRequest                    400  bad input from a client or the command line
+    │   ├── InvalidName                   400  a model name that is malformed or would escape the store
+    │   ├── InvalidDigest                 400  not ``sha256:<64 hex>``
+    │   └── InvalidModelFile              400  not a GGUF file, truncated, or otherwise unreadable
+    ├── ModelNotFound                     404  no such model (names the closest known ones)
+    ├── BlobNotFound                      404  no such blob
+    ├── StoreError                        500  the store could not be read or written
+    ├── EngineNotInstalled                503  no engine binary found or built
+    ├── EngineBuildFailed                 500  building an engine failed (carries the log tail)
+    ├── RunnerError                       502  a runner failed to start, died, or answered badly
+    │   └── RunnerStartFailed             502  carries the last lines of the runner's log
+    ├── ServerBusy                        503  queue full: try again after ``retry_after`` seconds
+    └── UpstreamUnavailable               502  a remote engine could not be reached
+
+Handlers never format errors themselves: they call :func:`ollama_error_body` or
+:func:`openai_error_body` with the exception and :func:`http_status` for the status.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class EnginehouseError(Exception):
+    status = 500
+    openai_type = "server_error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class InvalidRequest(EnginehouseError):
+    status = 400
+    openai_type = "invalid_request_error"
+
+
+class InvalidName(InvalidRequest):
+    pass
+
+
+class InvalidDigest(InvalidRequest):
+    pass
+
+
+class InvalidModelFile(InvalidRequest):
+    pass
+
+
+class ModelNotFound(EnginehouseError):
+    status = 404
+    openai_type = "invalid_request_error"
+
+    def __init__(self, name: str, suggestions: list[str] | None = None) -> None:
+        self.name = name
+        self.suggestions = suggestions or []
+        message = f"model '{name}' not found"
+        if self.suggestions:
+            message += "; did you mean " + ", ".join(f"'{s}'" for s in self.suggestions) + "?"
+        super().__init__(message)
+
+
+class BlobNotFound(EnginehouseError):
+    status = 404
+    openai_type = "invalid_request_error"
+
+
+class StoreError(EnginehouseError):
+    pass
+
+
+class EngineNotInstalled(EnginehouseError):
+    status = 503
+
+
+class EngineBuildFailed(EnginehouseError):
+    pass
+
+
+class RunnerError(EnginehouseError):
+    status = 502
+
+
+class RunnerStartFailed(RunnerError):
+    pass
+
+
+class ServerBusy(EnginehouseError):
+    status = 503
+
+    def __init__(self, message: str = "server busy, please try again.", retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class UpstreamUnavailable(EnginehouseError):
+    status = 502
+
+
+def http_status(exc: BaseException) -> int:
+    return exc.status if isinstance(exc, EnginehouseError) else 500
+
+
+def public_message(exc: BaseException) -> str:
+    """What a client may see: our own messages verbatim, never a traceback or an internal repr."""
+    if isinstance(exc, EnginehouseError):
+        return exc.message
+    return "internal server error"
+
+
+def ollama_error_body(exc: BaseException) -> dict[str, Any]:
+    return {"error": public_message(exc)}
+
+
+def openai_error_body(exc: BaseException) -> dict[str, Any]:
+    status = http_status(exc)
+    err_type = exc.openai_type if isinstance(exc, EnginehouseError) else "server_error"
+    code: str | None = None
+    if isinstance(exc, ModelNotFound):
+        code = "model_not_found"
+    elif isinstance(exc, ServerBusy):
+        code = "server_busy"
+    return {"error": {"message": public_message(exc), "type": err_type, "param": None,
+                      "code": code if code else (str(status) if status >= 500 else None)}}
