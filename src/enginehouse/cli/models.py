@@ -1,0 +1,176 @@
+"""Model store commands: list, show, rm, cp, import. They work on the store directly, server or not."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from enginehouse.config import Config
+from enginehouse.store import Store, ensure_bundled, import_ollama_store
+from enginehouse.store.gguf_info import read_gguf_info
+from enginehouse.store.ollama_import import default_ollama_models_dir
+
+
+def open_store(config: Config) -> Store:
+    store = Store(config.models)
+    ensure_bundled(store)
+    return store
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError
+
+
+@click.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_obj
+def list_models(config: Config, as_json: bool) -> None:
+    """List the models in the store."""
+    records = open_store(config).list_models()
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "name": r.name.display,
+                        "digest": r.manifest_digest,
+                        "size": r.size,
+                        "modified_at": r.modified_at.isoformat(),
+                        "family": r.config.get("model_family"),
+                        "parameter_size": r.config.get("model_type"),
+                        "quantization": r.config.get("file_type"),
+                    }
+                    for r in records
+                ],
+                indent=2,
+            )
+        )
+        return
+    table = Table(box=None, header_style="bold")
+    for col in ("NAME", "ID", "SIZE", "MODIFIED"):
+        table.add_column(col)
+    for r in records:
+        table.add_row(
+            r.name.display,
+            r.manifest_digest.removeprefix("sha256:")[:12],
+            human_size(r.size),
+            r.modified_at.strftime("%Y-%m-%d %H:%M"),
+        )
+    Console().print(table)
+
+
+@click.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option("--modelfile", is_flag=True, help="Print a Modelfile that re-creates the model.")
+@click.pass_obj
+def show(config: Config, name: str, as_json: bool, modelfile: bool) -> None:
+    """Show a model's metadata: architecture, parameters, context, quantization, template."""
+    from enginehouse.server.ollama_routes import modelfile_text
+
+    record = open_store(config).resolve(name)
+    if modelfile:
+        click.echo(modelfile_text(record), nl=False)
+        return
+    info = read_gguf_info(record.model_path)
+    facts = {
+        "name": record.name.display,
+        "architecture": info.architecture,
+        "parameters": info.parameter_count,
+        "context_length": info.context_length,
+        "embedding_length": info.embedding_length,
+        "quantization": info.file_type,
+        "size": record.size,
+        "digest": record.manifest_digest,
+        "model_file": str(record.model_path),
+        "chat_template": info.chat_template,
+        "system": record.system,
+        "parameters_default": record.params,
+    }
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+        return
+    console = Console()
+    table = Table(box=None, show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("Model", record.name.display)
+    table.add_row("architecture", info.architecture)
+    from enginehouse.store.gguf_info import parameter_size_label
+
+    table.add_row("parameters", parameter_size_label(info.parameter_count))
+    table.add_row("context length", str(info.context_length))
+    table.add_row("embedding length", str(info.embedding_length))
+    table.add_row("quantization", info.file_type)
+    table.add_row("size", human_size(record.size))
+    table.add_row("digest", record.manifest_digest)
+    if record.params:
+        table.add_row("parameters (defaults)", json.dumps(record.params))
+    if record.system:
+        table.add_row("system", record.system)
+    console.print(table)
+    if info.chat_template:
+        console.print("[bold]chat template[/bold]")
+        console.print(info.chat_template, markup=False, highlight=False)
+
+
+@click.command()
+@click.argument("names", nargs=-1, required=True)
+@click.pass_obj
+def rm(config: Config, names: tuple[str, ...]) -> None:
+    """Remove models (and blobs no other model uses)."""
+    store = Store(config.models)
+    for name in names:
+        store.remove(name)
+        click.echo(f"deleted '{name}'")
+
+
+@click.command()
+@click.argument("source")
+@click.argument("destination")
+@click.pass_obj
+def cp(config: Config, source: str, destination: str) -> None:
+    """Copy a model under a new name (no data is copied: blobs are shared)."""
+    open_store(config).copy(source, destination)
+    click.echo(f"copied '{source}' to '{destination}'")
+
+
+@click.command("import")
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+@click.option("--name", help="Name for the imported GGUF file, e.g. mymodel:q4.")
+@click.option(
+    "--from-ollama",
+    "from_ollama",
+    is_flag=True,
+    help="Index an existing Ollama store in place (PATH or $OLLAMA_MODELS or ~/.ollama/models).",
+)
+@click.pass_obj
+def import_(config: Config, path: Path | None, name: str | None, from_ollama: bool) -> None:
+    """Import a GGUF file under a name, or an existing Ollama store without copying it."""
+    import os
+
+    store = Store(config.models)
+    if from_ollama:
+        source = path or default_ollama_models_dir(os.environ)
+        report = import_ollama_store(store, source)
+        for imported in report.imported:
+            click.echo(f"imported {imported}")
+        for skipped, reason in report.skipped:
+            click.secho(f"skipped {skipped}: {reason}", fg="yellow", err=True)
+        click.echo(f"{len(report.imported)} model(s) imported from {source}")
+        return
+    if path is None or not name:
+        raise click.UsageError("give a GGUF PATH and --name NAME, or --from-ollama [DIR]")
+    record = store.import_gguf(path, name)
+    click.echo(f"imported {record.name.display} ({human_size(record.size)}, {record.manifest_digest[:19]})")
+
+
+COMMANDS = (list_models, show, rm, cp, import_)

@@ -1,0 +1,224 @@
+"""Server commands: serve, run, ps, stop. ``run``, ``ps`` and ``stop`` talk to the server over HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import click
+import httpx
+import orjson
+
+from enginehouse.config import Config
+from enginehouse.errors import EnginehouseError
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+@click.command()
+@click.option("--host", help="host:port to bind (default ENGINEHOUSE_HOST, 127.0.0.1:11434).")
+@click.option("--preload", multiple=True, metavar="MODEL", help="Load MODEL at start-up (repeatable).")
+@click.pass_obj
+def serve(config: Config, host: str | None, preload: tuple[str, ...]) -> None:
+    """Start the server: Ollama's API at /api and OpenAI's at /v1, on 127.0.0.1:11434 by default."""
+    from enginehouse.engines.llama_install import find_llama_server
+    from enginehouse.server.runtime import run_loop, serve_forever
+
+    if host:
+        config = config.with_(host=host)
+    setup_logging(config.log_level)
+    log = logging.getLogger("enginehouse")
+    found = find_llama_server(config)
+    if found is None:
+        log.warning(
+            "llama-server is not installed: models cannot load until you run "
+            "`enginehouse engines install llama-server`"
+        )
+    else:
+        log.info("llama-server: %s (%s)", found.path, found.version)
+    log.info("model store: %s", config.models)
+    run_loop(lambda: serve_forever(config, preload))
+
+
+def _server_up(base_url: str) -> bool:
+    try:
+        return httpx.get(f"{base_url}/api/version", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextlib.contextmanager
+def server_url(config: Config) -> Iterator[str]:
+    """The running server's URL, or a temporary in-process server's for the length of one command."""
+    if _server_up(config.base_url):
+        yield config.base_url
+        return
+    from enginehouse.server.runtime import BackgroundServer
+
+    click.secho(f"(no server at {config.base_url}; starting one for this command)", dim=True, err=True)
+    with BackgroundServer(config) as server:
+        yield server.base_url
+
+
+def _check(resp: httpx.Response) -> None:
+    if resp.status_code >= 400:
+        resp.read()
+        try:
+            message = resp.json().get("error", resp.text)
+        except ValueError:
+            message = resp.text
+        raise EnginehouseError(str(message))
+
+
+def stream_chat(base_url: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Stream one chat answer to stdout; return the final line (with Ollama's timing fields)."""
+    final: dict[str, Any] = {}
+    content = []
+    with httpx.stream("POST", f"{base_url}/api/chat", json=body, timeout=None) as resp:
+        _check(resp)
+        for raw in resp.iter_lines():
+            if not raw:
+                continue
+            line = orjson.loads(raw)
+            if "error" in line:
+                raise EnginehouseError(str(line["error"]))
+            piece = line.get("message", {}).get("content", "")
+            content.append(piece)
+            click.echo(piece, nl=False)
+            sys.stdout.flush()
+            if line.get("done"):
+                final = line
+    click.echo()
+    sys.stdout.flush()
+    final["content"] = "".join(content)
+    return final
+
+
+def print_stats(final: dict[str, Any]) -> None:
+    """Ollama's ``--verbose`` summary, from the final line's timing fields."""
+
+    def rate(count: int, ns: int) -> str:
+        return f"{count / (ns / 1e9):.2f} tokens/s" if ns else "n/a"
+
+    prompt_n, eval_n = final.get("prompt_eval_count", 0), final.get("eval_count", 0)
+    rows = [
+        ("total duration", f"{final.get('total_duration', 0) / 1e9:.3f}s"),
+        ("load duration", f"{final.get('load_duration', 0) / 1e9:.3f}s"),
+        ("prompt eval count", f"{prompt_n} token(s)"),
+        ("prompt eval rate", rate(prompt_n, final.get("prompt_eval_duration", 0))),
+        ("eval count", f"{eval_n} token(s)"),
+        ("eval rate", rate(eval_n, final.get("eval_duration", 0))),
+    ]
+    click.secho("\n".join(f"{k + ':':<22}{v}" for k, v in rows), err=True, dim=True)
+
+
+@click.command()
+@click.argument("model")
+@click.argument("prompt", nargs=-1)
+@click.option("--verbose", is_flag=True, help="Print timings and tokens/s after each answer.")
+@click.option("--keepalive", help="How long the model stays loaded afterwards (e.g. 5m, 0, -1).")
+@click.option("--format", "fmt", help="'json' to force a JSON answer.")
+@click.option("--system", help="A system prompt.")
+@click.pass_obj
+def run(
+    config: Config,
+    model: str,
+    prompt: tuple[str, ...],
+    verbose: bool,
+    keepalive: str | None,
+    fmt: str | None,
+    system: str | None,
+) -> None:
+    """Answer PROMPT with MODEL, or chat interactively when no prompt is given (/bye to leave).
+
+    Uses the model's own chat template. Talks to the running server, or starts one for this command.
+    """
+    text = " ".join(prompt)
+    if not text and not sys.stdin.isatty():
+        text = sys.stdin.read()
+    base: dict[str, Any] = {"model": model, "stream": True}
+    if keepalive is not None:
+        base["keep_alive"] = keepalive
+    if fmt:
+        base["format"] = fmt
+    history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    with server_url(config) as url:
+        if text:
+            final = stream_chat(url, {**base, "messages": [*history, {"role": "user", "content": text}]})
+            if verbose:
+                print_stats(final)
+            return
+        _check(httpx.post(f"{url}/api/chat", json={"model": model, "messages": []}, timeout=None))
+        click.secho("Send a message (/bye to quit, /clear to forget the conversation)", dim=True)
+        while True:
+            try:
+                line = click.prompt(">>>", prompt_suffix=" ", default="", show_default=False)
+            except (EOFError, click.Abort):
+                click.echo()
+                return
+            if line.strip() in ("/bye", "/exit"):
+                return
+            if line.strip() == "/clear":
+                history = history[:1] if system else []
+                continue
+            if not line.strip():
+                continue
+            history.append({"role": "user", "content": line})
+            final = stream_chat(url, {**base, "messages": history})
+            history.append({"role": "assistant", "content": final["content"]})
+            if verbose:
+                print_stats(final)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_obj
+def ps(config: Config, as_json: bool) -> None:
+    """List the models loaded in the running server."""
+    try:
+        resp = httpx.get(f"{config.base_url}/api/ps", timeout=10)
+    except httpx.HTTPError as exc:
+        raise EnginehouseError(f"no server at {config.base_url}: {exc}") from exc
+    _check(resp)
+    models = resp.json()["models"]
+    if as_json:
+        click.echo(json.dumps(models, indent=2))
+        return
+    click.echo(f"{'NAME':<28}{'ENGINE':<14}{'STATE':<10}{'CONTEXT':<9}{'IN FLIGHT':<11}UNTIL")
+    for m in models:
+        until = m["expires_at"]
+        with contextlib.suppress(ValueError):
+            seconds = time.mktime(time.strptime(until[:19], "%Y-%m-%dT%H:%M:%S")) - time.mktime(time.gmtime())
+            until = "forever" if seconds > 10 * 365 * 86400 else f"{max(0, int(seconds))}s from now"
+        click.echo(
+            f"{m['name']:<28}{m.get('engine', ''):<14}{m.get('state', ''):<10}"
+            f"{m.get('context_length', 0):<9}{m.get('in_flight', 0):<11}{until}"
+        )
+
+
+@click.command()
+@click.argument("model")
+@click.pass_obj
+def stop(config: Config, model: str) -> None:
+    """Unload MODEL from the running server now."""
+    try:
+        resp = httpx.post(
+            f"{config.base_url}/api/generate", json={"model": model, "keep_alive": 0}, timeout=60
+        )
+    except httpx.HTTPError as exc:
+        raise EnginehouseError(f"no server at {config.base_url}: {exc}") from exc
+    _check(resp)
+    click.echo(f"stopped {model}")
+
+
+COMMANDS = (serve, run, ps, stop)

@@ -1,0 +1,55 @@
+"""Which engine runs a model, and with what settings.
+
+GGUF files go to llama-server. (Hugging Face directories to vLLM, and remote engines, arrive with the
+engines issue; the choice stays here, in one place.)
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from enginehouse.config import Config
+from enginehouse.engines.base import Engine
+from enginehouse.engines.llama_install import require_llama_server
+from enginehouse.engines.llama_server import LlamaServerEngine, LlamaServerSettings
+from enginehouse.store import ModelRecord
+from enginehouse.store.gguf_info import GGUFInfo, read_gguf_info
+
+
+@lru_cache(maxsize=64)
+def _gguf_info(path: Path, size: int) -> GGUFInfo:  # size in the key: a replaced file is re-read
+    return read_gguf_info(path)
+
+
+def gguf_info_for(record: ModelRecord) -> GGUFInfo:
+    return _gguf_info(record.model_path, record.model_path.stat().st_size)
+
+
+class EngineFactory:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def settings_for(self, record: ModelRecord) -> LlamaServerSettings:
+        info = gguf_info_for(record)
+        ctx = int(record.params.get("num_ctx") or self.config.ctx_size)
+        if info.context_length:
+            ctx = min(ctx, info.context_length)  # beyond the trained context the model degrades
+        return LlamaServerSettings(
+            model_path=record.model_path,
+            alias=record.name.display,
+            ctx_per_slot=ctx,
+            num_parallel=max(1, self.config.num_parallel),
+            threads=int(record.params.get("num_thread") or self.config.threads),
+            cache_ram_mib=self.config.cache_ram_mib,
+            embedding=info.is_embedding,
+        )
+
+    def __call__(self, record: ModelRecord) -> Engine:
+        binary = require_llama_server(self.config)
+        return LlamaServerEngine(
+            binary.path,
+            self.settings_for(record),
+            log_dir=self.config.logs,
+            ready_timeout=self.config.load_timeout,
+        )

@@ -1,0 +1,117 @@
+"""llama.cpp's ``llama-server`` as a managed runner on loopback.
+
+One runner serves one model with ``num_parallel`` slots and continuous batching. llama-server splits
+``-c`` across its slots (``-c 4096 -np 8`` leaves 512 tokens each), so we pass the per-slot context times
+the slot count. Its host-RAM prompt cache (``--cache-ram``) defaults to 8 GiB and grows with distinct
+prompts, so we always set it on purpose.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from enginehouse.engines.base import Engine, EngineInfo
+from enginehouse.process import ManagedProcess, RestartPolicy
+
+
+@dataclass(frozen=True)
+class LlamaServerSettings:
+    """Everything that decides a llama-server command line, from config and the model entry."""
+
+    model_path: Path
+    alias: str
+    ctx_per_slot: int = 4096
+    num_parallel: int = 4
+    threads: int = 0
+    cache_ram_mib: int = 256
+    embedding: bool = False
+    extra_args: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def ctx_total(self) -> int:
+        return self.ctx_per_slot * self.num_parallel
+
+
+def build_argv(binary: Path, s: LlamaServerSettings, port: int) -> list[str]:
+    argv = [
+        str(binary),
+        "--model",
+        str(s.model_path),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--alias",
+        s.alias,
+        "--ctx-size",
+        str(s.ctx_total),
+        "--parallel",
+        str(s.num_parallel),
+        "--cache-ram",
+        str(s.cache_ram_mib),
+        "--jinja",  # the model's own chat template, with tool calls
+        "--metrics",
+        "--no-webui",
+    ]
+    if s.threads > 0:
+        argv += ["--threads", str(s.threads)]
+    if s.embedding:
+        argv += ["--embeddings"]
+    return argv + list(s.extra_args)
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def log_name(alias: str) -> str:
+    """A file name for the runner log; model names are validated already, this only flattens them."""
+    return _SAFE.sub("_", alias).strip("_") + ".log"
+
+
+class LlamaServerEngine(Engine):
+    kind = "llama-server"
+
+    def __init__(
+        self, binary: Path, settings: LlamaServerSettings, *, log_dir: Path, ready_timeout: float = 300.0
+    ) -> None:
+        self.binary = binary
+        self.settings = settings
+        self.capabilities = frozenset({"embedding"} if settings.embedding else {"completion", "tools"})
+        self.process = ManagedProcess(
+            f"llama-server[{settings.alias}]",
+            lambda port: build_argv(binary, settings, port),
+            log_path=log_dir / log_name(settings.alias),
+            ready_timeout=ready_timeout,
+            restart=RestartPolicy(),
+        )
+
+    @property
+    def base_url(self) -> str:
+        return self.process.base_url
+
+    @property
+    def served_model(self) -> str:
+        return self.settings.alias
+
+    async def ensure_ready(self, timeout: float | None = None) -> None:
+        await self.process.ensure_ready(timeout)
+
+    async def stop(self) -> None:
+        await self.process.stop()
+
+    def info(self) -> EngineInfo:
+        p = self.process
+        return EngineInfo(
+            self.kind,
+            p.state.name.lower(),
+            p.base_url if p.port else "",
+            p.pid,
+            p.restarts,
+            {
+                "ctx_per_slot": self.settings.ctx_per_slot,
+                "num_parallel": self.settings.num_parallel,
+                "log": str(p.log_path),
+            },
+        )

@@ -1,0 +1,55 @@
+"""Ollama's ``keep_alive``: a Go duration string ("5m", "1h30m", "300ms"), or a number of seconds.
+
+Zero unloads at once; a negative value keeps the model loaded forever (returned as ``math.inf``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from enginehouse.errors import InvalidRequest
+
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+
+
+def parse_keep_alive(value: str | float | int | None, default: float | None = None) -> float | None:
+    """Seconds to stay loaded after the last request; ``math.inf`` for forever; ``default`` for None."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        raise InvalidRequest(f"invalid keep_alive {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = value.strip()
+        try:
+            seconds = float(text)  # "300" means seconds, as in Ollama
+        except ValueError:
+            seconds = _parse_go_duration(text)
+    return math.inf if seconds < 0 else seconds
+
+
+def _parse_go_duration(text: str) -> float:
+    sign = -1.0 if text.startswith("-") else 1.0
+    body = text.lstrip("+-")
+    pos, total = 0, 0.0
+    while pos < len(body):
+        match = _PART.match(body, pos)
+        if not match:
+            raise InvalidRequest(f"invalid keep_alive duration {text!r}: use e.g. 5m, 1h, 30s, 0 or -1")
+        total += float(match.group(1)) * _UNITS[match.group(2)]
+        pos = match.end()
+    if not body:
+        raise InvalidRequest(f"invalid keep_alive duration {text!r}")
+    return sign * total
+
+
+def format_duration(seconds: float) -> str:
+    if math.isinf(seconds):
+        return "forever"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return "".join(f"{v}{u}" for v, u in ((hours, "h"), (minutes, "m"), (secs, "s")) if v) or "0s"

@@ -1,0 +1,104 @@
+"""The gateway application: one route table, one error middleware, shared state.
+
+Each front door answers errors in its own dialect: paths under ``/v1`` get OpenAI's
+``{"error": {"message", "type", ...}}``, everything else Ollama's ``{"error": "..."}``. No traceback
+reaches a client: unexpected exceptions are logged here and answered as a plain 500.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from enginehouse import __version__
+from enginehouse.config import Config
+from enginehouse.engines.factory import EngineFactory
+from enginehouse.errors import (
+    EnginehouseError,
+    InvalidRequest,
+    ServerBusy,
+    http_status,
+    ollama_error_body,
+    openai_error_body,
+)
+from enginehouse.sched.keep_alive import parse_keep_alive
+from enginehouse.sched.scheduler import Scheduler
+from enginehouse.server import ollama_routes, openai_routes
+from enginehouse.server.app_state import GATEWAY, Gateway, json_response, validation_message
+from enginehouse.server.upstream import Upstream
+from enginehouse.store import Store, ensure_bundled
+
+log = logging.getLogger("enginehouse.server")
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    openai = request.path.startswith("/v1")
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error: BaseException = EnginehouseError(exc.reason or "error")
+        status = exc.status
+    except ValidationError as exc:
+        error, status = InvalidRequest(validation_message(exc)), 400
+    except EnginehouseError as exc:
+        error, status = exc, http_status(exc)
+        log.info("%s %s -> %d %s", request.method, request.path, status, exc.message)
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        error, status = RuntimeError(), 500
+    body = openai_error_body(error) if openai else ollama_error_body(error)
+    headers = (
+        {"Retry-After": str(max(1, round(error.retry_after)))} if isinstance(error, ServerBusy) else None
+    )
+    if request.method == "HEAD":
+        return web.Response(status=status, headers=headers)
+    return json_response(body, status=status, headers=headers)
+
+
+async def root(request: web.Request) -> web.Response:
+    return web.Response(text="Ollama is running")
+
+
+async def version(request: web.Request) -> web.Response:
+    return json_response({"version": __version__})
+
+
+def build_gateway(config: Config) -> Gateway:
+    store = Store(config.models)
+    scheduler = Scheduler(
+        store,
+        EngineFactory(config),
+        default_keep_alive=parse_keep_alive(config.keep_alive, 300.0) or 0.0,
+        load_timeout=config.load_timeout,
+    )
+    return Gateway(config, store, scheduler, Upstream())
+
+
+def create_app(config: Config, gateway: Gateway | None = None) -> web.Application:
+    gw = gateway or build_gateway(config)
+    app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024**2)
+    app[GATEWAY] = gw
+
+    async def on_startup(app: web.Application) -> None:
+        gw.store.clean_tmp()
+        record = ensure_bundled(gw.store)
+        if record is not None:
+            log.info("bundled model %s is available", record.name.display)
+        await gw.scheduler.start()
+
+    async def on_cleanup(app: web.Application) -> None:
+        await gw.scheduler.close()
+        await gw.upstream.close()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    app.router.add_get("/", root)  # GET also answers HEAD
+    app.router.add_get("/api/version", version)
+    ollama_routes.add_routes(app)
+    openai_routes.add_routes(app)
+    return app

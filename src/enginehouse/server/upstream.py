@@ -1,0 +1,89 @@
+"""Pooled HTTP to engines, with the one retry that pooled keep-alive connections need.
+
+A pooled connection can go stale (the engine closed it while idle, or restarted); the first write then
+fails before any byte reached the client. That case, and only that case, is retried once on a fresh
+connection. An engine that refuses connections or dies mid-stream is reported, not retried here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from enginehouse.errors import RunnerError, UpstreamUnavailable
+
+_STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+
+
+class Upstream:
+    def __init__(self, *, limit: int = 0) -> None:
+        self._session: aiohttp.ClientSession | None = None
+        self._limit = limit
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+            connector = aiohttp.TCPConnector(limit=self._limit, keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=timeout, json_serialize=lambda o: orjson.dumps(o).decode()
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def post(
+        self, url: str, body: dict[str, Any] | bytes, headers: dict[str, str] | None = None
+    ) -> aiohttp.ClientResponse:
+        """POST and return the response once its status line arrived; the caller must release it."""
+        data = body if isinstance(body, bytes) else orjson.dumps(body)
+        hdrs = {"Content-Type": "application/json", **(headers or {})}
+        for attempt in (1, 2):
+            try:
+                return await self.session.post(url, data=data, headers=hdrs)
+            except _STALE as exc:
+                if attempt == 2 or isinstance(exc, aiohttp.ClientConnectorError):
+                    raise UpstreamUnavailable(f"engine at {url} is unreachable: {exc}") from exc
+            except aiohttp.ClientError as exc:
+                raise UpstreamUnavailable(f"engine at {url} is unreachable: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    async def get_json(self, url: str, timeout: float = 10) -> Any:
+        async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            resp.raise_for_status()
+            return await resp.json(loads=orjson.loads)
+
+
+async def error_text(resp: aiohttp.ClientResponse) -> str:
+    """The engine's own error message from a non-2xx answer (OpenAI or llama.cpp shape)."""
+    raw = await resp.read()
+    try:
+        data = orjson.loads(raw)
+        err = data.get("error", data)
+        return str(err.get("message", err) if isinstance(err, dict) else err)
+    except (orjson.JSONDecodeError, AttributeError):
+        return raw.decode(errors="replace")[:500] or resp.reason or "error"
+
+
+async def sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+    """Parsed ``data:`` events of an SSE stream, until ``[DONE]``."""
+    try:
+        async for raw in resp.content:
+            line = raw.strip()
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                return
+            event = orjson.loads(payload)
+            if isinstance(event, dict) and "error" in event:
+                err = event["error"]
+                raise RunnerError(str(err.get("message", err) if isinstance(err, dict) else err))
+            yield event
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+        raise RunnerError(f"the engine closed the stream early: {exc.__class__.__name__}") from exc

