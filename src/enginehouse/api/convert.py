@@ -188,13 +188,13 @@ class OllamaStream:
         choice = choices[0]
         if choice.get("finish_reason"):
             self.finish_reason = choice["finish_reason"]
-        if self.kind == "chat":
-            delta = choice.get("delta") or {}
+        delta = choice.get("delta")
+        if delta is not None:  # a chat-completions chunk (also behind Ollama's generate)
             content = delta.get("content") or ""
             thinking = delta.get("reasoning_content") or None
             for call in delta.get("tool_calls") or []:
                 self._merge_tool_call(call)
-        else:
+        else:  # a raw completions chunk
             content, thinking = choice.get("text") or "", None
         if not content and not thinking:
             return None

@@ -6,13 +6,17 @@ name the engine's served model) and the engine's bytes are streamed back untouch
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
 import orjson
 from aiohttp import web
 
+from enginehouse.api.convert import sampling_fields
 from enginehouse.errors import InvalidRequest, RunnerError, openai_error_body
 from enginehouse.server.app_state import GATEWAY, json_response, read_json
 from enginehouse.server.upstream import error_text
+from enginehouse.store import ModelRecord
 
 
 async def models(request: web.Request) -> web.Response:
@@ -29,6 +33,20 @@ async def models(request: web.Request) -> web.Response:
     return json_response({"object": "list", "data": data})
 
 
+def apply_model_defaults(data: dict[str, Any], record: ModelRecord, path: str) -> None:
+    """The model's Modelfile SYSTEM and PARAMETERs apply on this door too, as on Ollama's; whatever
+    the client sent wins."""
+    if path == "/v1/embeddings":
+        return
+    for name, value in sampling_fields(record.params).items():
+        data.setdefault(name, value)
+    messages = data.get("messages")
+    if record.system and isinstance(messages, list) and not any(
+        isinstance(m, dict) and m.get("role") in ("system", "developer") for m in messages
+    ):
+        data["messages"] = [{"role": "system", "content": record.system}, *messages]
+
+
 async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     data = await read_json(request)
@@ -41,6 +59,7 @@ async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
     async with gw.scheduler.acquire(model) as lease:
         engine = lease.model.engine
         data["model"] = engine.served_model
+        apply_model_defaults(data, lease.model.record, path)
         resp = await gw.upstream.post(engine.base_url + path, data)
         try:
             if resp.status != 200:
