@@ -6,8 +6,8 @@ Paths measured, interleaved round by round so machine drift hits all alike:
   direct      llama-server's own /v1/chat/completions, streamed (the baseline)
   ollama-api  enginehouse /api/chat, streamed NDJSON (what `enginehouse run` uses)
   openai-api  enginehouse /v1/chat/completions, streamed SSE (bytes passed through)
-  run-cli     `enginehouse run MODEL PROMPT` as a user types it (concurrency 1 only; includes
-              the Python start-up of the command, so its end-to-end time is not comparable)
+  run-cli     `enginehouse run MODEL PROMPT` as a user types it, token times read off its stdout
+              (concurrency 1 only; its TTFT and end-to-end include the command's Python start-up)
 Greedy decoding with a fixed seed gives the same tokens on every path. Decode tokens/s is measured on the
 client: (tokens - 1) / (last token time - first token time). Ratios are each path against direct.
 """
@@ -32,9 +32,9 @@ import orjson
 from enginehouse.config import Config
 from enginehouse.engines.llama_install import require_llama_server
 from enginehouse.engines.llama_server import LlamaServerSettings, build_argv
-from enginehouse.store import bundled_model_file
+from enginehouse.store import Store, bundled_model_file
 
-MODEL = "smollm2:135m"
+BENCH_MODEL = "smollm2-bench:latest"  # the bundled model with num_predict set, so `run` stops too
 PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,20 +113,29 @@ async def one_stream(session: aiohttp.ClientSession, url: str, body: dict, ndjso
     return Sample(first - start, end - start, tokens, decode)
 
 
-def run_cli(env: dict[str, str], tokens: int) -> Sample:
+def run_cli(env: dict[str, str]) -> Sample:
+    """`enginehouse run` as a user types it; token times are read off its stdout as it prints."""
     start = time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, "-m", "enginehouse", "run", MODEL, PROMPT, "--verbose"],
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "enginehouse", "run", BENCH_MODEL, PROMPT, "--verbose"],
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = last = 0.0
+    while chunk := os.read(proc.stdout.fileno(), 4096):
+        now = time.perf_counter()
+        if chunk.strip():
+            first = first or now
+            last = now
+    stderr = proc.stderr.read().decode()
+    proc.wait(60)
     end = time.perf_counter()
-    stats = {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in out.stderr.splitlines())}
+    stats = {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in stderr.splitlines())}
     n = int(stats.get("eval count", "0").split()[0])
-    rate = float(stats.get("eval rate", "0").split()[0] or 0)
-    return Sample(float("nan"), end - start, n, rate)
+    decode = (n - 1) / (last - first) if n > 1 and last > first else 0.0
+    return Sample(first - start, end - start, n, decode)
 
 
 async def main() -> None:
@@ -148,7 +157,7 @@ async def main() -> None:
     # The same llama-server settings on both sides: enginehouse gets them through its config.
     direct_port, eh_port = free_port(), free_port()
     settings = LlamaServerSettings(
-        gguf, MODEL, ctx_per_slot=ctx, num_parallel=parallel, cache_ram_mib=user.cache_ram_mib
+        gguf, BENCH_MODEL, ctx_per_slot=ctx, num_parallel=parallel, cache_ram_mib=user.cache_ram_mib
     )
     direct = subprocess.Popen(
         build_argv(binary, settings, direct_port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -162,14 +171,21 @@ async def main() -> None:
         "ENGINEHOUSE_CONTEXT_LENGTH": str(ctx),
         "ENGINEHOUSE_LOG_LEVEL": "warning",
     }
-    gateway = subprocess.Popen([sys.executable, "-m", "enginehouse", "serve", "--preload", MODEL], env=env)
+    # The bench model: the same blob, with greedy decoding and a token budget as Modelfile defaults,
+    # so `enginehouse run` (which takes no sampling flags) generates the same tokens as the others.
+    Store(home / "models").import_gguf(
+        gguf, BENCH_MODEL, params={"temperature": 0, "seed": 1, "num_predict": args.tokens}
+    )
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "enginehouse", "serve", "--preload", BENCH_MODEL], env=env
+    )
     eh = f"http://127.0.0.1:{eh_port}"
     try:
         await wait_ready(f"http://127.0.0.1:{direct_port}/health")
         await wait_ready(f"{eh}/api/version")
         chat = [{"role": "user", "content": PROMPT}]
         openai_body = {
-            "model": MODEL,
+            "model": BENCH_MODEL,
             "messages": chat,
             "stream": True,
             "temperature": 0,
@@ -177,7 +193,7 @@ async def main() -> None:
             "max_tokens": args.tokens,
         }
         ollama_body = {
-            "model": MODEL,
+            "model": BENCH_MODEL,
             "messages": chat,
             "stream": True,
             "options": {"temperature": 0, "seed": 1, "num_predict": args.tokens},
@@ -200,7 +216,7 @@ async def main() -> None:
                             *(one_stream(session, url, body, ndjson) for _ in range(conc))
                         )
                         results[name][conc].samples.extend(batch)
-                results["run-cli"][1].samples.append(await asyncio.to_thread(run_cli, env, args.tokens))
+                results["run-cli"][1].samples.append(await asyncio.to_thread(run_cli, env))
                 print(f"round {rnd + 1}/{args.rounds} done", file=sys.stderr)
     finally:
         gateway.terminate()
@@ -216,7 +232,7 @@ async def main() -> None:
         for conc, summ in per.items():
             base = report["direct"].get(conc, report["direct"]["1"])["decode_tps_median"]
             ratio = summ["decode_tps_median"] / base if base else float("nan")
-            ttft = "n/a" if name == "run-cli" else f"{summ['ttft_ms_p50']:.1f}ms"
+            ttft = f"{summ['ttft_ms_p50']:.1f}ms"
             print(
                 f"{name:<12}{conc:>8}{summ['decode_tps_median']:>14.1f}{ratio:>10.3f}x{ttft:>11}"
                 f"{summ['e2e_ms_p50']:>9.0f}ms"

@@ -171,6 +171,8 @@ class Config:
     load_timeout: float = 300.0
     models_dir: Path | None = None
     log_level: str = "info"
+    api_key: str = ""
+    max_body_mib: int = 64
     pypi_index: str = "https://pypi.org/simple"
 
     @classmethod

@@ -5,6 +5,8 @@
     │   ├── InvalidName                   400  a model name that is malformed or would escape the store
     │   ├── InvalidDigest                 400  not ``sha256:<64 hex>``
     │   └── InvalidModelFile              400  not a GGUF file, truncated, or otherwise unreadable
+    ├── Unauthorized                      401  an API key is configured and the request lacks it
+    ├── RequestTooLarge                   413  the body is over the configured limit
     ├── ModelNotFound                     404  no such model (names the closest known ones)
     ├── BlobNotFound                      404  no such blob
     ├── StoreError                        500  the store could not be read or written
@@ -49,6 +51,16 @@ class InvalidDigest(InvalidRequest):
 
 class InvalidModelFile(InvalidRequest):
     pass
+
+
+class Unauthorized(EnginehouseError):
+    status = 401
+    openai_type = "invalid_request_error"
+
+
+class RequestTooLarge(EnginehouseError):
+    status = 413
+    openai_type = "invalid_request_error"
 
 
 class ModelNotFound(EnginehouseError):
@@ -124,6 +136,8 @@ def openai_error_body(exc: BaseException) -> dict[str, Any]:
         code = "model_not_found"
     elif isinstance(exc, ServerBusy):
         code = "server_busy"
+    elif isinstance(exc, Unauthorized):
+        code = "invalid_api_key"
     return {
         "error": {
             "message": public_message(exc),

@@ -139,11 +139,20 @@ class ManagedProcess:
     Unix times (``time.time()``). ``pid`` is that of the live process, None when none runs.
     """
 
-    def __init__(self, name: str, build_argv: Callable[[int], list[str]], *, log_path: Path,
-                 health_path: str = "/health", host: str = "127.0.0.1", env: Mapping[str, str] | None = None,
-                 ready_timeout: float = 300.0, stop_grace: float = 10.0,
-                 restart: RestartPolicy = RestartPolicy(),  # frozen: sharing the default is safe
-                 on_event: Callable[[str, ManagedProcess], None] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        build_argv: Callable[[int], list[str]],
+        *,
+        log_path: Path,
+        health_path: str = "/health",
+        host: str = "127.0.0.1",
+        env: Mapping[str, str] | None = None,
+        ready_timeout: float = 300.0,
+        stop_grace: float = 10.0,
+        restart: RestartPolicy = RestartPolicy(),  # frozen: sharing the default is safe
+        on_event: Callable[[str, ManagedProcess], None] | None = None,
+    ) -> None:
         self.name = name
         self.health_path = health_path
         self.host = host
@@ -251,8 +260,11 @@ class ManagedProcess:
             if self._state is State.FAILED:
                 wait = self._retry_at - loop.time()
                 if wait > 0:
-                    raise RunnerError(f"runner '{self.name}' failed (last exit code {self._last_exit_code});"
-                                      f" it may be retried in {wait:.1f}s", retry_after=wait)
+                    raise RunnerError(
+                        f"runner '{self.name}' failed (last exit code {self._last_exit_code});"
+                        f" it may be retried in {wait:.1f}s",
+                        retry_after=wait,
+                    )
                 self._cancel_restart()
             if not joining:
                 self._begin_start(self.ready_timeout if timeout is None else timeout, auto=False)
@@ -295,8 +307,10 @@ class ManagedProcess:
         try:
             await asyncio.wait_for(asyncio.shield(task), timeout)
         except TimeoutError:
-            raise RunnerStartFailed(f"runner '{self.name}' was not ready within {timeout:g}s (its start-up"
-                                    f" goes on); {self._log_excerpt()}") from None
+            raise RunnerStartFailed(
+                f"runner '{self.name}' was not ready within {timeout:g}s (its start-up"
+                f" goes on); {self._log_excerpt()}"
+            ) from None
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if task.cancelled() and current is not None and not current.cancelling():
@@ -316,8 +330,12 @@ class ManagedProcess:
         if not (auto_restart and policy.enabled) or self._state is not State.FAILED:
             return
         if len(self._restart_times) >= policy.max_restarts:
-            log.error("runner %s: %d automatic restarts within %gs; giving up", self.name,
-                      len(self._restart_times), policy.window_s)
+            log.error(
+                "runner %s: %d automatic restarts within %gs; giving up",
+                self.name,
+                len(self._restart_times),
+                policy.window_s,
+            )
             return
         log.warning("runner %s: restarting in %.2fs", self.name, delay)
         self._restart_handle = self._loop.call_later(delay, self._auto_restart)
@@ -351,15 +369,19 @@ class ManagedProcess:
                     return
                 if outcome == "timeout":
                     await self._kill_now()
-                    raise RunnerStartFailed(f"runner '{self.name}' was not healthy within {timeout:g}s and"
-                                            f" was killed; {self._log_excerpt()}")
+                    raise RunnerStartFailed(
+                        f"runner '{self.name}' was not healthy within {timeout:g}s and"
+                        f" was killed; {self._log_excerpt()}"
+                    )
                 self._sweep_group()
                 output = _read_tail(self._log_path, 200, since=self._log_offset).lower()
                 if attempt == 1 and any(s in output for s in _ADDRESS_IN_USE):
                     log.warning("runner %s: port %s taken; retrying on a fresh one", self.name, self._port)
                     continue
-                raise RunnerStartFailed(f"runner '{self.name}' exited with code {exited.result()} during"
-                                        f" start-up; {self._log_excerpt()}")
+                raise RunnerStartFailed(
+                    f"runner '{self.name}' exited with code {exited.result()} during"
+                    f" start-up; {self._log_excerpt()}"
+                )
         except asyncio.CancelledError:
             if self._state is State.STARTING:  # not cancelled by stop(), which kills gracefully itself
                 self._signal_group(signal.SIGKILL)
@@ -430,8 +452,15 @@ class ManagedProcess:
             logf.flush()
             self._log_offset = logf.tell()
             try:
-                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                        env=env, start_new_session=True, preexec_fn=preexec)
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=logf,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                    preexec_fn=preexec,
+                )
             except (OSError, subprocess.SubprocessError) as exc:
                 logf.write(f"enginehouse: could not run {argv[0]}: {exc}\n".encode())
                 raise RunnerStartFailed(f"runner '{self.name}' could not run {argv[0]!r}: {exc}") from exc
@@ -439,8 +468,9 @@ class ManagedProcess:
         self._exited = exited = self._loop.create_future()
         if _prctl is None:
             self._start_watchdog(proc.pid)
-        threading.Thread(target=self._watch, args=(proc, exited), name=f"wait {self.name} {proc.pid}",
-                         daemon=True).start()
+        threading.Thread(
+            target=self._watch, args=(proc, exited), name=f"wait {self.name} {proc.pid}", daemon=True
+        ).start()
         return exited
 
     def _watch(self, proc: subprocess.Popen[bytes], exited: asyncio.Future[int]) -> None:
@@ -483,9 +513,13 @@ class ManagedProcess:
     def _start_watchdog(self, pgid: int) -> None:
         rfd, wfd = os.pipe()
         try:
-            dog = subprocess.Popen([sys.executable, "-I", "-S", "-c", _WATCHDOG, str(pgid)], stdin=rfd,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+            dog = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _WATCHDOG, str(pgid)],
+                stdin=rfd,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         except OSError as exc:
             log.warning("runner %s: no watchdog (%s); it may outlive a killed gateway", self.name, exc)
             os.close(wfd)

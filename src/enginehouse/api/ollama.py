@@ -103,3 +103,21 @@ class NameRequest(_Wire):
 class CopyRequest(_Wire):
     source: str = Field(min_length=1)
     destination: str = Field(min_length=1)
+
+
+class EmbedRequest(_Wire):
+    model: str = Field(min_length=1)
+    input: str | list[str] = ""
+    truncate: bool = True
+    options: Options | None = None
+    keep_alive: str | float | int | None = None
+    dimensions: int | None = Field(None, ge=1)
+
+
+class EmbeddingsRequest(_Wire):
+    """The legacy ``/api/embeddings``: one prompt, one embedding."""
+
+    model: str = Field(min_length=1)
+    prompt: str = ""
+    options: Options | None = None
+    keep_alive: str | float | int | None = None

@@ -26,6 +26,17 @@ class EngineInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RunnerSpec:
+    """What a request needs from a runner beyond the model itself."""
+
+    embedding: bool = False  # an embedding runner (llama-server --embeddings) rather than a chat one
+    num_ctx: int | None = None  # the context per slot the request asks for (Ollama's num_ctx)
+
+    def key(self, model: str) -> str:
+        return f"{model} (embedding)" if self.embedding else model
+
+
 class Engine(abc.ABC):
     """One model on one engine. Implementations: one module each under ``enginehouse.engines``."""
 

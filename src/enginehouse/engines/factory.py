@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from enginehouse.config import Config
-from enginehouse.engines.base import Engine
+from enginehouse.engines.base import Engine, RunnerSpec
 from enginehouse.engines.llama_install import require_llama_server
 from enginehouse.engines.llama_server import LlamaServerEngine, LlamaServerSettings
 from enginehouse.store import ModelRecord
@@ -30,11 +30,15 @@ class EngineFactory:
     def __init__(self, config: Config) -> None:
         self.config = config
 
-    def settings_for(self, record: ModelRecord) -> LlamaServerSettings:
+    def settings_for(self, record: ModelRecord, spec: RunnerSpec | None = None) -> LlamaServerSettings:
+        spec = spec or RunnerSpec()
         info = gguf_info_for(record)
-        ctx = int(record.params.get("num_ctx") or self.config.ctx_size)
+        ctx = max(int(record.params.get("num_ctx") or self.config.ctx_size), spec.num_ctx or 0)
         if info.context_length:
             ctx = min(ctx, info.context_length)  # beyond the trained context the model degrades
+        extra: tuple[str, ...] = ()
+        if spec.embedding and not info.is_embedding:
+            extra = ("--pooling", "mean")  # a chat model asked to embed: average its hidden states
         return LlamaServerSettings(
             model_path=record.model_path,
             alias=record.name.display,
@@ -42,14 +46,15 @@ class EngineFactory:
             num_parallel=max(1, self.config.num_parallel),
             threads=int(record.params.get("num_thread") or self.config.threads),
             cache_ram_mib=self.config.cache_ram_mib,
-            embedding=info.is_embedding,
+            embedding=info.is_embedding or spec.embedding,
+            extra_args=extra,
         )
 
-    def __call__(self, record: ModelRecord) -> Engine:
+    def __call__(self, record: ModelRecord, spec: RunnerSpec | None = None) -> Engine:
         binary = require_llama_server(self.config)
         return LlamaServerEngine(
             binary.path,
-            self.settings_for(record),
+            self.settings_for(record, spec),
             log_dir=self.config.logs,
             ready_timeout=self.config.load_timeout,
         )

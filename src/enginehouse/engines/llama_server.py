@@ -82,7 +82,7 @@ class LlamaServerEngine(Engine):
         self.process = ManagedProcess(
             f"llama-server[{settings.alias}]",
             lambda port: build_argv(binary, settings, port),
-            log_path=log_dir / log_name(settings.alias),
+            log_path=log_dir / log_name(settings.alias + ("-embedding" if settings.embedding else "")),
             ready_timeout=ready_timeout,
             restart=RestartPolicy(),
         )

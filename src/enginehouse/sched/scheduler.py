@@ -15,12 +15,14 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from enginehouse.engines.base import Engine
+from enginehouse.engines.base import Engine, RunnerSpec
+from enginehouse.errors import EnginehouseError
 from enginehouse.store import ModelRecord, Store
 
 log = logging.getLogger(__name__)
 
-EngineFactory = Callable[[ModelRecord], Engine]
+
+EngineFactory = Callable[[ModelRecord, RunnerSpec], Engine]
 
 
 @dataclass
@@ -34,6 +36,19 @@ class LoadedModel:
     expires_at: float | None = None  # wall-clock seconds; None while requests are in flight
     in_flight: int = 0
     last_used: float = field(default_factory=time.time)
+    spec: RunnerSpec = field(default_factory=RunnerSpec)
+    draining: bool = False  # being replaced: new requests wait for the replacement
+
+    @property
+    def ctx_per_slot(self) -> int | None:
+        return self.engine.info().extra.get("ctx_per_slot")
+
+    def serves(self, record: ModelRecord, spec: RunnerSpec) -> bool:
+        """Whether this runner can take a request for ``record`` with ``spec`` without a reload."""
+        if self.draining or self.record.manifest_digest != record.manifest_digest:
+            return False
+        ctx = self.ctx_per_slot
+        return spec.num_ctx is None or ctx is None or ctx >= spec.num_ctx
 
 
 @dataclass(frozen=True)
@@ -80,13 +95,16 @@ class Scheduler:
         return self._loaded.get(name)
 
     @contextlib.asynccontextmanager
-    async def acquire(self, name: str, keep_alive: float | None = None) -> AsyncIterator[Lease]:
+    async def acquire(
+        self, name: str, keep_alive: float | None = None, spec: RunnerSpec | None = None
+    ) -> AsyncIterator[Lease]:
         """Load ``name`` if needed and hold it for the duration of the ``async with`` block."""
+        spec = spec or RunnerSpec()
         record = self.store.resolve(name)
-        key = record.name.display
-        was_loaded = key in self._loaded
+        key = spec.key(record.name.display)
+        was_loaded = key in self._loaded and self._loaded[key].serves(record, spec)
         started = time.monotonic()
-        model = await self._ensure_loaded(key, record)
+        model = await self._ensure_loaded(key, record, spec)
         model.in_flight += 1
         model.expires_at = None
         try:
@@ -95,7 +113,7 @@ class Scheduler:
             model.in_flight -= 1
             model.last_used = time.time()
             model.keep_alive = self.default_keep_alive if keep_alive is None else keep_alive
-            if model.in_flight == 0:
+            if model.in_flight == 0 and not model.draining:
                 if model.keep_alive <= 0:
                     await self.unload(key)
                 elif not math.isinf(model.keep_alive):
@@ -107,42 +125,51 @@ class Scheduler:
             return lease
 
     async def unload(self, name: str) -> bool:
-        """Stop a loaded model now. Returns False when it was not loaded. Waits for in-flight requests."""
-        key = self._key(name)
-        async with self._lock(key):
-            model = self._loaded.get(key)
-            if model is None:
+        """Stop a model's runners now (chat and embedding). False when none was loaded.
+        Waits for requests in flight: a runner is never stopped under a request."""
+        keys = [k for k, m in self._loaded.items() if name in (k, m.name)]
+        if not keys:
+            try:
+                display = self.store.resolve(name).name.display
+            except EnginehouseError:
                 return False
-            while model.in_flight > 0:  # never stop a runner with requests in flight
-                await asyncio.sleep(0.05)
-            await self._stop(model)
-            return True
+            keys = [k for k, m in self._loaded.items() if m.name == display]
+        for key in keys:
+            async with self._lock(key):
+                model = self._loaded.get(key)
+                if model is not None:
+                    await self._drain_and_stop(model)
+        return bool(keys)
 
-    def _key(self, name: str) -> str:
-        if name in self._loaded:
-            return name
-        try:
-            return self.store.resolve(name).name.display
-        except Exception:
-            return name
+    async def _drain_and_stop(self, model: LoadedModel) -> None:
+        model.draining = True
+        while model.in_flight > 0:
+            await asyncio.sleep(0.05)
+        await self._stop(model)
 
     def _lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
 
-    async def _ensure_loaded(self, key: str, record: ModelRecord) -> LoadedModel:
+    async def _ensure_loaded(self, key: str, record: ModelRecord, spec: RunnerSpec) -> LoadedModel:
         model = self._loaded.get(key)
-        if model is not None and model.record.manifest_digest == record.manifest_digest:
+        if model is not None and model.serves(record, spec):
             await model.engine.ensure_ready(self.load_timeout)  # restarts a crashed runner
             return model
         async with self._lock(key):
             model = self._loaded.get(key)
-            if model is not None and model.record.manifest_digest != record.manifest_digest:
-                log.info("model %s changed on disk; reloading", key)
-                await self._stop(model)
+            if model is not None and not model.serves(record, spec):
+                log.info(
+                    "reloading %s (%s)",
+                    key,
+                    "model changed on disk"
+                    if model.record.manifest_digest != record.manifest_digest
+                    else f"num_ctx {spec.num_ctx} > {model.ctx_per_slot}",
+                )
+                await self._drain_and_stop(model)
                 model = None
             if model is None:
                 started = time.monotonic()
-                engine = self.engine_factory(record)
+                engine = self.engine_factory(record, spec)
                 log.info("loading %s on %s", key, engine.kind)
                 try:
                     await engine.ensure_ready(self.load_timeout)
@@ -150,19 +177,24 @@ class Scheduler:
                     await engine.stop()
                     raise
                 model = LoadedModel(
-                    key,
+                    record.name.display,
                     record,
                     engine,
                     loaded_at=time.time(),
                     load_duration=time.monotonic() - started,
                     keep_alive=self.default_keep_alive,
+                    spec=spec,
                 )
                 self._loaded[key] = model
                 log.info("loaded %s in %.2fs (%s)", key, model.load_duration, engine.base_url)
+            else:
+                await model.engine.ensure_ready(self.load_timeout)
             return model
 
     async def _stop(self, model: LoadedModel) -> None:
-        self._loaded.pop(model.name, None)
+        key = model.spec.key(model.name)
+        if self._loaded.get(key) is model:
+            del self._loaded[key]
         log.info("unloading %s", model.name)
         await model.engine.stop()
 
@@ -173,4 +205,6 @@ class Scheduler:
             for model in list(self._loaded.values()):
                 if model.in_flight == 0 and model.expires_at is not None and model.expires_at <= now:
                     log.info("keep_alive of %s expired", model.name)
-                    await self.unload(model.name)
+                    async with self._lock(model.spec.key(model.name)):
+                        if model.in_flight == 0 and model.expires_at is not None:
+                            await self._stop(model)

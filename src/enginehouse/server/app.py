@@ -7,6 +7,7 @@ reaches a client: unexpected exceptions are logged here and answered as a plain 
 
 from __future__ import annotations
 
+import hmac
 import logging
 
 from aiohttp import web
@@ -19,6 +20,7 @@ from enginehouse.errors import (
     EnginehouseError,
     InvalidRequest,
     ServerBusy,
+    Unauthorized,
     http_status,
     ollama_error_body,
     openai_error_body,
@@ -31,6 +33,23 @@ from enginehouse.server.upstream import Upstream
 from enginehouse.store import Store, ensure_bundled
 
 log = logging.getLogger("enginehouse.server")
+
+
+OPEN_PATHS = frozenset({"/", "/api/version"})  # health checks work without the key
+
+
+def auth_middleware(api_key: str):  # type: ignore[no-untyped-def]
+    expected = f"Bearer {api_key}".encode()
+
+    @web.middleware
+    async def check_key(request: web.Request, handler):  # type: ignore[no-untyped-def]
+        if request.path not in OPEN_PATHS:
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>'")
+        return await handler(request)
+
+    return check_key
 
 
 @web.middleware
@@ -81,7 +100,10 @@ def build_gateway(config: Config) -> Gateway:
 
 def create_app(config: Config, gateway: Gateway | None = None) -> web.Application:
     gw = gateway or build_gateway(config)
-    app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024**2)
+    middlewares = [error_middleware]
+    if config.api_key:
+        middlewares.append(auth_middleware(config.api_key))
+    app = web.Application(middlewares=middlewares, client_max_size=config.max_body_mib * 1024**2)
     app[GATEWAY] = gw
 
     async def on_startup(app: web.Application) -> None:

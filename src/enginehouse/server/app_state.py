@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from enginehouse.config import Config
-from enginehouse.errors import InvalidRequest
+from enginehouse.errors import InvalidRequest, RequestTooLarge
 from enginehouse.sched.scheduler import Scheduler
 from enginehouse.server.upstream import Upstream
 from enginehouse.store import Store
@@ -41,7 +41,11 @@ def validation_message(exc: ValidationError) -> str:
 
 
 async def read_json(request: web.Request) -> dict:
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        limit = request.app[GATEWAY].config.max_body_mib
+        raise RequestTooLarge(f"request body too large: the limit is {limit} MiB") from exc
     if not raw:
         raise InvalidRequest("missing request body")
     try:

@@ -11,7 +11,16 @@ import orjson
 from aiohttp import web
 
 from enginehouse.api.convert import OllamaStream, chat_body, collapse, generate_body, now_rfc3339
-from enginehouse.api.ollama import ChatRequest, CopyRequest, GenerateRequest, NameRequest
+from enginehouse.api.ollama import (
+    ChatRequest,
+    CopyRequest,
+    EmbeddingsRequest,
+    EmbedRequest,
+    GenerateRequest,
+    NameRequest,
+    Options,
+)
+from enginehouse.engines.base import RunnerSpec
 from enginehouse.engines.factory import gguf_info_for
 from enginehouse.errors import EnginehouseError, InvalidRequest, RunnerError
 from enginehouse.sched.keep_alive import parse_keep_alive
@@ -70,7 +79,30 @@ def capabilities(record: ModelRecord) -> list[str]:
         caps.append("tools")
     if "<think>" in template or "enable_thinking" in template:
         caps.append("thinking")
+    if "tokenizer.ggml.fim_pre_token_id" in info.model_info:
+        caps.append("insert")
     return caps
+
+
+def require_capabilities(
+    record: ModelRecord,
+    *,
+    tools: bool = False,
+    think: bool = False,
+    insert: bool = False,
+    images: bool = False,
+) -> None:
+    """Refuse, as Ollama does, a request for something the model cannot do."""
+    caps = capabilities(record)
+    wanted = {"tools": tools, "thinking": think, "insert": insert, "vision": images}
+    for cap, asked in wanted.items():
+        if asked and cap not in caps:
+            raise InvalidRequest(f"{record.name.display} does not support {cap}")
+
+
+def runner_spec(options: Options | None, record: ModelRecord, *, embedding: bool = False) -> RunnerSpec:
+    num_ctx = options.num_ctx if options is not None and options.num_ctx else None
+    return RunnerSpec(embedding=embedding, num_ctx=num_ctx)
 
 
 def modelfile_text(record: ModelRecord) -> str:
@@ -180,9 +212,10 @@ async def chat(request: web.Request) -> web.StreamResponse:
     if not req.messages:
         return await _load_or_unload(request, req.model, keep_alive, "chat")
     record = gw.store.resolve(req.model)
-    if any(m.images for m in req.messages):
-        raise InvalidRequest(f"model '{record.name.display}' does not support images")
-    async with gw.scheduler.acquire(req.model, keep_alive) as lease:
+    require_capabilities(
+        record, tools=bool(req.tools), think=bool(req.think), images=any(m.images for m in req.messages)
+    )
+    async with gw.scheduler.acquire(req.model, keep_alive, runner_spec(req.options, record)) as lease:
         engine = lease.model.engine
         body = chat_body(req, engine.served_model, record.params, record.system)
         translator = OllamaStream(
@@ -199,19 +232,75 @@ async def generate(request: web.Request) -> web.StreamResponse:
     if not req.prompt and not req.suffix:
         return await _load_or_unload(request, req.model, keep_alive, "generate")
     record = gw.store.resolve(req.model)
-    if req.images:
-        raise InvalidRequest(f"model '{record.name.display}' does not support images")
+    require_capabilities(record, think=bool(req.think), insert=bool(req.suffix), images=bool(req.images))
     if req.template and not req.raw:
         raise InvalidRequest(
             "a per-request template is not supported yet; send raw=true with a formatted prompt"
         )
-    async with gw.scheduler.acquire(req.model, keep_alive) as lease:
+    async with gw.scheduler.acquire(req.model, keep_alive, runner_spec(req.options, record)) as lease:
         engine = lease.model.engine
         path, body = generate_body(req, engine.served_model, record.params, record.system)
         translator = OllamaStream(
             lease.model.name, "generate", started=started, load_duration=lease.load_duration
         )
         return await _relay(request, engine.base_url + path, body, translator, req.stream)
+
+
+async def _embed(
+    request: web.Request, model: str, inputs: list[str], options: Options | None, keep_alive: float | None
+) -> tuple[str, list[list[float]], int, float]:
+    """Embeddings from the model's embedding runner: (model name, vectors, prompt tokens, load seconds)."""
+    gw = request.app[GATEWAY]
+    record = gw.store.resolve(model)
+    spec = runner_spec(options, record, embedding=True)
+    async with gw.scheduler.acquire(model, keep_alive, spec) as lease:
+        if not inputs:
+            return lease.model.name, [], 0, lease.load_duration
+        engine = lease.model.engine
+        data = await gw.upstream.post_json(
+            f"{engine.base_url}/v1/embeddings", {"model": engine.served_model, "input": inputs}
+        )
+        vectors = [d["embedding"] for d in sorted(data["data"], key=lambda d: d.get("index", 0))]
+        tokens = int((data.get("usage") or {}).get("prompt_tokens", 0))
+        return lease.model.name, vectors, tokens, lease.load_duration
+
+
+def _truncate_dimensions(vectors: list[list[float]], dimensions: int) -> list[list[float]]:
+    """Matryoshka-style truncation, renormalised to unit length like Ollama's."""
+    out = []
+    for vec in vectors:
+        head = vec[:dimensions]
+        norm = sum(x * x for x in head) ** 0.5 or 1.0
+        out.append([x / norm for x in head])
+    return out
+
+
+async def embed(request: web.Request) -> web.Response:
+    started = time.monotonic()
+    req = EmbedRequest.model_validate(await read_json(request))
+    inputs = [req.input] if isinstance(req.input, str) else list(req.input)
+    inputs = [] if inputs == [""] else inputs
+    name, vectors, tokens, load = await _embed(
+        request, req.model, inputs, req.options, parse_keep_alive(req.keep_alive)
+    )
+    if req.dimensions:
+        vectors = _truncate_dimensions(vectors, req.dimensions)
+    return json_response(
+        {
+            "model": name,
+            "embeddings": vectors,
+            "total_duration": int((time.monotonic() - started) * 1e9),
+            "load_duration": int(load * 1e9),
+            "prompt_eval_count": tokens,
+        }
+    )
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    req = EmbeddingsRequest.model_validate(await read_json(request))
+    inputs = [req.prompt] if req.prompt else []
+    _, vectors, _, _ = await _embed(request, req.model, inputs, req.options, parse_keep_alive(req.keep_alive))
+    return json_response({"embedding": vectors[0] if vectors else []})
 
 
 async def _relay(
@@ -255,3 +344,5 @@ def add_routes(app: web.Application) -> None:
     r.add_delete("/api/delete", delete)
     r.add_post("/api/chat", chat)
     r.add_post("/api/generate", generate)
+    r.add_post("/api/embed", embed)
+    r.add_post("/api/embeddings", embeddings)

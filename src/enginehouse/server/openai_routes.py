@@ -13,6 +13,8 @@ import orjson
 from aiohttp import web
 
 from enginehouse.api.convert import sampling_fields
+from enginehouse.api.ollama import Options
+from enginehouse.engines.base import RunnerSpec
 from enginehouse.errors import InvalidRequest, RunnerError, openai_error_body
 from enginehouse.server.app_state import GATEWAY, json_response, read_json
 from enginehouse.server.upstream import error_text
@@ -33,6 +35,33 @@ async def models(request: web.Request) -> web.Response:
     return json_response({"object": "list", "data": data})
 
 
+MAX_CHOICES = 8
+
+
+def normalise_request(data: dict[str, Any], *, embedding: bool) -> RunnerSpec:
+    """Checks and extensions before the body goes to the engine: bounded ``n``,
+    ``max_completion_tokens`` for engines that know only ``max_tokens``, and Ollama's ``options``
+    (sampling and ``num_ctx``) accepted as an extension field."""
+    n = data.get("n", 1)
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_CHOICES:
+        raise InvalidRequest(f"'n' must be an integer from 1 to {MAX_CHOICES}")
+    if "max_completion_tokens" in data:
+        data.setdefault("max_tokens", data.pop("max_completion_tokens"))
+    for field in ("max_tokens", "top_logprobs"):
+        value = data.get(field)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise InvalidRequest(f"'{field}' must be a non-negative integer")
+    raw_options = data.pop("options", None)
+    if raw_options is None:
+        return RunnerSpec(embedding=embedding)
+    if not isinstance(raw_options, dict):
+        raise InvalidRequest("'options' must be an object of Ollama options")
+    options = Options.model_validate(raw_options)
+    for name, value in sampling_fields(options.model_dump(exclude_none=True)).items():
+        data.setdefault(name, value)
+    return RunnerSpec(embedding=embedding, num_ctx=options.num_ctx)
+
+
 def apply_model_defaults(data: dict[str, Any], record: ModelRecord, path: str) -> None:
     """The model's Modelfile SYSTEM and PARAMETERs apply on this door too, as on Ollama's; whatever
     the client sent wins."""
@@ -41,10 +70,25 @@ def apply_model_defaults(data: dict[str, Any], record: ModelRecord, path: str) -
     for name, value in sampling_fields(record.params).items():
         data.setdefault(name, value)
     messages = data.get("messages")
-    if record.system and isinstance(messages, list) and not any(
-        isinstance(m, dict) and m.get("role") in ("system", "developer") for m in messages
+    if (
+        record.system
+        and isinstance(messages, list)
+        and not any(isinstance(m, dict) and m.get("role") in ("system", "developer") for m in messages)
     ):
         data["messages"] = [{"role": "system", "content": record.system}, *messages]
+
+
+async def model(request: web.Request) -> web.Response:
+    store = request.app[GATEWAY].store
+    record = store.resolve(request.match_info["model"])
+    return json_response(
+        {
+            "id": record.name.display,
+            "object": "model",
+            "created": int(record.modified_at.timestamp()),
+            "owned_by": record.name.namespace,
+        }
+    )
 
 
 async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
@@ -56,7 +100,8 @@ async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
     if path == "/v1/chat/completions" and not isinstance(data.get("messages"), list):
         raise InvalidRequest("'messages' must be a list of messages")
     streaming = bool(data.get("stream"))
-    async with gw.scheduler.acquire(model) as lease:
+    spec = normalise_request(data, embedding=path == "/v1/embeddings")
+    async with gw.scheduler.acquire(model, None, spec) as lease:
         engine = lease.model.engine
         data["model"] = engine.served_model
         apply_model_defaults(data, lease.model.record, path)
@@ -100,6 +145,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/v1/models", models)
+    r.add_get("/v1/models/{model:.+}", model)
     r.add_post("/v1/chat/completions", chat_completions)
     r.add_post("/v1/completions", completions)
     r.add_post("/v1/embeddings", embeddings)

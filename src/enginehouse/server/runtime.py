@@ -16,7 +16,7 @@ from aiohttp import web
 from enginehouse.config import Config
 from enginehouse.errors import EnginehouseError
 from enginehouse.server.app import create_app
-from enginehouse.server.app_state import GATEWAY
+from enginehouse.server.app_state import GATEWAY, Gateway
 
 log = logging.getLogger("enginehouse.server")
 
@@ -93,6 +93,12 @@ class BackgroundServer:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def gateway(self) -> Gateway:
+        """The live gateway state (store, scheduler), for tests and benchmarks in this process."""
+        assert self._runner is not None, "not started"
+        return self._runner.app[GATEWAY]
 
     def start(self) -> BackgroundServer:
         self._thread.start()

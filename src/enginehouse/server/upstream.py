@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from enginehouse.errors import RunnerError, UpstreamUnavailable
+from enginehouse.errors import InvalidRequest, RunnerError, UpstreamUnavailable
 
 _STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
@@ -52,6 +52,15 @@ class Upstream:
             except aiohttp.ClientError as exc:
                 raise UpstreamUnavailable(f"engine at {url} is unreachable: {exc}") from exc
         raise AssertionError("unreachable")
+
+    async def post_json(self, url: str, body: dict[str, Any]) -> Any:
+        """POST and parse a JSON answer; the engine's 400 becomes ours, anything else a RunnerError."""
+        resp = await self.post(url, body)
+        async with resp:
+            if resp.status != 200:
+                message = await error_text(resp)
+                raise (InvalidRequest if resp.status == 400 else RunnerError)(message)
+            return orjson.loads(await resp.read())
 
     async def get_json(self, url: str, timeout: float = 10) -> Any:
         async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:

@@ -1,0 +1,134 @@
+"""Embeddings, per-request context, auth, limits and disconnects, against a real runner."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+import httpx
+import ollama
+import openai
+import pytest
+
+from enginehouse.config import Config
+from enginehouse.server.runtime import BackgroundServer
+from tests.conftest import MODEL
+
+pytestmark = pytest.mark.slow
+
+
+def test_ollama_embed_and_legacy_embeddings(server) -> None:
+    client = ollama.Client(host=server.base_url)
+    resp = client.embed(model=MODEL, input=["The sky is blue.", "Paris is in France."])
+    assert len(resp.embeddings) == 2
+    assert len(resp.embeddings[0]) == 576  # SmolLM2-135M's embedding length
+    assert resp.embeddings[0] != resp.embeddings[1]
+    assert math.isclose(sum(x * x for x in resp.embeddings[0]), 1.0, rel_tol=1e-3)  # normalised
+    assert resp.prompt_eval_count > 0
+    legacy = client.embeddings(model=MODEL, prompt="The sky is blue.")
+    assert len(legacy.embedding) == 576
+    short = client.embed(model=MODEL, input="The sky is blue.", dimensions=64)
+    assert len(short.embeddings[0]) == 64
+    assert math.isclose(sum(x * x for x in short.embeddings[0]), 1.0, rel_tol=1e-6)
+    # The chat runner and the embedding runner are separate, and ps shows both apart.
+    names = [m.name for m in client.ps().models]
+    assert MODEL in [n.split(" ")[0] for n in names]
+
+
+def test_openai_embeddings(server) -> None:
+    oai = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused")
+    resp = oai.embeddings.create(model=MODEL, input=["hello", "world"])
+    assert [d.index for d in resp.data] == [0, 1]
+    assert len(resp.data[0].embedding) == 576
+
+
+def test_openai_model_by_id_and_unknown(server) -> None:
+    oai = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused")
+    assert oai.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError):
+        oai.models.retrieve("nope:1b")
+
+
+def test_openai_accepts_ollama_options_and_bounds_n(server) -> None:
+    oai = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused")
+    resp = oai.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Hi"}],
+        max_completion_tokens=4,
+        extra_body={"options": {"num_ctx": 2048, "temperature": 0}},
+    )
+    assert resp.usage.completion_tokens <= 4
+    ps = httpx.get(server.base_url + "/api/ps").json()["models"]
+    assert any(m["name"] == MODEL and m["context_length"] >= 2048 for m in ps)  # reloaded bigger
+    with pytest.raises(openai.BadRequestError, match="'n'"):
+        oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], n=100)
+    with pytest.raises(openai.BadRequestError):
+        oai.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Hi"}],
+            extra_body={"options": {"temperature": "hot"}},
+        )
+
+
+def test_capabilities_the_model_lacks_are_refused(server) -> None:
+    client = ollama.Client(host=server.base_url)
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    for kwargs in ({"tools": [tool]}, {"think": True}):
+        with pytest.raises(ollama.ResponseError) as err:
+            client.chat(model=MODEL, messages=[{"role": "user", "content": "Hi"}], **kwargs)
+        assert err.value.status_code == 400 and "does not support" in err.value.error
+    with pytest.raises(ollama.ResponseError, match="does not support vision"):
+        client.generate(model=MODEL, prompt="What is this?", images=[b"\x89PNG\r\n\x1a\n"])
+
+
+def test_client_disconnect_stops_the_generation(server) -> None:
+    async def scenario() -> None:
+        async with httpx.AsyncClient(timeout=60) as client:
+            body = {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "Count to one thousand."}],
+                "options": {"num_predict": 4000, "temperature": 0},
+            }
+            async with client.stream("POST", server.base_url + "/api/chat", json=body) as resp:
+                lines = 0
+                async for _ in resp.aiter_lines():
+                    lines += 1
+                    if lines == 5:
+                        break
+        loaded = server.gateway.scheduler.get(MODEL)
+        assert loaded is not None
+        deadline = time.monotonic() + 10
+        async with httpx.AsyncClient() as client:
+            while True:
+                slots = (await client.get(loaded.engine.base_url + "/slots")).json()
+                if not any(s["is_processing"] for s in slots):
+                    break
+                assert time.monotonic() < deadline, "the runner kept generating after the client left"
+                await asyncio.sleep(0.1)
+        assert loaded.in_flight == 0
+
+    asyncio.run(scenario())
+
+
+def test_api_key_and_body_limit(server_config: Config, tmp_path) -> None:
+    config = server_config.with_(home=tmp_path, api_key="s3cret", max_body_mib=1)
+    with BackgroundServer(config) as srv:
+        assert httpx.get(srv.base_url + "/api/version").status_code == 200  # health stays open
+        r = httpx.get(srv.base_url + "/api/tags")
+        assert r.status_code == 401 and "API key" in r.json()["error"]
+        r = httpx.get(srv.base_url + "/v1/models")
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        oai = openai.OpenAI(base_url=f"{srv.base_url}/v1", api_key="s3cret")
+        assert MODEL in [m.id for m in oai.models.list()]
+        assert MODEL in [
+            m.model
+            for m in ollama.Client(host=srv.base_url, headers={"Authorization": "Bearer s3cret"})
+            .list()
+            .models
+        ]
+        big = b'{"model": "x", "prompt": "' + b"a" * (2 * 1024 * 1024) + b'"}'
+        r = httpx.post(
+            srv.base_url + "/api/generate", content=big, headers={"Authorization": "Bearer s3cret"}
+        )
+        assert r.status_code == 413 and "too large" in r.json()["error"]
