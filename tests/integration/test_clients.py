@@ -127,7 +127,7 @@ def test_ps_shows_the_loaded_model(oclient: ollama.Client) -> None:
     oclient.generate(model=MODEL, prompt="Hi", options={"num_predict": 2})
     loaded = {m.model: m for m in oclient.ps().models}
     assert MODEL in loaded
-    assert loaded[MODEL].context_length == 1024
+    assert loaded[MODEL].context_length >= 1024  # 1024 per slot, more once a request asked for more
 
 
 def test_empty_prompt_loads_and_keep_alive_zero_unloads(oclient: ollama.Client) -> None:

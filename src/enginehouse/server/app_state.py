@@ -36,7 +36,7 @@ def validation_message(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:3]:
         where = ".".join(str(p) for p in err["loc"]) or "body"
-        parts.append(f"{where}: {err['msg']}")
+        parts.append(f"'{where}': {err['msg']}")
     return "invalid request: " + "; ".join(parts)
 
 

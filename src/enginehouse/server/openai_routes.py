@@ -11,9 +11,11 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
+from pydantic import BaseModel
 
 from enginehouse.api.convert import sampling_fields
 from enginehouse.api.ollama import Options
+from enginehouse.api.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from enginehouse.engines.base import RunnerSpec
 from enginehouse.errors import InvalidRequest, RunnerError, openai_error_body
 from enginehouse.server.app_state import GATEWAY, json_response, read_json
@@ -35,27 +37,24 @@ async def models(request: web.Request) -> web.Response:
     return json_response({"object": "list", "data": data})
 
 
-MAX_CHOICES = 8
+REQUEST_TYPES: dict[str, type[BaseModel]] = {
+    "/v1/chat/completions": ChatCompletionRequest,
+    "/v1/completions": CompletionRequest,
+    "/v1/embeddings": EmbeddingRequest,
+}
 
 
-def normalise_request(data: dict[str, Any], *, embedding: bool) -> RunnerSpec:
-    """Checks and extensions before the body goes to the engine: bounded ``n``,
-    ``max_completion_tokens`` for engines that know only ``max_tokens``, and Ollama's ``options``
-    (sampling and ``num_ctx``) accepted as an extension field."""
-    n = data.get("n", 1)
-    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_CHOICES:
-        raise InvalidRequest(f"'n' must be an integer from 1 to {MAX_CHOICES}")
+def normalise_request(data: dict[str, Any], path: str) -> RunnerSpec:
+    """Validate the body (the dict itself goes upstream untouched but for what follows), map
+    ``max_completion_tokens`` for engines that know only ``max_tokens``, and take Ollama's ``options``
+    (sampling and ``num_ctx``) as an extension field."""
+    REQUEST_TYPES[path].model_validate(data)
+    embedding = path == "/v1/embeddings"
     if "max_completion_tokens" in data:
         data.setdefault("max_tokens", data.pop("max_completion_tokens"))
-    for field in ("max_tokens", "top_logprobs"):
-        value = data.get(field)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            raise InvalidRequest(f"'{field}' must be a non-negative integer")
     raw_options = data.pop("options", None)
     if raw_options is None:
         return RunnerSpec(embedding=embedding)
-    if not isinstance(raw_options, dict):
-        raise InvalidRequest("'options' must be an object of Ollama options")
     options = Options.model_validate(raw_options)
     for name, value in sampling_fields(options.model_dump(exclude_none=True)).items():
         data.setdefault(name, value)
@@ -94,13 +93,9 @@ async def model(request: web.Request) -> web.Response:
 async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     data = await read_json(request)
-    model = data.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("you must provide a model parameter")
-    if path == "/v1/chat/completions" and not isinstance(data.get("messages"), list):
-        raise InvalidRequest("'messages' must be a list of messages")
+    spec = normalise_request(data, path)
+    model = data["model"]
     streaming = bool(data.get("stream"))
-    spec = normalise_request(data, embedding=path == "/v1/embeddings")
     async with gw.scheduler.acquire(model, None, spec) as lease:
         engine = lease.model.engine
         data["model"] = engine.served_model
