@@ -23,8 +23,14 @@ def bundled_gguf() -> Path:
     return path
 
 
-def write_gguf(path: Path, arch: str = "llama", *, file_type: int | None = 1, pooling: int | None = None,
-               tokens: int = 40) -> Path:
+def write_gguf(
+    path: Path,
+    arch: str = "llama",
+    *,
+    file_type: int | None = 1,
+    pooling: int | None = None,
+    tokens: int = 40,
+) -> Path:
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name("tiny")
     w.add_context_length(256)
@@ -100,8 +106,12 @@ def test_embedding_models(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("content", "msg"),
-    [(b"", "not a GGUF file"), (b"hello, I am text\n" * 10, "not a GGUF file"),
-     (b"GGUF" + bytes(range(256)) * 4, "not a valid GGUF file"), (b"GGUF", "not a valid GGUF file")],
+    [
+        (b"", "not a GGUF file"),
+        (b"hello, I am text\n" * 10, "not a GGUF file"),
+        (b"GGUF" + bytes(range(256)) * 4, "not a valid GGUF file"),
+        (b"GGUF", "not a valid GGUF file"),
+    ],
 )
 def test_refuses_bad_content(tmp_path: Path, content: bytes, msg: str) -> None:
     path = tmp_path / "bad.gguf"
@@ -153,9 +163,19 @@ def test_copy_reads_same(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("n", "label"),
-    [(0, "0"), (999, "999"), (1_500, "2K"), (12_345, "12K"), (1_000_000, "1M"), (135_000_000, "135M"),
-     (134_515_008, "134.52M"), (7_241_732_096, "7.2B"), (8_030_261_248, "8.0B"), (8_000_000_000, "8B"),
-     (70_553_706_496, "70.6B")],
+    [
+        (0, "0"),
+        (999, "999"),
+        (1_500, "2K"),
+        (12_345, "12K"),
+        (1_000_000, "1M"),
+        (135_000_000, "135M"),
+        (134_515_008, "134.52M"),
+        (7_241_732_096, "7.2B"),
+        (8_030_261_248, "8.0B"),
+        (8_000_000_000, "8B"),
+        (70_553_706_496, "70.6B"),
+    ],
 )
 def test_parameter_size_label(n: int, label: str) -> None:
     assert parameter_size_label(n) == label

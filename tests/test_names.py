@@ -25,8 +25,11 @@ HEX = "ab" * 32
         ("localhost:5000/ns/m:t", ("localhost:5000", "ns", "m", "t"), "localhost:5000/ns/m:t"),
         ("registry.ollama.ai/library/x:y", (DEFAULT_HOST, DEFAULT_NAMESPACE, "x", "y"), "x:y"),
         ("registry.ollama.ai/other/x:y", (DEFAULT_HOST, "other", "x", "y"), "other/x:y"),
-        ("HF.co/Bartowski/Llama-3.2-1B-GGUF:Q4_K_M",
-         ("hf.co", "bartowski", "llama-3.2-1b-gguf", "Q4_K_M"), "hf.co/bartowski/llama-3.2-1b-gguf:Q4_K_M"),
+        (
+            "HF.co/Bartowski/Llama-3.2-1B-GGUF:Q4_K_M",
+            ("hf.co", "bartowski", "llama-3.2-1b-gguf", "Q4_K_M"),
+            "hf.co/bartowski/llama-3.2-1b-gguf:Q4_K_M",
+        ),
         ("a_b-c.d:v1.0_x-y", (DEFAULT_HOST, DEFAULT_NAMESPACE, "a_b-c.d", "v1.0_x-y"), "a_b-c.d:v1.0_x-y"),
     ],
 )
@@ -106,9 +109,18 @@ def test_parse_digest() -> None:
 @pytest.mark.parametrize(
     "bad",
     [
-        "", "sha256:", "sha256:" + HEX[:-1], "sha256:" + HEX + "0", "sha512:" + HEX, HEX,
-        "sha256:../../x", "sha256:" + "g" * 64, "sha256:" + HEX + "\n", " sha256:" + HEX,
-        "sha256-../../etc/passwd", "SHA256:" + HEX,
+        "",
+        "sha256:",
+        "sha256:" + HEX[:-1],
+        "sha256:" + HEX + "0",
+        "sha512:" + HEX,
+        HEX,
+        "sha256:../../x",
+        "sha256:" + "g" * 64,
+        "sha256:" + HEX + "\n",
+        " sha256:" + HEX,
+        "sha256-../../etc/passwd",
+        "SHA256:" + HEX,
     ],
 )
 def test_parse_digest_refuses(bad: str) -> None:

@@ -53,15 +53,24 @@ def put_blob(ollama: Path, data: bytes | None = None, src: Path | None = None) -
 def put_manifest(ollama: Path, rel: str, config: dict[str, object], layers: list[dict[str, object]]) -> bytes:
     path = ollama / "manifests" / rel
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = json.dumps({"schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE,
-                       "config": {"mediaType": CONFIG_MEDIA_TYPE, **config}, "layers": layers}).encode()
+    data = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_MEDIA_TYPE,
+            "config": {"mediaType": CONFIG_MEDIA_TYPE, **config},
+            "layers": layers,
+        }
+    ).encode()
     path.write_bytes(data)
     return data
 
 
 def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
-    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -73,8 +82,11 @@ def ollama(tmp_path: Path) -> tuple[Path, bytes]:
     t = put_blob(root, b"{{ .Prompt }}")
     p = put_blob(root, json.dumps({"stop": ["<|im_end|>"]}).encode())
     c = put_blob(root, json.dumps({"model_format": "gguf", "model_family": "llama"}).encode())
-    layers = [{"mediaType": MEDIA_MODEL, **m}, {"mediaType": MEDIA_TEMPLATE, **t},
-              {"mediaType": MEDIA_PARAMS, **p}]
+    layers = [
+        {"mediaType": MEDIA_MODEL, **m},
+        {"mediaType": MEDIA_TEMPLATE, **t},
+        {"mediaType": MEDIA_PARAMS, **p},
+    ]
     data = put_manifest(root, "registry.ollama.ai/library/smollm2/135m", c, layers)
     put_manifest(root, "hf.co/Owner/Repo-GGUF/Q4_K_M", c, layers)
     # Broken entries that must be skipped with a reason.
@@ -82,8 +94,12 @@ def ollama(tmp_path: Path) -> tuple[Path, bytes]:
     put_manifest(root, "registry.ollama.ai/library/gone/latest", c, [{"mediaType": MEDIA_MODEL, **missing}])
     liar = put_blob(root, b"honest content")
     (root / "blobs" / f"sha256-{'1' * 64}").write_bytes(b"not what the name says")
-    put_manifest(root, "registry.ollama.ai/library/liar/latest", c,
-                 [{"mediaType": MEDIA_MODEL, "digest": "sha256:" + "1" * 64, "size": 22}])
+    put_manifest(
+        root,
+        "registry.ollama.ai/library/liar/latest",
+        c,
+        [{"mediaType": MEDIA_MODEL, "digest": "sha256:" + "1" * 64, "size": 22}],
+    )
     # ("..": a directory cannot have that name; these are the ones that can exist)
     put_manifest(root, "registry.ollama.ai/library/.../latest", c, [{"mediaType": MEDIA_MODEL, **liar}])
     put_manifest(root, "registry.ollama.ai/library/.hidden/latest", c, [{"mediaType": MEDIA_MODEL, **liar}])
@@ -126,8 +142,9 @@ def test_import_ollama_store(tmp_path: Path, ollama: tuple[Path, bytes]) -> None
     assert again.imported == [] and sorted(again.unchanged) == sorted(report.imported)
 
 
-def test_import_uses_references_across_file_systems(tmp_path: Path, ollama: tuple[Path, bytes],
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_import_uses_references_across_file_systems(
+    tmp_path: Path, ollama: tuple[Path, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
     root, _ = ollama
 
     def no_link(*_a: object, **_k: object) -> None:
@@ -148,8 +165,9 @@ def test_existing_different_model_is_kept(tmp_path: Path, ollama: tuple[Path, by
     root, _ = ollama
     store = Store(tmp_path / "ours")
     d, n = store.add_blob_bytes(b"GGUF mine")
-    store.write_manifest("smollm2:135m", {"schemaVersion": 2,
-                                          "layers": [{"mediaType": MEDIA_MODEL, "digest": d, "size": n}]})
+    store.write_manifest(
+        "smollm2:135m", {"schemaVersion": 2, "layers": [{"mediaType": MEDIA_MODEL, "digest": d, "size": n}]}
+    )
     report = import_ollama_store(store, root)
     assert "already in the store" in dict(report.skipped)["smollm2:135m"]
     assert store.resolve("smollm2:135m").model_digest == d

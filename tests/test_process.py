@@ -396,8 +396,9 @@ with asyncio.Runner(loop_factory=factory) as runner:
 """
 
 
-@pytest.mark.parametrize(("loop", "mode"), [("asyncio", "pdeathsig"), ("uvloop", "pdeathsig"),
-                                            ("asyncio", "watchdog")])
+@pytest.mark.parametrize(
+    ("loop", "mode"), [("asyncio", "pdeathsig"), ("uvloop", "pdeathsig"), ("asyncio", "watchdog")]
+)
 def test_no_orphans_after_the_gateway_is_sigkilled(tmp_path: Path, loop: str, mode: str) -> None:
     if mode == "pdeathsig" and not sys.platform.startswith("linux"):
         pytest.skip("PR_SET_PDEATHSIG is Linux only")

@@ -165,8 +165,13 @@ def test_external_blob(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 def test_write_manifest_needs_blobs(store: Store) -> None:
     d, n = store.add_blob_bytes(b"model")
-    manifest = {"schemaVersion": 2, "layers": [{"mediaType": MEDIA_MODEL, "digest": d, "size": n},
-                                               {"mediaType": MEDIA_MODEL, "digest": sha(b"x"), "size": 1}]}
+    manifest = {
+        "schemaVersion": 2,
+        "layers": [
+            {"mediaType": MEDIA_MODEL, "digest": d, "size": n},
+            {"mediaType": MEDIA_MODEL, "digest": sha(b"x"), "size": 1},
+        ],
+    }
     with pytest.raises(StoreError, match="not in the store"):
         store.write_manifest(ModelName.parse("m"), manifest)
     manifest["layers"][1]["digest"] = "sha256:../../etc/passwd"
@@ -176,8 +181,13 @@ def test_write_manifest_needs_blobs(store: Store) -> None:
 
 
 def test_import_and_resolve(store: Store, tiny: Path) -> None:
-    rec = store.import_gguf(tiny, "My/Model:V1", template="{{ .Prompt }}", system="be brief",
-                            params={"stop": ["x"], "temperature": 0.1})
+    rec = store.import_gguf(
+        tiny,
+        "My/Model:V1",
+        template="{{ .Prompt }}",
+        system="be brief",
+        params={"stop": ["x"], "temperature": 0.1},
+    )
     assert rec.name == ModelName.parse("my/model:V1")
     assert rec.model_path.read_bytes() == tiny.read_bytes()
     assert rec.template == "{{ .Prompt }}" and rec.system == "be brief"
@@ -261,8 +271,14 @@ def test_remove_keeps_external_file(store: Store, tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(os, "link", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EXDEV, "x")))
     d, n = store.add_external_blob(src)
     cfg, cn = store.add_blob_bytes(b"{}")
-    store.write_manifest("ext", {"schemaVersion": 2, "config": {"digest": cfg, "size": cn},
-                                 "layers": [{"mediaType": MEDIA_MODEL, "digest": d, "size": n}]})
+    store.write_manifest(
+        "ext",
+        {
+            "schemaVersion": 2,
+            "config": {"digest": cfg, "size": cn},
+            "layers": [{"mediaType": MEDIA_MODEL, "digest": d, "size": n}],
+        },
+    )
     assert store.resolve("ext").model_path == src.absolute()
     store.remove("ext")
     assert src.is_file()
@@ -282,19 +298,46 @@ def test_atomic_write_and_clean_tmp(store: Store, tmp_path: Path) -> None:
     assert tmp_files(store) == []
 
 
-@pytest.mark.parametrize("bad", ["../x", "/etc/passwd", "a\\b", "a\x00b", "../../../../etc/passwd:x",
-                                 "ns/../../x", "..:latest", "a/b/c/d"])
-def test_escaping_names_refused_before_file_access(store: Store, bad: str,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "../x",
+        "/etc/passwd",
+        "a\\b",
+        "a\x00b",
+        "../../../../etc/passwd:x",
+        "ns/../../x",
+        "..:latest",
+        "a/b/c/d",
+    ],
+)
+def test_escaping_names_refused_before_file_access(
+    store: Store, bad: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def forbidden(*_a: object, **_k: object) -> None:
         raise AssertionError("file system touched")
 
     with monkeypatch.context() as m:
-        for mod, attr in [(os, "stat"), (os, "lstat"), (os, "open"), (os, "scandir"), (os, "listdir"),
-                          (os, "mkdir"), (os, "replace"), (os, "unlink"), (builtins, "open")]:
+        for mod, attr in [
+            (os, "stat"),
+            (os, "lstat"),
+            (os, "open"),
+            (os, "scandir"),
+            (os, "listdir"),
+            (os, "mkdir"),
+            (os, "replace"),
+            (os, "unlink"),
+            (builtins, "open"),
+        ]:
             m.setattr(mod, attr, forbidden)
-        for call in (store.read_manifest, store.resolve, store.remove, lambda n: store.copy("x", n),
-                     lambda n: store.copy(n, "x"), lambda n: store.import_gguf("/dev/null", n)):
+        for call in (
+            store.read_manifest,
+            store.resolve,
+            store.remove,
+            lambda n: store.copy("x", n),
+            lambda n: store.copy(n, "x"),
+            lambda n: store.import_gguf("/dev/null", n),
+        ):
             with pytest.raises(InvalidName):
                 call(bad)
         for digest in ("sha256:../../x", "sha256-../../etc/passwd", "../x", "sha256:" + "0" * 63 + "/"):
@@ -367,8 +410,13 @@ def test_crash_at_every_point_leaves_store_consistent(tmp_path: Path, mode: str)
     w.write_tensors_to_file()
     w.close()
     original = src.read_bytes()
-    out = subprocess.run([sys.executable, "-c", CHILD, str(SRC), str(tmp_path / "s"), str(src), mode],
-                         capture_output=True, text=True, timeout=240, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(SRC), str(tmp_path / "s"), str(src), mode],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=True,
+    ).stdout
     results = [line.split() for line in out.splitlines()]
     assert len(results) >= 10
     assert all(killed == "True" for _, killed in results), out

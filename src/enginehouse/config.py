@@ -147,6 +147,14 @@ SETTINGS: tuple[Setting, ...] = (
         str,
     ),
     Setting(
+        "api_key",
+        "ENGINEHOUSE_API_KEY",
+        "",
+        "When set, every request except / and /api/version must send 'Authorization: Bearer KEY'.",
+        str,
+    ),
+    Setting("max_body_mib", "ENGINEHOUSE_MAX_BODY_MIB", "64", "Largest request body accepted, MiB.", int),
+    Setting(
         "pypi_index",
         "ENGINEHOUSE_PYPI_INDEX",
         "https://pypi.org/simple",

@@ -48,12 +48,14 @@ def main() -> None:
     if args.ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     else:
+
         def on_sigterm(signum: int, frame: object) -> None:
             print("fake_runner: received SIGTERM, shutting down", flush=True)
             os._exit(0)
 
         signal.signal(signal.SIGTERM, on_sigterm)
     if args.exit_after is not None:
+
         def crash() -> None:
             print("fake_runner: crashing", flush=True)
             os._exit(3)

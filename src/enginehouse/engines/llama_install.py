@@ -22,7 +22,8 @@ import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import urljoin
 
 import httpx
 
@@ -169,7 +170,7 @@ def _sdist_url(index: str) -> str:
         raise EngineBuildFailed(f"could not read the package index at {listing}: {exc}") from exc
     for entry in files:
         if entry.get("filename") == SDIST_FILENAME:
-            return entry["url"]
+            return urljoin(str(resp.url), entry["url"])  # PEP 691 allows URLs relative to the page
     raise EngineBuildFailed(f"{SDIST_FILENAME} is not listed at {listing}")
 
 
@@ -188,13 +189,21 @@ def extract_source(config: Config, sdist: Path, progress: Progress = _noop) -> P
     marker = root / ".extracted"
     if marker.is_file() and (source / "CMakeLists.txt").is_file():
         return source
-    prefix = f"llama_cpp_python-{SDIST_VERSION}/vendor/llama.cpp/"
-    with tarfile.open(sdist, "r:gz") as tar:
-        members = [m for m in tar.getmembers() if m.name.startswith(prefix)]
-        for i, member in enumerate(members, 1):
-            # The "data" filter refuses absolute paths, links out of the tree and device files.
-            tar.extract(member, root.parent, filter="data")
-            progress("extract", i, len(members))
+    prefix = PurePosixPath(f"llama_cpp_python-{SDIST_VERSION}/vendor/llama.cpp")
+    try:
+        with tarfile.open(sdist, "r:gz") as tar:
+            # Only the vendored tree; ".." anywhere is refused outright rather than resolved.
+            members = [
+                m
+                for m in tar.getmembers()
+                if PurePosixPath(m.name).is_relative_to(prefix) and ".." not in PurePosixPath(m.name).parts
+            ]
+            for i, member in enumerate(members, 1):
+                # The "data" filter refuses absolute paths, links out of the tree and device files.
+                tar.extract(member, root.parent, filter="data")
+                progress("extract", i, len(members))
+    except (tarfile.TarError, OSError) as exc:
+        raise EngineBuildFailed(f"could not extract {sdist.name}: {exc}") from exc
     marker.write_text(LLAMA_CPP_COMMIT)
     return source
 

@@ -28,6 +28,8 @@ def parse_keep_alive(value: str | float | int | None, default: float | None = No
             seconds = float(text)  # "300" means seconds, as in Ollama
         except ValueError:
             seconds = _parse_go_duration(text)
+    if not math.isfinite(seconds):  # "nan" would never expire, "inf" is a typo for -1
+        raise InvalidRequest(f"invalid keep_alive {value!r}: use e.g. 5m, 1h, 30s, 0 or -1")
     return math.inf if seconds < 0 else seconds
 
 

@@ -205,6 +205,9 @@ class Scheduler:
             for model in list(self._loaded.values()):
                 if model.in_flight == 0 and model.expires_at is not None and model.expires_at <= now:
                     log.info("keep_alive of %s expired", model.name)
-                    async with self._lock(model.spec.key(model.name)):
-                        if model.in_flight == 0 and model.expires_at is not None:
-                            await self._stop(model)
+                    try:
+                        async with self._lock(model.spec.key(model.name)):
+                            if model.in_flight == 0 and model.expires_at is not None:
+                                await self._stop(model)
+                    except Exception:  # one failing runner must not stop the expiry of the others
+                        log.exception("could not stop %s", model.name)

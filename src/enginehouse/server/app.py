@@ -29,6 +29,7 @@ from enginehouse.sched.keep_alive import parse_keep_alive
 from enginehouse.sched.scheduler import Scheduler
 from enginehouse.server import ollama_routes, openai_routes
 from enginehouse.server.app_state import GATEWAY, Gateway, json_response, validation_message
+from enginehouse.server.openapi import build_openapi
 from enginehouse.server.upstream import Upstream
 from enginehouse.store import Store, ensure_bundled
 
@@ -60,7 +61,7 @@ async def error_middleware(request: web.Request, handler):  # type: ignore[no-un
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        error: BaseException = EnginehouseError(exc.reason or "error")
+        error: BaseException = InvalidRequest(f"{exc.reason}: {request.method} {request.path}")
         status = exc.status
     except ValidationError as exc:
         error, status = InvalidRequest(validation_message(exc)), 400
@@ -85,6 +86,10 @@ async def root(request: web.Request) -> web.Response:
 
 async def version(request: web.Request) -> web.Response:
     return json_response({"version": __version__})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(build_openapi())
 
 
 def build_gateway(config: Config) -> Gateway:
@@ -121,6 +126,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> web.Applicatio
     app.on_cleanup.append(on_cleanup)
     app.router.add_get("/", root)  # GET also answers HEAD
     app.router.add_get("/api/version", version)
+    app.router.add_get("/openapi.json", openapi)
     ollama_routes.add_routes(app)
     openai_routes.add_routes(app)
     return app

