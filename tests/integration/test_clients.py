@@ -136,3 +136,39 @@ def test_empty_prompt_loads_and_keep_alive_zero_unloads(oclient: ollama.Client) 
     unloaded = oclient.generate(model=MODEL, prompt="", keep_alive=0)
     assert unloaded.done_reason == "unload"
     assert MODEL not in [m.model for m in oclient.ps().models]
+
+
+CITY_SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+    "required": ["city", "country"],
+}
+
+
+def test_structured_output_follows_the_schema_on_both_doors(
+    oclient: ollama.Client, oai: openai.OpenAI
+) -> None:
+    import json
+
+    import jsonschema
+
+    question = [{"role": "user", "content": "Which city is the capital of France? Answer in JSON."}]
+    resp = oclient.chat(model=MODEL, messages=question, format=CITY_SCHEMA, options={"num_predict": 60})
+    jsonschema.validate(json.loads(resp.message.content), CITY_SCHEMA)
+    completion = oai.chat.completions.create(
+        model=MODEL,
+        messages=question,
+        max_tokens=60,
+        response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": CITY_SCHEMA}},
+    )
+    jsonschema.validate(json.loads(completion.choices[0].message.content), CITY_SCHEMA)
+
+
+def test_openai_completions_and_stop(oai: openai.OpenAI) -> None:
+    resp = oai.completions.create(
+        model=MODEL, prompt="One, two, three,", max_tokens=12, temperature=0, stop=["six"]
+    )
+    assert resp.choices[0].text
+    assert "six" not in resp.choices[0].text
+    stream = oai.completions.create(model=MODEL, prompt="One, two, three,", max_tokens=8, stream=True)
+    assert "".join(c.choices[0].text for c in stream if c.choices)

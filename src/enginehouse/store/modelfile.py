@@ -202,7 +202,7 @@ def validate_messages(messages: Any) -> list[dict[str, str]]:
             raise ModelfileError(f"messages[{i}] is not an object")
         role, content = m.get("role"), m.get("content", "")
         if role not in MESSAGE_ROLES:
-            raise ModelfileError(f"messages[{i}]: role must be one of \"system\", \"user\", or \"assistant\"")
+            raise ModelfileError(f'messages[{i}]: role must be one of "system", "user", or "assistant"')
         if not isinstance(content, str):
             raise ModelfileError(f"messages[{i}]: content must be a string")
         out.append({"role": role, "content": content})
@@ -237,18 +237,23 @@ def _split_word(rest: str) -> tuple[str, str]:
 
 
 def _read_value(lines: list[str], i: int, first: str) -> tuple[str, int]:
-    """The value starting with ``first`` on line index ``i``; (value, index of its last line)."""
-    buf = first
+    """The value starting with ``first`` on line index ``i``; (value, index of its last line).
+
+    Only a line that ends with a quote can close a quoted value, so only those are checked: the
+    cost stays linear in the length of the value.
+    """
+    parts = [first]
     j = i
     while True:
-        value, done = _unquote(buf.strip(_WS))
-        if done:
-            return value, j
+        if j == i or parts[-1].rstrip(_WS).endswith('"'):
+            value, done = _unquote("\n".join(parts).strip(_WS))
+            if done:
+                return value, j
         j += 1
         if j >= len(lines):
-            quote = '"""' if buf.lstrip(_WS).startswith('"""') else '"'
+            quote = '"""' if first.lstrip(_WS).startswith('"""') else '"'
             raise ModelfileError(f"unterminated {quote} quote (the value never ends)", i + 1)
-        buf += "\n" + lines[j]
+        parts.append(lines[j])
 
 
 def parse(text: str) -> Modelfile:
@@ -313,7 +318,7 @@ def parse(text: str) -> Modelfile:
         elif cmd == "message":
             if target not in MESSAGE_ROLES:
                 raise ModelfileError(
-                    f"message role '{target}' must be one of \"system\", \"user\", or \"assistant\"",
+                    f'message role \'{target}\' must be one of "system", "user", or "assistant"',
                     lineno,
                 )
             assert target is not None
@@ -352,7 +357,8 @@ def quote(value: str) -> str:
     candidates = []
     if value and "\n" not in value and value.strip(_WS) == value and not value.startswith('"'):
         candidates.append(value)
-    candidates += [f'"{value}"', f'"""{value}"""']
+    quoted = [f'"{value}"', f'"""{value}"""']
+    candidates += quoted[::-1] if "\n" in value else quoted  # multi-line text reads best in triples
     for c in candidates:
         if _parses_back(c, value):
             return c
