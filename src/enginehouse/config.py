@@ -230,10 +230,15 @@ class Config:
         return f"http://{host}:{port}"
 
 
-def settings_help() -> str:
-    """The settings table as text, for ``--help`` epilogues and the docs."""
-    lines = []
+def settings_blocks() -> list[str]:
+    """One block per setting: the variable, its default, and an indented description."""
+    blocks = []
     for s in SETTINGS:
         extra = f" (or {s.fallback_env})" if s.fallback_env else ""
-        lines.append(f"{s.env}{extra} [default: {s.default or 'unset'}]\n    {s.description}")
-    return "\n".join(lines)
+        blocks.append(f"{s.env}{extra} [default: {s.default or 'unset'}]\n    {s.description}")
+    return blocks
+
+
+def settings_help() -> str:
+    """The settings table as text, for ``--help`` epilogues and the docs."""
+    return "\n".join(settings_blocks())

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from enginehouse.api.gotemplate import render, render_chat
 from enginehouse.api.ollama import ChatRequest, GenerateRequest, Message, Options
 
 # Ollama option -> request field understood by llama-server (and vLLM's OpenAI server).
@@ -138,6 +139,55 @@ def generate_body(
     if req.think is not None:
         common["chat_template_kwargs"] = {"enable_thinking": bool(req.think)}
     return "/v1/chat/completions", {**common, "messages": messages}
+
+
+def is_jinja(template: str) -> bool:
+    """GGUF chat templates are Jinja; Ollama's TEMPLATE layers are Go templates."""
+    return "{%" in template
+
+
+def go_template(template: str | None) -> str | None:
+    return template if template and not is_jinja(template) else None
+
+
+def rendered_chat_body(
+    req: ChatRequest, served_model: str, defaults: dict[str, Any], system: str | None, template: str
+) -> dict[str, Any]:
+    """A chat for a model with a Go template: the gateway renders the prompt exactly as Ollama would and
+    the engine completes it raw, so every engine sees the same prompt."""
+    messages = [m.model_dump(exclude_none=True) for m in req.messages]
+    if system and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": system})
+    prompt = render_chat(
+        template, messages, tools=req.tools, think=req.think if req.think is None else bool(req.think)
+    )
+    return _raw_body(served_model, prompt, defaults, req.options, req.format)
+
+
+def rendered_generate_body(
+    req: GenerateRequest, served_model: str, defaults: dict[str, Any], system: str | None, template: str
+) -> dict[str, Any]:
+    prompt = render(template, system=req.system or system or "", prompt=req.prompt, suffix=req.suffix)
+    return _raw_body(served_model, prompt, defaults, req.options, req.format)
+
+
+def _raw_body(
+    served_model: str,
+    prompt: str,
+    defaults: dict[str, Any],
+    options: Options | None,
+    fmt: str | dict[str, Any] | None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": served_model,
+        "prompt": prompt,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        **sampling_fields(merge_options(defaults, options)),
+    }
+    if response := response_format(fmt):
+        body["response_format"] = response
+    return body
 
 
 class OllamaStream:

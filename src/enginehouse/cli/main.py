@@ -7,10 +7,11 @@ import sys
 import click
 
 from enginehouse import __version__
-from enginehouse.config import Config, settings_help
+from enginehouse.config import Config, settings_blocks
 from enginehouse.errors import EnginehouseError
 
-EPILOG = "Environment variables:\n\n" + settings_help().replace("\n    ", "\n\n    ")
+# "\b" keeps click from re-wrapping each setting's block into one paragraph.
+EPILOG = "Environment variables:\n\n" + "\n\n".join("\b\n" + block for block in settings_blocks())
 
 
 class Group(click.Group):

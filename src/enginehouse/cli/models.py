@@ -11,7 +11,8 @@ from rich.table import Table
 
 from enginehouse.config import Config
 from enginehouse.store import Store, ensure_bundled, import_ollama_store
-from enginehouse.store.gguf_info import read_gguf_info
+from enginehouse.store.gguf_info import parameter_size_label, read_gguf_info
+from enginehouse.store.modelfile import modelfile_for
 from enginehouse.store.ollama_import import default_ollama_models_dir
 
 
@@ -74,11 +75,9 @@ def list_models(config: Config, as_json: bool) -> None:
 @click.pass_obj
 def show(config: Config, name: str, as_json: bool, modelfile: bool) -> None:
     """Show a model's metadata: architecture, parameters, context, quantization, template."""
-    from enginehouse.server.ollama_routes import modelfile_text
-
     record = open_store(config).resolve(name)
     if modelfile:
-        click.echo(modelfile_text(record), nl=False)
+        click.echo(modelfile_for(record), nl=False)
         return
     info = read_gguf_info(record.model_path)
     facts = {
@@ -104,8 +103,6 @@ def show(config: Config, name: str, as_json: bool, modelfile: bool) -> None:
     table.add_column()
     table.add_row("Model", record.name.display)
     table.add_row("architecture", info.architecture)
-    from enginehouse.store.gguf_info import parameter_size_label
-
     table.add_row("parameters", parameter_size_label(info.parameter_count))
     table.add_row("context length", str(info.context_length))
     table.add_row("embedding length", str(info.embedding_length))
@@ -173,4 +170,33 @@ def import_(config: Config, path: Path | None, name: str | None, from_ollama: bo
     click.echo(f"imported {record.name.display} ({human_size(record.size)}, {record.manifest_digest[:19]})")
 
 
-COMMANDS = (list_models, show, rm, cp, import_)
+@click.command()
+@click.argument("name")
+@click.option(
+    "-f",
+    "--file",
+    "modelfile",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default="Modelfile",
+    show_default=True,
+    help="The Modelfile to build from.",
+)
+@click.pass_obj
+def create(config: Config, name: str, modelfile: Path) -> None:
+    """Create a model from a Modelfile (FROM a model, a GGUF file or a blob; PARAMETER, TEMPLATE,
+    SYSTEM, MESSAGE, ADAPTER, LICENSE)."""
+    from enginehouse.store.create import create_model
+    from enginehouse.store.modelfile import parse
+
+    parsed = parse(modelfile.read_text())
+    record = create_model(
+        open_store(config),
+        name,
+        parsed,
+        base_dir=modelfile.resolve().parent,
+        progress=lambda event: click.echo(event["status"], err=True),
+    )
+    click.echo(f"created {record.name.display}")
+
+
+COMMANDS = (list_models, show, rm, cp, import_, create)

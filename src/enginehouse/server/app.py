@@ -27,7 +27,7 @@ from enginehouse.errors import (
 )
 from enginehouse.sched.keep_alive import parse_keep_alive
 from enginehouse.sched.scheduler import Scheduler
-from enginehouse.server import ollama_routes, openai_routes
+from enginehouse.server import model_routes, ollama_routes, openai_routes
 from enginehouse.server.app_state import GATEWAY, Gateway, json_response, validation_message
 from enginehouse.server.openapi import build_openapi
 from enginehouse.server.upstream import Upstream
@@ -128,5 +128,6 @@ def create_app(config: Config, gateway: Gateway | None = None) -> web.Applicatio
     app.router.add_get("/api/version", version)
     app.router.add_get("/openapi.json", openapi)
     ollama_routes.add_routes(app)
+    model_routes.add_routes(app)
     openai_routes.add_routes(app)
     return app

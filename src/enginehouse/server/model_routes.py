@@ -1,0 +1,130 @@
+"""Ollama's model-management endpoints that write the store: create and blobs (pull joins them).
+
+Store writes hash and copy files, so they run in a worker thread; their progress reaches the client as
+NDJSON lines through a queue, the way Ollama streams ``/api/create`` and ``/api/pull``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import Field
+
+from enginehouse.api.ollama import _Wire
+from enginehouse.errors import InvalidRequest, public_message
+from enginehouse.server.app_state import GATEWAY, json_response, read_json
+from enginehouse.store import parse_digest
+from enginehouse.store.create import create_from_request
+
+NDJSON = "application/x-ndjson"
+Progress = Callable[[dict[str, Any]], None]
+
+
+class CreateRequest(_Wire):
+    model: str | None = None
+    name: str | None = None  # the older spelling
+    from_: str | None = Field(None, alias="from")
+    files: dict[str, str] | None = None
+    adapters: dict[str, str] | None = None
+    template: str | None = None
+    system: str | None = None
+    parameters: dict[str, Any] | None = None
+    messages: list[dict[str, Any]] | None = None
+    license: str | list[str] | None = None
+    modelfile: str | None = None
+    quantize: str | None = None
+    stream: bool = True
+
+
+async def stream_progress(
+    request: web.Request, work: Callable[[Progress], Any], stream: bool
+) -> web.StreamResponse:
+    """Run ``work(progress)`` in a thread; stream its progress dicts as NDJSON, or answer once at the end.
+
+    Errors before the first line get a normal error status; after it, a final ``{"error": ...}`` line.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+    def progress(event: dict[str, Any]) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, event)
+
+    task = asyncio.ensure_future(asyncio.to_thread(work, progress))
+    task.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, None))
+    if not stream:
+        await task  # raises: the middleware answers in Ollama's shape
+        return json_response({"status": "success"})
+    out: web.StreamResponse | None = None
+    while (event := await queue.get()) is not None:
+        if out is None:
+            out = web.StreamResponse(headers={"Content-Type": NDJSON})
+            await out.prepare(request)
+        await out.write(orjson.dumps(event) + b"\n")
+    if out is None:
+        await task  # failed before any progress: a plain error response
+        out = web.StreamResponse(headers={"Content-Type": NDJSON})
+        await out.prepare(request)
+    elif task.exception() is not None:
+        exc = task.exception()
+        await out.write(orjson.dumps({"error": public_message(exc)}) + b"\n")
+    await out.write_eof()
+    return out
+
+
+async def create(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    req = CreateRequest.model_validate(await read_json(request))
+    name = req.model or req.name
+    if not name:
+        raise InvalidRequest("model is required")
+    if req.quantize:
+        raise InvalidRequest("quantize is not supported yet: quantize with llama.cpp's llama-quantize first")
+
+    def work(progress: Progress) -> None:
+        create_from_request(
+            gw.store,
+            name,
+            from_=req.from_,
+            files=req.files,
+            template=req.template,
+            system=req.system,
+            parameters=req.parameters,
+            messages=req.messages,
+            license=req.license,
+            adapters=req.adapters,
+            modelfile_text=req.modelfile,
+            allow_paths=False,
+            progress=progress,
+        )
+
+    return await stream_progress(request, work, req.stream)
+
+
+async def blob_head(request: web.Request) -> web.Response:
+    digest = parse_digest(request.match_info["digest"])
+    has = request.app[GATEWAY].store.has_blob(digest)
+    return web.Response(status=200 if has else 404)
+
+
+async def blob_upload(request: web.Request) -> web.Response:
+    """Stream an upload into the store; its sha256 must match the digest in the path."""
+    store = request.app[GATEWAY].store
+    digest = parse_digest(request.match_info["digest"])
+    if store.has_blob(digest):
+        return web.Response(status=200)
+    loop = asyncio.get_running_loop()
+    with store.blob_writer(expected_digest=digest) as writer:
+        async for chunk in request.content.iter_chunked(1 << 20):
+            await loop.run_in_executor(None, writer.write, chunk)
+    return web.Response(status=201)
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_post("/api/create", create)
+    r.add_route("HEAD", "/api/blobs/{digest}", blob_head)
+    r.add_post("/api/blobs/{digest}", blob_upload)
