@@ -172,3 +172,19 @@ def test_openai_completions_and_stop(oai: openai.OpenAI) -> None:
     assert "six" not in resp.choices[0].text
     stream = oai.completions.create(model=MODEL, prompt="One, two, three,", max_tokens=8, stream=True)
     assert "".join(c.choices[0].text for c in stream if c.choices)
+
+
+def test_logprobs_on_the_ollama_door(server) -> None:
+    body = {
+        "model": MODEL,
+        "messages": QUESTION,
+        "stream": False,
+        "logprobs": True,
+        "top_logprobs": 2,
+        "options": {"num_predict": 4},
+    }
+    resp = httpx.post(server.base_url + "/api/chat", json=body, timeout=60).json()
+    assert len(resp["logprobs"]) == resp["eval_count"]
+    first = resp["logprobs"][0]
+    assert first["logprob"] <= 0 and len(first["top_logprobs"]) == 2
+    assert "".join(lp["token"] for lp in resp["logprobs"]) == resp["message"]["content"]

@@ -130,6 +130,10 @@ def generate_body(
     }
     if fmt := response_format(req.format):
         common["response_format"] = fmt
+    if req.logprobs:
+        common["logprobs"] = True
+        if req.top_logprobs:
+            common["top_logprobs"] = req.top_logprobs
     if req.raw:
         return "/v1/completions", {**common, "prompt": req.prompt}
     messages: list[dict[str, Any]] = []
@@ -188,6 +192,17 @@ def _raw_body(
     if response := response_format(fmt):
         body["response_format"] = response
     return body
+
+
+def ollama_logprob(lp: dict[str, Any]) -> dict[str, Any]:
+    """One OpenAI token logprob in Ollama's shape (token, logprob, bytes, top_logprobs)."""
+    out = {"token": lp.get("token", ""), "logprob": lp.get("logprob", 0.0), "bytes": lp.get("bytes")}
+    if top := lp.get("top_logprobs"):
+        out["top_logprobs"] = [
+            {"token": t.get("token", ""), "logprob": t.get("logprob", 0.0), "bytes": t.get("bytes")}
+            for t in top
+        ]
+    return out
 
 
 class OllamaStream:
@@ -251,7 +266,10 @@ class OllamaStream:
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
         self.chunks += 1
-        return self._line(content, thinking)
+        line = self._line(content, thinking)
+        if logprobs := (choice.get("logprobs") or {}).get("content"):
+            line["logprobs"] = [ollama_logprob(lp) for lp in logprobs]
+        return line
 
     def _merge_tool_call(self, call: dict[str, Any]) -> None:
         slot = self._tool_calls.setdefault(call.get("index", len(self._tool_calls)), {"name": "", "args": ""})
@@ -301,6 +319,9 @@ def collapse(lines: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     """``stream: false``: all lines folded into the final one, as Ollama answers."""
     final = dict(lines[-1])
     key = "message" if kind == "chat" else "response"
+    logprobs = [lp for ln in lines for lp in ln.get("logprobs") or []]
+    if logprobs:
+        final["logprobs"] = logprobs
     if kind == "chat":
         message = {"role": "assistant", "content": "".join(ln["message"]["content"] for ln in lines)}
         thinking = "".join(ln["message"].get("thinking") or "" for ln in lines)
