@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -199,4 +200,50 @@ def create(config: Config, name: str, modelfile: Path) -> None:
     click.echo(f"created {record.name.display}")
 
 
-COMMANDS = (list_models, show, rm, cp, import_, create)
+@click.command()
+@click.argument("name")
+@click.option("--insecure", is_flag=True, help="Allow plain http to this name's own registry host.")
+@click.pass_obj
+def pull(config: Config, name: str, insecure: bool) -> None:
+    """Pull a model from an Ollama registry (e.g. qwen2.5:0.5b, or host/namespace/model:tag).
+
+    Blobs are verified by sha256 before they enter the store; an interrupted pull resumes where it stopped.
+    """
+    import asyncio
+
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    from enginehouse.store.pull import pull_model
+
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    ) as bars:
+        tasks: dict[str, Any] = {}
+
+        def show_progress(event: dict[str, Any]) -> None:
+            digest = event.get("digest")
+            if digest and "total" in event:
+                if digest not in tasks:
+                    tasks[digest] = bars.add_task(event["status"], total=event["total"])
+                bars.update(tasks[digest], completed=event.get("completed", 0))
+            else:
+                bars.console.print(event["status"])
+
+        record = asyncio.run(pull_model(open_store(config), name, insecure=insecure, progress=show_progress))
+    console.print(f"pulled {record.name.display} ({human_size(record.size)})")
+
+
+COMMANDS = (list_models, show, rm, cp, import_, create, pull)

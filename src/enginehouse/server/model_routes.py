@@ -7,7 +7,7 @@ NDJSON lines through a queue, the way Ollama streams ``/api/create`` and ``/api/
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -19,6 +19,7 @@ from enginehouse.errors import InvalidRequest, public_message
 from enginehouse.server.app_state import GATEWAY, json_response, read_json
 from enginehouse.store import parse_digest
 from enginehouse.store.create import create_from_request
+from enginehouse.store.pull import pull_model
 
 NDJSON = "application/x-ndjson"
 Progress = Callable[[dict[str, Any]], None]
@@ -41,38 +42,47 @@ class CreateRequest(_Wire):
 
 
 async def stream_progress(
-    request: web.Request, work: Callable[[Progress], Any], stream: bool
+    request: web.Request, work: Callable[[Progress], Awaitable[Any]], stream: bool
 ) -> web.StreamResponse:
-    """Run ``work(progress)`` in a thread; stream its progress dicts as NDJSON, or answer once at the end.
+    """Run ``work(progress)``; stream its progress dicts as NDJSON, or answer once at the end.
 
     Errors before the first line get a normal error status; after it, a final ``{"error": ...}`` line.
+    A client that leaves cancels the work (a pull keeps what arrived, for a resume).
     """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-
-    def progress(event: dict[str, Any]) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, event)
-
-    task = asyncio.ensure_future(asyncio.to_thread(work, progress))
-    task.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, None))
     if not stream:
-        await task  # raises: the middleware answers in Ollama's shape
+        await work(lambda event: None)  # raises: the middleware answers in Ollama's shape
         return json_response({"status": "success"})
+    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+    task = asyncio.ensure_future(work(queue.put_nowait))
+    task.add_done_callback(lambda _: queue.put_nowait(None))
     out: web.StreamResponse | None = None
-    while (event := await queue.get()) is not None:
-        if out is None:
-            out = web.StreamResponse(headers={"Content-Type": NDJSON})
-            await out.prepare(request)
-        await out.write(orjson.dumps(event) + b"\n")
+    try:
+        while (event := await queue.get()) is not None:
+            if out is None:
+                out = web.StreamResponse(headers={"Content-Type": NDJSON})
+                await out.prepare(request)
+            await out.write(orjson.dumps(event) + b"\n")
+    except BaseException:
+        task.cancel()
+        raise
     if out is None:
         await task  # failed before any progress: a plain error response
         out = web.StreamResponse(headers={"Content-Type": NDJSON})
         await out.prepare(request)
-    elif task.exception() is not None:
-        exc = task.exception()
+    elif not task.cancelled() and (exc := task.exception()) is not None:
         await out.write(orjson.dumps({"error": public_message(exc)}) + b"\n")
     await out.write_eof()
     return out
+
+
+def in_thread(fn: Callable[[Progress], Any]) -> Callable[[Progress], Awaitable[Any]]:
+    """Store writes hash and copy files: run them in a worker thread, reporting back to the loop."""
+
+    async def run(progress: Progress) -> Any:
+        loop = asyncio.get_running_loop()
+        return await asyncio.to_thread(fn, lambda event: loop.call_soon_threadsafe(progress, event))
+
+    return run
 
 
 async def create(request: web.Request) -> web.StreamResponse:
@@ -101,7 +111,28 @@ async def create(request: web.Request) -> web.StreamResponse:
             progress=progress,
         )
 
-    return await stream_progress(request, work, req.stream)
+    return await stream_progress(request, in_thread(work), req.stream)
+
+
+class PullRequest(_Wire):
+    model: str | None = None
+    name: str | None = None  # the older spelling
+    insecure: bool = False
+    stream: bool = True
+
+
+async def pull(request: web.Request) -> web.StreamResponse:
+    """Ollama's ``/api/pull``: its progress lines, streamed; ``stream: false`` answers once at the end."""
+    gw = request.app[GATEWAY]
+    req = PullRequest.model_validate(await read_json(request))
+    name = req.model or req.name
+    if not name:
+        raise InvalidRequest("model is required")
+    return await stream_progress(
+        request,
+        lambda progress: pull_model(gw.store, name, insecure=req.insecure, progress=progress),
+        req.stream,
+    )
 
 
 async def blob_head(request: web.Request) -> web.Response:
@@ -126,5 +157,6 @@ async def blob_upload(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_post("/api/create", create)
+    r.add_post("/api/pull", pull)
     r.add_route("HEAD", "/api/blobs/{digest}", blob_head)
     r.add_post("/api/blobs/{digest}", blob_upload)
