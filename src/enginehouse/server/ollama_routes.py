@@ -352,7 +352,9 @@ async def _relay(
         resp.close()  # the client left: closing the engine's stream cancels its generation
         raise
     finally:
-        resp.release()
+        # llama-server closes a connection after a streamed answer without saying so: reusing it
+        # would fail the next request's first write. So streamed connections are not pooled.
+        resp.close()
 
 
 def add_routes(app: web.Application) -> None:

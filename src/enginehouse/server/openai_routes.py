@@ -113,6 +113,8 @@ async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
             try:
                 async for chunk in resp.content.iter_any():
                     await out.write(chunk)
+                    if chunk.endswith(b"data: [DONE]\n\n"):
+                        break  # llama-server's end marker: do not wait for it to close the stream
             except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
                 error = RunnerError(f"the engine closed the stream early: {exc.__class__.__name__}")
                 await out.write(b"data: " + orjson.dumps(openai_error_body(error)) + b"\n\n")
@@ -122,7 +124,10 @@ async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
             resp.close()  # the client left: closing the engine's stream cancels its generation
             raise
         finally:
-            resp.release()
+            if streaming:  # llama-server closes after a stream without saying so: never pool it
+                resp.close()
+            else:
+                resp.release()
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

@@ -107,6 +107,9 @@ class Store:
         self.manifests_dir = self.root / "manifests"
         self.external_dir = self.root / "external"
         self.tmp_dir = self.root / "tmp"
+        # resolve() is on every request's path: records are cached per manifest file and reused
+        # while its (mtime, size, inode) stay the same; blobs are content-addressed, so immutable.
+        self._resolved: dict[Path, tuple[tuple[int, int, int], list[Path], ModelRecord]] = {}
 
     # -- blobs ------------------------------------------------------------------------------------
 
@@ -433,8 +436,21 @@ class Store:
         )
 
     def resolve(self, name: ModelName | str) -> ModelRecord:
-        mn, path, manifest, data = self._read(name)
-        return self._record(mn, path, manifest, data)
+        mn, path = self._locate(name)
+        try:
+            st = path.stat()
+            signature = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            signature = None
+        cached = self._resolved.get(path)
+        if cached is not None and cached[0] == signature and all(map(os.path.exists, cached[1])):
+            return cached[2]
+        manifest, data = self._load(path, mn.display)
+        record = self._record(mn, path, manifest, data)
+        if signature is not None:
+            blobs = [self.blob_path(d) for d in manifest_digests(manifest)]
+            self._resolved[path] = (signature, blobs, record)
+        return record
 
     def list_models(self) -> list[ModelRecord]:
         records = []
