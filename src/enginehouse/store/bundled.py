@@ -46,7 +46,10 @@ def ensure_bundled(store: Store) -> ModelRecord | None:
     the GGUF carries its own chat template.
     """
     try:
-        return store.resolve(BUNDLED_NAME)
+        record = store.resolve(BUNDLED_NAME)
+        if record.params == BUNDLED_PARAMS and record.system == BUNDLED_SYSTEM:
+            return record
+        log.info("updating the bundled model's defaults")  # registered by an older enginehouse
     except (ModelNotFound, BlobNotFound, StoreError) as e:
         if not isinstance(e, ModelNotFound):
             log.warning("re-importing the bundled model: %s", e)
