@@ -442,3 +442,23 @@ def test_crash_at_every_point_leaves_store_consistent(tmp_path: Path, mode: str)
         assert_consistent(store)
     assert seen_model and seen_empty  # crashes both before and after the manifest landed
     assert src.read_bytes() == original
+
+
+def test_prune_removes_only_unreferenced_and_old_files(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s")
+    kept, _ = store.add_blob_bytes(b"kept")
+    store.write_manifest(
+        "m:latest", {"schemaVersion": 2, "layers": [{"mediaType": MEDIA_MODEL, "digest": kept, "size": 4}]}
+    )
+    orphan, _ = store.add_blob_bytes(b"orphan blob")
+    fresh, _ = store.add_blob_bytes(b"fresh orphan, maybe a pull in progress")
+    (store.root / "partial").mkdir()
+    stale_partial = store.root / "partial" / "sha256-abc.partial"
+    stale_partial.write_bytes(b"x" * 10)
+    # a cutoff in the future stands in for "an hour later" (ctime cannot be set back)
+    removed, freed = store.prune(older_than=-60)
+    assert not store.has_blob(orphan) and not store.has_blob(fresh) and not stale_partial.exists()
+    assert store.has_blob(kept)
+    assert removed == 3 and freed == len(b"orphan blob") + len(b"fresh orphan, maybe a pull in progress") + 10
+    younger, _ = store.add_blob_bytes(b"just written")
+    assert store.prune() == (0, 0) and store.has_blob(younger)  # the default keeps the last hour

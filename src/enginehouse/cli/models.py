@@ -246,4 +246,14 @@ def pull(config: Config, name: str, insecure: bool) -> None:
     console.print(f"pulled {record.name.display} ({human_size(record.size)})")
 
 
-COMMANDS = (list_models, show, rm, cp, import_, create, pull)
+@click.command()
+@click.option("--all", "everything", is_flag=True,
+              help="Also remove files younger than an hour (only when no pull or import is running).")
+@click.pass_obj
+def prune(config: Config, everything: bool) -> None:
+    """Remove blobs no model uses, and leftover temporary and partial-download files."""
+    removed, freed = Store(config.models).prune(older_than=0 if everything else 3600)
+    click.echo(f"removed {removed} file(s), freed {human_size(freed)}")
+
+
+COMMANDS = (list_models, show, rm, cp, import_, create, pull, prune)

@@ -112,7 +112,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> web.Applicatio
     app[GATEWAY] = gw
 
     async def on_startup(app: web.Application) -> None:
-        gw.store.clean_tmp()
+        gw.store.clean_tmp(older_than=3600)  # younger files may be a CLI import in progress
         record = ensure_bundled(gw.store)
         if record is not None:
             log.info("bundled model %s is available", record.name.display)

@@ -549,6 +549,31 @@ class Store:
         )
         return self.resolve(mn)
 
+    def prune(self, *, older_than: float = 3600.0) -> tuple[int, int]:
+        """Delete what no model uses: unreferenced blobs and external references, and leftover tmp
+        and partial-download files. Only files older than ``older_than`` seconds go, since younger
+        ones may belong to a pull or import in progress. Returns (files removed, bytes freed)."""
+        referenced: set[str] = set()
+        for _, path in self._iter_manifests():
+            try:
+                referenced |= set(manifest_digests(self._load(path, str(path))[0]))
+            except EnginehouseError:
+                continue
+        cutoff = time.time() - older_than
+        removed = freed = 0
+        for folder, suffix in ((self.blobs_dir, ""), (self.external_dir, ".json")):
+            for entry in _entries(folder):
+                try:
+                    digest = parse_digest(entry.name.removesuffix(suffix))
+                except EnginehouseError:
+                    continue  # not ours to judge
+                if digest not in referenced:
+                    removed, freed = _unlink_if_old(entry, cutoff, removed, freed)
+        for folder in (self.tmp_dir, self.root / "partial"):
+            for entry in _entries(folder):
+                removed, freed = _unlink_if_old(entry, cutoff, removed, freed)
+        return removed, freed
+
     def clean_tmp(self, older_than: float = 0.0) -> int:
         """Remove leftover partial files (those older than ``older_than`` seconds); returns a count."""
         removed = 0
@@ -567,3 +592,23 @@ class Store:
             except OSError:
                 continue
         return removed
+
+
+def _entries(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        return [e for e in os.scandir(folder) if e.is_file(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def _unlink_if_old(entry: os.DirEntry[str], cutoff: float, removed: int, freed: int) -> tuple[int, int]:
+    try:
+        st = entry.stat(follow_symlinks=False)
+        # ctime too: a hard-linked file carries its source's (possibly old) mtime.
+        if max(st.st_mtime, st.st_ctime) > cutoff:
+            return removed, freed
+        os.unlink(entry.path)
+    except OSError:
+        return removed, freed
+    # A hard-linked blob (the bundled model, an indexed Ollama store) frees nothing while linked.
+    return removed + 1, freed + (st.st_size if st.st_nlink <= 1 else 0)
