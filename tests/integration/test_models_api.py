@@ -102,3 +102,19 @@ def test_create_refuses_bad_input(client: ollama.Client) -> None:
     with pytest.raises(ollama.ResponseError) as err:  # server-side paths are not the client's to name
         client.create(model="x", from_="/etc/passwd")
     assert err.value.status_code in (400, 403)
+
+
+def test_bundled_prompt_matches_llama_cpp_rendering(server) -> None:
+    """Ollama's ChatML template, rendered by the gateway, gives llama.cpp's own prompt for the bundled
+    model's GGUF template: a model keeps its prompt whichever side renders it."""
+    from bench.template_cost import CHATML, conversation
+
+    from enginehouse.api.gotemplate import render_chat
+
+    ollama.Client(host=server.base_url).generate(model=MODEL, prompt="")  # load the runner
+    runner = server.gateway.scheduler.get(MODEL)
+    assert runner is not None
+    for turns in (1, 3):
+        messages = conversation(turns)
+        theirs = httpx.post(runner.engine.base_url + "/apply-template", json={"messages": messages}).json()
+        assert render_chat(CHATML, messages) == theirs["prompt"]
