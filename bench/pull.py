@@ -147,15 +147,15 @@ def measure_resume(reg: Registry, work: Path, part_size: int, backend: str) -> d
     store = Store(root)
     name = f"{reg.host}/{MODEL}"
     reg.call("/_fake/control", {"reset_stats": True, "fail_after": {reg.digest: reg.size // 2}})
-    retries = dl.RETRIES
-    dl.RETRIES = 0
+    retries = dl.tuning.RETRIES
+    dl.tuning.RETRIES = 0
     try:
         with contextlib.suppress(UpstreamUnavailable):
             run_loop(
                 lambda: pull_ollama(store, name, insecure=True, part_size=part_size, http_backend=backend)
             )
     finally:
-        dl.RETRIES = retries
+        dl.tuning.RETRIES = retries
     first = reg.call("/_fake/stats")["bytes_sent"].get(reg.digest, 0)
     state = json.loads((dl.partial_dir(store) / (reg.digest.replace(":", "-") + ".json")).read_bytes())
     kept = sum(done for _, _, done in state["parts"])

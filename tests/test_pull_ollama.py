@@ -52,7 +52,7 @@ def store(tmp_path: Path) -> Store:
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dl, "BACKOFF_BASE", 0.05)
+    monkeypatch.setattr(dl.tuning, "BACKOFF_BASE", 0.05)
 
 
 def pull(store: Store, name: str, **kw: Any) -> Any:
@@ -131,7 +131,7 @@ def test_pull_resolves_verbatim_via_realm_and_cdn_with_ranges(
     assert any("Authorization" in h for h in registry.stats.registry_headers)  # the token was used there
     check_progress(events, json.loads(manifest_bytes))
     big = [e for e in events if e.get("digest") == digest]
-    assert len(big) <= elapsed / dl.PROGRESS_INTERVAL + 3  # throttled
+    assert len(big) <= elapsed / dl.tuning.PROGRESS_INTERVAL + 3  # throttled
     assert not list(dl.partial_dir(store).iterdir())  # nothing left behind
 
     registry.reset_stats()  # a second pull costs a manifest check only
@@ -177,7 +177,7 @@ def test_dropped_connection_resumes_where_it_stopped(
 def test_failed_pull_resumes_on_the_next_one(
     registry: FakeRegistry, store: Store, gguf: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(dl, "RETRIES", 0)
+    monkeypatch.setattr(dl.tuning, "RETRIES", 0)
     digest, size = big_digest(registry)
     registry.fail_after[digest] = 40 << 20  # then every response for it breaks off, 503 after
     name = registry.name("library", "tiny", "latest")
@@ -234,7 +234,7 @@ def test_stalled_download_is_retried_from_where_it_stopped(
 def test_download_that_keeps_stalling_fails_clearly(
     registry: FakeRegistry, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(dl, "RETRIES", 2)
+    monkeypatch.setattr(dl.tuning, "RETRIES", 2)
     digest, _ = big_digest(registry)
     registry.stall[digest] = [0, 3.0, 10]
     with pytest.raises(UpstreamUnavailable, match=r"no data from .* for 0.3s") as exc:

@@ -215,7 +215,7 @@ async def pull_ollama(
                     http,
                     progress=reporter(blob),
                     part_size=part_size,
-                    connections=download.CONNECTIONS_PER_BLOB,
+                    connections=download.tuning.CONNECTIONS_PER_BLOB,
                 )
 
         await run_all([fetch(b) for b in blobs])
