@@ -17,8 +17,7 @@ import pytest
 from enginehouse.errors import InvalidDigest, InvalidRequest, ModelNotFound, UpstreamUnavailable
 from enginehouse.store import Store, bundled_model_file, read_gguf_info
 from enginehouse.store import download as dl
-from enginehouse.store.pull import pull_model
-from enginehouse.store.pull_hf import (
+from enginehouse.store.hf import (
     HfAccessDenied,
     HfFile,
     HfRepoNotFound,
@@ -30,6 +29,7 @@ from enginehouse.store.pull_hf import (
     parse_hf_name,
     pull_hf,
 )
+from enginehouse.store.pull import pull_model
 from enginehouse.store.store import MEDIA_MODEL
 from tests.fakes.hf_hub import FakeHub
 

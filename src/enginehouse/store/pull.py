@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from enginehouse.store.hf import HF_HOSTS, pull_hf
 from enginehouse.store.names import ModelName
-from enginehouse.store.pull_hf import HF_HOSTS, pull_hf
 from enginehouse.store.pull_ollama import pull_ollama
 from enginehouse.store.store import ModelRecord, Store
 
@@ -18,7 +18,7 @@ async def pull_model(
 ) -> ModelRecord:
     """Pull ``name``: ``hf.co/{owner}/{repo}[:{quant}]`` (or ``huggingface.co/...``) from Hugging
     Face (the GGUF of that quantisation, from ``HF_ENDPOINT`` or https://huggingface.co, with
-    ``HF_TOKEN`` for gated or private repositories; see :mod:`pull_hf`), anything else from an
+    ``HF_TOKEN`` for gated or private repositories; see :mod:`enginehouse.store.hf`), anything else from an
     Ollama registry (``registry.ollama.ai`` unless the name carries a host)."""
     model_name = ModelName.parse(name)
     if model_name.host in HF_HOSTS:
