@@ -458,3 +458,25 @@ def test_reaper_survives_a_failing_stop(store: Store) -> None:
                 await sched.close()
 
     run(main())
+
+
+def test_factory_passes_adapters_as_lora(tmp_path) -> None:
+    import dataclasses
+
+    from enginehouse.config import Config
+    from enginehouse.engines.base import RunnerSpec
+    from enginehouse.engines.factory import EngineFactory
+    from enginehouse.engines.llama_server import build_argv
+    from enginehouse.store import Store, ensure_bundled
+
+    store = Store(tmp_path / "models")
+    bundled = ensure_bundled(store)
+    assert bundled is not None
+    record = dataclasses.replace(
+        bundled, adapters=[tmp_path / "lora.gguf"]
+    )  # records are shared: no mutation
+    settings = EngineFactory(Config.from_env({}, home=tmp_path)).settings_for(record, RunnerSpec())
+    argv = build_argv(tmp_path / "llama-server", settings, 1234)
+    assert argv[argv.index("--lora") + 1] == str(tmp_path / "lora.gguf")
+    embed = EngineFactory(Config.from_env({}, home=tmp_path)).settings_for(record, RunnerSpec(embedding=True))
+    assert "--pooling" in build_argv(tmp_path / "llama-server", embed, 1234)

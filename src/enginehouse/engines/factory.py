@@ -39,6 +39,8 @@ class EngineFactory:
         extra: tuple[str, ...] = ()
         if spec.embedding and not info.is_embedding:
             extra = ("--pooling", "mean")  # a chat model asked to embed: average its hidden states
+        for adapter in record.adapters:  # Modelfile ADAPTER lines: LoRA applied by llama-server
+            extra += ("--lora", str(adapter))
         return LlamaServerSettings(
             model_path=record.model_path,
             alias=record.name.display,
