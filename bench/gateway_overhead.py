@@ -7,7 +7,8 @@ every round) and waits for all of them:
   direct      llama-server /v1/chat/completions (the baseline)
   openai-api  enginehouse /v1/chat/completions (SSE bytes passed through)
   ollama-api  enginehouse /api/chat (each chunk translated to NDJSON)
-Reported per level and path: p50/p95 time to first token, aggregate output tokens/s (all tokens of a
+Each level starts with one excluded warm-up batch per path. Reported per level and path: p50/p95
+time to first token, aggregate output tokens/s (all tokens of a
 round over its wall time, median over rounds), their ratio and difference to direct, and the gateway's
 own CPU time per request (from /proc), which on a 2-core machine is taken from the engine.
 """
@@ -44,9 +45,14 @@ async def measure(pair, levels: list[int], rounds: int, tokens: int) -> dict:
     async with aiohttp.ClientSession(
         connector=connector, timeout=aiohttp.ClientTimeout(total=900)
     ) as session:
-        for url, body in paths.values():  # warm-up, excluded
-            await one_stream(session, url, body, url.endswith("/api/chat"))
         for level in levels:
+            # Warm-up at every level, excluded: each runner's slots cache the prompt, and the first batch
+            # to reach a runner at a new width pays the prompt for every cold slot (a second or more).
+            # The two doors share one runner, so without this the first door to arrive pays for both.
+            for name, (url, body) in paths.items():
+                await asyncio.gather(
+                    *(one_stream(session, url, body, name == "ollama-api") for _ in range(level))
+                )
             ttfts: dict[str, list[float]] = {n: [] for n in names}
             rates: dict[str, list[float]] = {n: [] for n in names}
             cpu: dict[str, list[float]] = {n: [] for n in names}
