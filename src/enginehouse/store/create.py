@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,7 @@ from enginehouse.store.store import (
     MEDIA_TEMPLATE,
     ModelRecord,
     Store,
-    _go_arch,
+    gguf_config,
 )
 
 Progress = Callable[[dict[str, Any]], None]
@@ -186,18 +185,6 @@ def _plan_from(store: Store, from_: str, base_dir: Path | None, allow_paths: boo
     )
 
 
-def _config_for(info: GGUFInfo) -> dict[str, Any]:
-    return {
-        "model_format": "gguf",
-        "model_family": info.architecture,
-        "model_families": [info.architecture],
-        "model_type": info.parameter_size,
-        "file_type": info.file_type,
-        "architecture": _go_arch(),
-        "os": "windows" if sys.platform == "win32" else sys.platform,
-    }
-
-
 def _check_adapter(src: _Source, ref: str, family: str | None) -> None:
     assert src.info is not None
     kind = src.info.model_info.get("general.type")
@@ -290,7 +277,7 @@ def create_model(
     if plan.model is not None:
         layers.append(w.source(plan.model, MEDIA_MODEL))
         assert plan.model.info is not None
-        config = _config_for(plan.model.info)
+        config = gguf_config(plan.model.info)
     else:
         keep = {MEDIA_MODEL, MEDIA_PROJECTOR}
         if not modelfile.adapters:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import inspect
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from enginehouse.store.download import (
     run_all,
 )
 from enginehouse.store.names import ModelName, as_model_name, parse_digest
+from enginehouse.store.progress import emitter
 from enginehouse.store.store import MANIFEST_MEDIA_TYPE, MAX_MANIFEST_BYTES, MEDIA_MODEL, ModelRecord, Store
 
 __all__ = ["RegistryModelNotFound", "manifest_url", "pull_ollama"]
@@ -172,11 +172,7 @@ async def pull_ollama(
     mn = ModelName.parse(name)
     shown = mn.display
 
-    async def emit(event: dict[str, Any]) -> None:
-        if progress is not None:
-            r = progress(event)
-            if inspect.isawaitable(r):
-                await r
+    emit = emitter(progress)
 
     await emit({"status": "pulling manifest"})
     host = (urlsplit(f"//{mn.host}").hostname or mn.host).lower()

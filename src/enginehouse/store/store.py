@@ -41,7 +41,7 @@ from enginehouse.store.fsio import (
     make_dirs,
     make_readable,
 )
-from enginehouse.store.gguf_info import read_gguf_info
+from enginehouse.store.gguf_info import GGUFInfo, read_gguf_info
 from enginehouse.store.names import ModelName, as_model_name, digest_filename, parse_digest
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,19 @@ def manifest_digests(manifest: Any) -> list[str]:
             raise StoreError("manifest layer has no digest")
         digests.append(parse_digest(layer["digest"]))
     return digests
+
+
+def gguf_config(info: GGUFInfo) -> dict[str, Any]:
+    """The config blob Ollama writes for a GGUF model (without its ``rootfs``)."""
+    return {
+        "model_format": "gguf",
+        "model_family": info.architecture,
+        "model_families": [info.architecture],
+        "model_type": info.parameter_size,
+        "file_type": info.file_type,
+        "architecture": _go_arch(),
+        "os": "windows" if sys.platform == "win32" else sys.platform,
+    }
 
 
 def _go_arch() -> str:
@@ -528,13 +541,7 @@ class Store:
             d, n = self.add_blob_bytes(blob)
             layers.append({"mediaType": media, "digest": d, "size": n})
         config = {
-            "model_format": "gguf",
-            "model_family": info.architecture,
-            "model_families": [info.architecture],
-            "model_type": info.parameter_size,
-            "file_type": info.file_type,
-            "architecture": _go_arch(),
-            "os": "windows" if sys.platform == "win32" else sys.platform,
+            **gguf_config(info),
             "rootfs": {"type": "layers", "diff_ids": [layer["digest"] for layer in layers]},
         }
         cfg_digest, cfg_size = self.add_blob_bytes(json.dumps(config, separators=(",", ":")).encode())

@@ -17,7 +17,6 @@ Progress events are those of an Ollama pull. Pulling what is already there costs
 from __future__ import annotations
 
 import asyncio
-import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,6 +36,7 @@ from enginehouse.store.hf.hub import (
 )
 from enginehouse.store.hf.names import HF_STORE_HOST, parse_hf_name
 from enginehouse.store.names import ModelName
+from enginehouse.store.progress import emitter
 from enginehouse.store.store import ModelRecord, Store
 
 __all__ = ["PullProgress", "pull_hf"]
@@ -97,11 +97,7 @@ async def pull_hf(
     label = f"{HF_STORE_HOST}/{ref.repo_id}"
     shown = ref.name.display
 
-    async def emit(event: dict[str, Any]) -> None:
-        if progress is not None:
-            r = progress(event)
-            if inspect.isawaitable(r):
-                await r
+    emit = emitter(progress)
 
     await emit({"status": "pulling manifest"})
     origin_host = (urlsplit(ep).hostname or "").lower()
