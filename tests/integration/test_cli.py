@@ -100,3 +100,14 @@ def test_every_command_has_help(server_config: Config) -> None:
         out = eh(server_config, *args, "--help", timeout=30)
         assert out.returncode == 0, (args, out.stderr)
         assert len(out.stdout.splitlines()) > 3
+
+
+def test_ps_and_stop_against_the_running_server(server, server_config: Config) -> None:
+    host = f"127.0.0.1:{server.port}"
+    assert eh(server_config, "run", MODEL, "Hi", "--keepalive", "10m", host=host).returncode == 0
+    listed = json.loads(eh(server_config, "ps", "--json", host=host).stdout)
+    assert MODEL in [m["name"] for m in listed]
+    table = eh(server_config, "ps", host=host).stdout
+    assert MODEL in table and "from now" in table
+    assert eh(server_config, "stop", MODEL, host=host).returncode == 0
+    assert MODEL not in [m["name"] for m in json.loads(eh(server_config, "ps", "--json", host=host).stdout)]

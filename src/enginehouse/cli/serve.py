@@ -6,8 +6,8 @@ import contextlib
 import json
 import logging
 import sys
-import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -198,7 +198,8 @@ def ps(config: Config, as_json: bool) -> None:
     for m in models:
         until = m["expires_at"]
         with contextlib.suppress(ValueError):
-            seconds = time.mktime(time.strptime(until[:19], "%Y-%m-%dT%H:%M:%S")) - time.mktime(time.gmtime())
+            expires = datetime.fromisoformat(until.replace("Z", "+00:00"))
+            seconds = (expires - datetime.now(UTC)).total_seconds()
             until = "forever" if seconds > 10 * 365 * 86400 else f"{max(0, int(seconds))}s from now"
         click.echo(
             f"{m['name']:<28}{m.get('engine', ''):<14}{m.get('state', ''):<10}"
