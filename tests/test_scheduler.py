@@ -480,3 +480,77 @@ def test_factory_passes_adapters_as_lora(tmp_path) -> None:
     assert argv[argv.index("--lora") + 1] == str(tmp_path / "lora.gguf")
     embed = EngineFactory(Config.from_env({}, home=tmp_path)).settings_for(record, RunnerSpec(embedding=True))
     assert "--pooling" in build_argv(tmp_path / "llama-server", embed, 1234)
+
+
+# -- the memory budget ------------------------------------------------------------------------------
+
+
+def budgeted(store: Store, factory: Factory, budget_mib: int, size_mib: int, **kw: Any) -> Scheduler:
+    from enginehouse.sched.memory import MemoryBudget, MemoryEstimate, MiB
+
+    budget = MemoryBudget(cap_bytes=budget_mib * MiB, reserve_bytes=0, free=lambda: 64 * 1024 * MiB)
+    return Scheduler(
+        store,
+        factory,
+        budget=budget,
+        **kw,
+        estimator=lambda record, spec: MemoryEstimate(size_mib * MiB, 0, 0, 0),
+    )
+
+
+def test_budget_evicts_the_least_recently_used_idle_model(store: Store) -> None:
+    factory = Factory(delay=0.01)
+    a, b, c = another_model(store), another_model(store), another_model(store)
+
+    async def main() -> None:
+        sched = budgeted(store, factory, budget_mib=250, size_mib=100)
+        for name in (a, b):
+            async with sched.acquire(name):
+                pass
+        async with sched.acquire(a):  # a is now the most recently used
+            pass
+        async with sched.acquire(c):
+            pass
+        assert sorted(m.name for m in sched.ps()) == sorted([a, c])  # b went, a stayed
+        assert ("stop", b) in factory.events and ("stop", a) not in factory.events
+
+    run(main())
+
+
+def test_budget_waits_for_a_busy_model_instead_of_killing_it(store: Store) -> None:
+    factory = Factory(delay=0.01)
+    a, b = another_model(store), another_model(store)
+
+    async def main() -> None:
+        sched = budgeted(store, factory, budget_mib=150, size_mib=100)
+        release = asyncio.Event()
+
+        async def hold_a() -> None:
+            async with sched.acquire(a):
+                await release.wait()
+
+        holder = asyncio.create_task(hold_a())
+        await wait_until(lambda: sched.get(a) is not None and sched.get(a).in_flight == 1)
+        loading_b = asyncio.create_task(sched.load(b))
+        await asyncio.sleep(0.3)
+        assert not loading_b.done() and ("stop", a) not in factory.events  # a is serving: b waits
+        release.set()
+        await holder
+        await loading_b
+        assert factory.events.index(("stop", a)) < factory.events.index(("start", b))
+
+    run(main())
+
+
+def test_a_model_that_can_never_fit_is_refused_with_the_numbers(store: Store) -> None:
+    from enginehouse.errors import InsufficientMemory
+
+    factory = Factory()
+
+    async def main() -> None:
+        sched = budgeted(store, factory, budget_mib=50, size_mib=100)
+        with pytest.raises(InsufficientMemory, match=r"100 MiB.*50 MiB"):
+            await sched.load(another_model(store))
+        assert factory.count("start") == 0 and sched.ps() == []
+
+    run(main())

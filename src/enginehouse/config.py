@@ -147,6 +147,20 @@ SETTINGS: tuple[Setting, ...] = (
         str,
     ),
     Setting(
+        "max_memory_mib",
+        "ENGINEHOUSE_MAX_MEMORY_MIB",
+        "0",
+        "Cap on the memory all runners together may hold, MiB (0: free RAM less the reserve).",
+        int,
+    ),
+    Setting(
+        "memory_reserve_mib",
+        "ENGINEHOUSE_MEMORY_RESERVE_MIB",
+        "512",
+        "Memory left to the system and the gateway when sizing the runners' budget, MiB.",
+        int,
+    ),
+    Setting(
         "api_key",
         "ENGINEHOUSE_API_KEY",
         "",
@@ -179,6 +193,8 @@ class Config:
     load_timeout: float = 300.0
     models_dir: Path | None = None
     log_level: str = "info"
+    max_memory_mib: int = 0
+    memory_reserve_mib: int = 512
     api_key: str = ""
     max_body_mib: int = 64
     pypi_index: str = "https://pypi.org/simple"

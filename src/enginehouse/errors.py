@@ -15,6 +15,7 @@
     ├── RunnerError                       502  a runner failed to start, died, or answered badly
     │   └── RunnerStartFailed             502  carries the last lines of the runner's log
     ├── ServerBusy                        503  queue full: try again after ``retry_after`` seconds
+    ├── InsufficientMemory                507  the model cannot fit in the memory budget, ever
     └── UpstreamUnavailable               502  a remote engine could not be reached
 
 Handlers never format errors themselves: they call :func:`ollama_error_body` or
@@ -107,6 +108,10 @@ class ServerBusy(EnginehouseError):
     def __init__(self, message: str = "server busy, please try again.", retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class InsufficientMemory(EnginehouseError):
+    status = 507
 
 
 class UpstreamUnavailable(EnginehouseError):

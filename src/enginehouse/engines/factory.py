@@ -13,6 +13,7 @@ from enginehouse.config import Config
 from enginehouse.engines.base import Engine, RunnerSpec
 from enginehouse.engines.llama_install import require_llama_server
 from enginehouse.engines.llama_server import LlamaServerEngine, LlamaServerSettings
+from enginehouse.sched.memory import MemoryEstimate, estimate_runner
 from enginehouse.store import ModelRecord
 from enginehouse.store.gguf_info import GGUFInfo, read_gguf_info
 
@@ -50,6 +51,17 @@ class EngineFactory:
             cache_ram_mib=self.config.cache_ram_mib,
             embedding=info.is_embedding or spec.embedding,
             extra_args=extra,
+        )
+
+    def estimate_for(self, record: ModelRecord, spec: RunnerSpec | None = None) -> MemoryEstimate:
+        """What a runner for ``record`` would hold, from its GGUF and the settings it would get."""
+        settings = self.settings_for(record, spec)
+        return estimate_runner(
+            gguf_info_for(record),
+            ctx_per_slot=settings.ctx_per_slot,
+            num_parallel=settings.num_parallel,
+            embedding=settings.embedding,
+            cache_ram_mib=settings.cache_ram_mib,
         )
 
     def __call__(self, record: ModelRecord, spec: RunnerSpec | None = None) -> Engine:

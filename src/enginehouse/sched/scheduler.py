@@ -16,13 +16,16 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from enginehouse.engines.base import Engine, RunnerSpec
-from enginehouse.errors import EnginehouseError
+from enginehouse.errors import EnginehouseError, InsufficientMemory, ServerBusy
+from enginehouse.sched.eviction import Candidate, Fits, NeverFits, evict_for
+from enginehouse.sched.memory import MemoryBudget, MemoryEstimate, measure_rss
 from enginehouse.store import ModelRecord, Store
 
 log = logging.getLogger(__name__)
 
 
 EngineFactory = Callable[[ModelRecord, RunnerSpec], Engine]
+Estimator = Callable[[ModelRecord, RunnerSpec], MemoryEstimate]
 
 
 @dataclass
@@ -38,6 +41,12 @@ class LoadedModel:
     last_used: float = field(default_factory=time.time)
     spec: RunnerSpec = field(default_factory=RunnerSpec)
     draining: bool = False  # being replaced: new requests wait for the replacement
+    estimate: int = 0  # bytes the runner was expected to hold when it was loaded
+
+    def resident(self) -> int:
+        """What the runner holds now: its measured RSS, or the estimate when it cannot be read."""
+        pid = self.engine.info().pid
+        return measure_rss(pid) if pid else self.estimate
 
     @property
     def ctx_per_slot(self) -> int | None:
@@ -66,14 +75,19 @@ class Scheduler:
         default_keep_alive: float = 300.0,
         load_timeout: float = 300.0,
         reap_interval: float = 1.0,
+        budget: MemoryBudget | None = None,
+        estimator: Estimator | None = None,
     ) -> None:
         self.store = store
         self.engine_factory = engine_factory
         self.default_keep_alive = default_keep_alive
         self.load_timeout = load_timeout
         self.reap_interval = reap_interval
+        self.budget = budget  # with an estimator: a load evicts idle models to stay within it
+        self.estimator = estimator
         self._loaded: dict[str, LoadedModel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._planning = asyncio.Lock()  # one load at a time plans and spends memory
         self._reaper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -168,28 +182,63 @@ class Scheduler:
                 await self._drain_and_stop(model)
                 model = None
             if model is None:
-                started = time.monotonic()
-                engine = self.engine_factory(record, spec)
-                log.info("loading %s on %s", key, engine.kind)
-                try:
-                    await engine.ensure_ready(self.load_timeout)
-                except BaseException:
-                    await engine.stop()
-                    raise
-                model = LoadedModel(
-                    record.name.display,
-                    record,
-                    engine,
-                    loaded_at=time.time(),
-                    load_duration=time.monotonic() - started,
-                    keep_alive=self.default_keep_alive,
-                    spec=spec,
-                )
-                self._loaded[key] = model
+                async with self._planning:
+                    started = time.monotonic()
+                    estimate = await self._make_room(key, record, spec)
+                    engine = self.engine_factory(record, spec)
+                    log.info("loading %s on %s", key, engine.kind)
+                    try:
+                        await engine.ensure_ready(self.load_timeout)
+                    except BaseException:
+                        await engine.stop()
+                        raise
+                    model = LoadedModel(
+                        record.name.display,
+                        record,
+                        engine,
+                        loaded_at=time.time(),
+                        load_duration=time.monotonic() - started,
+                        keep_alive=self.default_keep_alive,
+                        spec=spec,
+                        estimate=estimate,
+                    )
+                    self._loaded[key] = model
                 log.info("loaded %s in %.2fs (%s)", key, model.load_duration, engine.base_url)
             else:
                 await model.engine.ensure_ready(self.load_timeout)
             return model
+
+    async def _make_room(self, key: str, record: ModelRecord, spec: RunnerSpec) -> int:
+        """Stop idle models until the new runner fits the budget; wait (up to the load timeout) for
+        busy ones to drain when only they stand in the way. Returns the new runner's estimate."""
+        if self.budget is None or self.estimator is None:
+            return 0
+        estimate = self.estimator(record, spec)
+        deadline = time.monotonic() + self.load_timeout
+        while True:
+            others = [m for k, m in self._loaded.items() if k != key]
+            loaded = [
+                Candidate(
+                    m.spec.key(m.name),
+                    max(m.estimate, m.resident()),
+                    m.in_flight,
+                    pinned=math.isinf(m.keep_alive),
+                    last_used=m.last_used,
+                )
+                for m in others
+            ]
+            budget = self.budget.available(c.estimate for c in loaded)
+            plan = evict_for(Candidate(key, estimate.total, last_used=time.time()), loaded, budget)
+            if isinstance(plan, NeverFits):
+                raise InsufficientMemory(f"{plan.message} (estimate: {estimate.describe()})")
+            if isinstance(plan, Fits):
+                for victim in plan.evict:
+                    log.info("evicting %s to make room for %s", victim, key)
+                    await self._drain_and_stop(self._loaded[victim])
+                return estimate.total
+            if time.monotonic() > deadline:
+                raise ServerBusy(f"{plan.message}; gave up after {self.load_timeout:.0f}s", retry_after=5)
+            await asyncio.sleep(0.1)  # the models in the way are serving requests: let them drain
 
     async def _stop(self, model: LoadedModel) -> None:
         key = model.spec.key(model.name)

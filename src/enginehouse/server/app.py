@@ -26,6 +26,7 @@ from enginehouse.errors import (
     openai_error_body,
 )
 from enginehouse.sched.keep_alive import parse_keep_alive
+from enginehouse.sched.memory import MemoryBudget, MiB
 from enginehouse.sched.scheduler import Scheduler
 from enginehouse.server import model_routes, ollama_routes, openai_routes
 from enginehouse.server.app_state import GATEWAY, Gateway, json_response, validation_message
@@ -94,11 +95,17 @@ async def openapi(request: web.Request) -> web.Response:
 
 def build_gateway(config: Config) -> Gateway:
     store = Store(config.models)
+    factory = EngineFactory(config)
+    budget = MemoryBudget(
+        cap_bytes=config.max_memory_mib * MiB or None, reserve_bytes=config.memory_reserve_mib * MiB
+    )
     scheduler = Scheduler(
         store,
-        EngineFactory(config),
+        factory,
         default_keep_alive=parse_keep_alive(config.keep_alive, 300.0) or 0.0,
         load_timeout=config.load_timeout,
+        budget=budget,
+        estimator=factory.estimate_for,
     )
     return Gateway(config, store, scheduler, Upstream())
 
