@@ -554,3 +554,31 @@ def test_a_model_that_can_never_fit_is_refused_with_the_numbers(store: Store) ->
         assert factory.count("start") == 0 and sched.ps() == []
 
     run(main())
+
+
+def test_a_full_queue_is_refused_with_server_busy(store: Store) -> None:
+    from enginehouse.errors import ServerBusy
+
+    factory = Factory(delay=0.01)
+    name = another_model(store)
+
+    async def main() -> None:
+        sched = Scheduler(store, factory, max_queue=1)  # the fake engine reports 1 slot
+        release = asyncio.Event()
+
+        async def hold() -> None:
+            async with sched.acquire(name):
+                await release.wait()
+
+        holders = [asyncio.create_task(hold()) for _ in range(2)]  # 1 in the slot, 1 queued
+        await wait_until(lambda: sched.get(name) is not None and sched.get(name).in_flight == 2)
+        with pytest.raises(ServerBusy, match="server busy") as err:
+            async with sched.acquire(name):
+                pass
+        assert err.value.retry_after > 0
+        release.set()
+        await asyncio.gather(*holders)
+        async with sched.acquire(name):  # room again
+            pass
+
+    run(main())

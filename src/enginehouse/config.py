@@ -147,6 +147,14 @@ SETTINGS: tuple[Setting, ...] = (
         str,
     ),
     Setting(
+        "max_queue",
+        "ENGINEHOUSE_MAX_QUEUE",
+        "512",
+        "Requests per model that may wait beyond its busy slots; more get 503 with Retry-After.",
+        int,
+        fallback_env="OLLAMA_MAX_QUEUE",
+    ),
+    Setting(
         "max_memory_mib",
         "ENGINEHOUSE_MAX_MEMORY_MIB",
         "0",
@@ -193,6 +201,7 @@ class Config:
     load_timeout: float = 300.0
     models_dir: Path | None = None
     log_level: str = "info"
+    max_queue: int = 512
     max_memory_mib: int = 0
     memory_reserve_mib: int = 512
     api_key: str = ""

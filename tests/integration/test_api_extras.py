@@ -132,3 +132,30 @@ def test_api_key_and_body_limit(server_config: Config, tmp_path) -> None:
             srv.base_url + "/api/generate", content=big, headers={"Authorization": "Bearer s3cret"}
         )
         assert r.status_code == 413 and "too large" in r.json()["error"]
+
+
+def test_queue_full_gives_503_with_retry_after_on_both_doors(server_config: Config, tmp_path) -> None:
+    config = server_config.with_(home=tmp_path, num_parallel=1, max_queue=0)
+    with BackgroundServer(config) as srv:
+        long = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Count to a thousand."}],
+            "options": {"num_predict": 400},
+        }
+
+        async def scenario() -> None:
+            async with httpx.AsyncClient(timeout=120) as client:
+                await client.post(srv.base_url + "/api/generate", json={"model": MODEL, "prompt": ""})
+                async with client.stream("POST", srv.base_url + "/api/chat", json=long) as first:
+                    async for _ in first.aiter_lines():
+                        break  # the one slot is generating
+                    busy = await client.post(srv.base_url + "/api/chat", json=long)
+                    assert busy.status_code == 503 and "busy" in busy.json()["error"]
+                    assert int(busy.headers["Retry-After"]) >= 1
+                    oai = await client.post(
+                        srv.base_url + "/v1/chat/completions",
+                        json={"model": MODEL, "messages": long["messages"]},
+                    )
+                    assert oai.status_code == 503 and oai.json()["error"]["code"] == "server_busy"
+
+        asyncio.run(scenario())

@@ -43,6 +43,10 @@ class LoadedModel:
     draining: bool = False  # being replaced: new requests wait for the replacement
     estimate: int = 0  # bytes the runner was expected to hold when it was loaded
 
+    @property
+    def slots(self) -> int:
+        return int(self.engine.info().extra.get("num_parallel", 1))
+
     def resident(self) -> int:
         """What the runner holds now: its measured RSS, or the estimate when it cannot be read."""
         pid = self.engine.info().pid
@@ -77,6 +81,7 @@ class Scheduler:
         reap_interval: float = 1.0,
         budget: MemoryBudget | None = None,
         estimator: Estimator | None = None,
+        max_queue: int | None = None,
     ) -> None:
         self.store = store
         self.engine_factory = engine_factory
@@ -85,6 +90,7 @@ class Scheduler:
         self.reap_interval = reap_interval
         self.budget = budget  # with an estimator: a load evicts idle models to stay within it
         self.estimator = estimator
+        self.max_queue = max_queue  # requests per model beyond its slots before a 503 (None: no bound)
         self._loaded: dict[str, LoadedModel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._planning = asyncio.Lock()  # one load at a time plans and spends memory
@@ -119,6 +125,12 @@ class Scheduler:
         was_loaded = key in self._loaded and self._loaded[key].serves(record, spec)
         started = time.monotonic()
         model = await self._ensure_loaded(key, record, spec)
+        if self.max_queue is not None and model.in_flight >= model.slots + self.max_queue:
+            # Every slot busy and the queue behind them full: refuse now rather than queue forever.
+            raise ServerBusy(
+                f"server busy: {model.name} has {model.in_flight} requests in flight "
+                f"({model.slots} slots, queue of {self.max_queue}); please try again"
+            )
         model.in_flight += 1
         model.expires_at = None
         try:

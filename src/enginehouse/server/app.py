@@ -106,6 +106,7 @@ def build_gateway(config: Config) -> Gateway:
         load_timeout=config.load_timeout,
         budget=budget,
         estimator=factory.estimate_for,
+        max_queue=max(0, config.max_queue),
     )
     return Gateway(config, store, scheduler, Upstream())
 
