@@ -45,3 +45,21 @@ def test_a_model_too_big_for_the_budget_is_refused(server_config: Config, tmp_pa
         assert err.value.status_code == 507
         assert "needs" in err.value.error and "budget" in err.value.error
         assert srv.gateway.scheduler.ps() == []
+
+
+def test_measured_size_corrects_the_estimate_and_shows_in_ps(server_config: Config, tmp_path: Path) -> None:
+    with BackgroundServer(server_config.with_(home=tmp_path)) as srv:
+        client = ollama.Client(host=srv.base_url)
+        client.generate(model=MODEL, prompt="Hi", options={"num_predict": 4})
+        loaded = srv.gateway.scheduler.get(MODEL)
+        assert loaded is not None and loaded.memory is not None
+        assert loaded.measured > 50 * 2**20
+        # The prompt-cache term is a bound the runner fills over time; the rest is the estimate proper.
+        proper = loaded.memory.total - loaded.memory.prompt_cache
+        assert abs(proper - loaded.measured) / loaded.measured < 0.1
+        corrector = srv.gateway.scheduler.corrector
+        assert loaded.record.model_digest in corrector.ratios
+        assert corrector.correct(loaded.record.model_digest, loaded.memory) != loaded.memory.total or (
+            corrector.ratios[loaded.record.model_digest] == 1.0
+        )
+        assert client.ps().models[0].size == loaded.measured  # memory held, as Ollama reports it

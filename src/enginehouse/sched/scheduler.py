@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from enginehouse.engines.base import Engine, RunnerSpec
 from enginehouse.errors import EnginehouseError, InsufficientMemory, ServerBusy
 from enginehouse.sched.eviction import Candidate, Fits, NeverFits, evict_for
-from enginehouse.sched.memory import MemoryBudget, MemoryEstimate, measure_rss
+from enginehouse.sched.memory import EstimateCorrector, MemoryBudget, MemoryEstimate, measure_rss
 from enginehouse.store import ModelRecord, Store
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,9 @@ class LoadedModel:
     last_used: float = field(default_factory=time.time)
     spec: RunnerSpec = field(default_factory=RunnerSpec)
     draining: bool = False  # being replaced: new requests wait for the replacement
-    estimate: int = 0  # bytes the runner was expected to hold when it was loaded
+    estimate: int = 0  # bytes the runner was expected to hold when it was loaded (corrected)
+    memory: MemoryEstimate | None = None  # the uncorrected estimate, term by term
+    measured: int = 0  # peak resident bytes, read after its first request
 
     @property
     def slots(self) -> int:
@@ -90,9 +92,11 @@ class Scheduler:
         self.reap_interval = reap_interval
         self.budget = budget  # with an estimator: a load evicts idle models to stay within it
         self.estimator = estimator
+        self.corrector = EstimateCorrector()  # learns each model's estimate error from its runs
         self.max_queue = max_queue  # requests per model beyond its slots before a 503 (None: no bound)
         self._loaded: dict[str, LoadedModel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._pending_memory: dict[str, MemoryEstimate] = {}
         self._planning = asyncio.Lock()  # one load at a time plans and spends memory
         self._reaper: asyncio.Task[None] | None = None
 
@@ -138,6 +142,8 @@ class Scheduler:
         finally:
             model.in_flight -= 1
             model.last_used = time.time()
+            if not model.measured:
+                self._measure(model)
             model.keep_alive = self.default_keep_alive if keep_alive is None else keep_alive
             if model.in_flight == 0 and not model.draining:
                 if model.keep_alive <= 0:
@@ -213,6 +219,7 @@ class Scheduler:
                         keep_alive=self.default_keep_alive,
                         spec=spec,
                         estimate=estimate,
+                        memory=self._pending_memory.pop(key, None),
                     )
                     self._loaded[key] = model
                 log.info("loaded %s in %.2fs (%s)", key, model.load_duration, engine.base_url)
@@ -225,7 +232,8 @@ class Scheduler:
         busy ones to drain when only they stand in the way. Returns the new runner's estimate."""
         if self.budget is None or self.estimator is None:
             return 0
-        estimate = self.estimator(record, spec)
+        raw = self.estimator(record, spec)
+        estimate = self.corrector.correct(record.model_digest, raw)
         deadline = time.monotonic() + self.load_timeout
         while True:
             others = [m for k, m in self._loaded.items() if k != key]
@@ -240,17 +248,35 @@ class Scheduler:
                 for m in others
             ]
             budget = self.budget.available(c.estimate for c in loaded)
-            plan = evict_for(Candidate(key, estimate.total, last_used=time.time()), loaded, budget)
+            plan = evict_for(Candidate(key, estimate, last_used=time.time()), loaded, budget)
             if isinstance(plan, NeverFits):
-                raise InsufficientMemory(f"{plan.message} (estimate: {estimate.describe()})")
+                raise InsufficientMemory(f"{plan.message} (estimate: {raw.describe()})")
             if isinstance(plan, Fits):
                 for victim in plan.evict:
                     log.info("evicting %s to make room for %s", victim, key)
                     await self._drain_and_stop(self._loaded[victim])
-                return estimate.total
+                self._pending_memory[key] = raw
+                return estimate
             if time.monotonic() > deadline:
                 raise ServerBusy(f"{plan.message}; gave up after {self.load_timeout:.0f}s", retry_after=5)
             await asyncio.sleep(0.1)  # the models in the way are serving requests: let them drain
+
+    def _measure(self, model: LoadedModel) -> None:
+        """After its first request a runner has touched its compute buffers: read its peak size, feed
+        the corrector, and log how far the estimate was."""
+        pid = model.engine.info().pid
+        model.measured = measure_rss(pid, peak=True) if pid else 0
+        if model.measured and model.memory is not None:
+            self.corrector.observe(model.record.model_digest, model.memory, model.measured)
+            proper = model.memory.total - model.memory.prompt_cache  # that cache fills over time
+            log.info(
+                "%s holds %d MiB; estimated %d MiB (%+.1f%%) plus up to %d MiB of prompt cache",
+                model.name,
+                model.measured >> 20,
+                proper >> 20,
+                (proper - model.measured) / model.measured * 100,
+                model.memory.prompt_cache >> 20,
+            )
 
     async def _stop(self, model: LoadedModel) -> None:
         key = model.spec.key(model.name)

@@ -159,7 +159,7 @@ def _ps_entry(m: LoadedModel) -> dict[str, Any]:
     return {
         "name": m.name,
         "model": m.name,
-        "size": m.record.size,
+        "size": m.measured or m.estimate or m.record.size,  # Ollama: memory held, not file size
         "digest": _digest_hex(m.record),
         "details": details(m.record),
         "expires_at": _rfc3339(expires),
