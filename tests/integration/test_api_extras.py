@@ -159,3 +159,29 @@ def test_queue_full_gives_503_with_retry_after_on_both_doors(server_config: Conf
                     assert oai.status_code == 503 and oai.json()["error"]["code"] == "server_busy"
 
         asyncio.run(scenario())
+
+
+def test_num_ctx_above_the_trained_context_is_clamped_and_said(server) -> None:
+    body = {
+        "model": MODEL,
+        "prompt": "Hi",
+        "stream": False,
+        "options": {"num_ctx": 100_000, "num_predict": 2},
+    }
+    r = httpx.post(server.base_url + "/api/generate", json=body, timeout=120)
+    assert r.status_code == 200
+    assert r.headers["X-Enginehouse-Num-Ctx"].startswith("8192; asked 100000")
+    loaded = server.gateway.scheduler.get(MODEL)
+    assert loaded is not None and loaded.ctx_per_slot == 8192
+    oai = httpx.post(
+        server.base_url + "/v1/chat/completions",
+        timeout=120,
+        json={
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 2,
+            "stream": True,
+            "options": {"num_ctx": 100_000},
+        },
+    )
+    assert oai.status_code == 200 and "X-Enginehouse-Num-Ctx" in oai.headers

@@ -29,7 +29,13 @@ from enginehouse.sched.keep_alive import parse_keep_alive
 from enginehouse.sched.memory import MemoryBudget, MiB
 from enginehouse.sched.scheduler import Scheduler
 from enginehouse.server import model_routes, ollama_routes, openai_routes
-from enginehouse.server.app_state import GATEWAY, Gateway, json_response, validation_message
+from enginehouse.server.app_state import (
+    GATEWAY,
+    Gateway,
+    add_noted_headers,
+    json_response,
+    validation_message,
+)
 from enginehouse.server.openapi import build_openapi
 from enginehouse.server.upstream import Upstream
 from enginehouse.store import Store, ensure_bundled
@@ -130,6 +136,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> web.Applicatio
         await gw.scheduler.close()
         await gw.upstream.close()
 
+    app.on_response_prepare.append(add_noted_headers)
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
     app.router.add_get("/", root)  # GET also answers HEAD

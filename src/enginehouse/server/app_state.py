@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import orjson
@@ -9,10 +10,13 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from enginehouse.config import Config
+from enginehouse.engines.factory import gguf_info_for
 from enginehouse.errors import InvalidRequest, RequestTooLarge
 from enginehouse.sched.scheduler import Scheduler
 from enginehouse.server.upstream import Upstream
-from enginehouse.store import Store
+from enginehouse.store import ModelRecord, Store
+
+log = logging.getLogger("enginehouse.server")
 
 
 @dataclass
@@ -55,3 +59,30 @@ async def read_json(request: web.Request) -> dict:
     if not isinstance(data, dict):
         raise InvalidRequest("request body must be a JSON object")
     return data
+
+
+EXTRA_HEADERS = web.RequestKey("enginehouse.headers", dict)  # headers a handler wants on its response
+
+
+def note_header(request: web.Request, name: str, value: str) -> None:
+    """Add a header to this request's response, streamed or not (set at ``on_response_prepare``)."""
+    request.setdefault(EXTRA_HEADERS, {})[name] = value
+
+
+async def add_noted_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in request.get(EXTRA_HEADERS, {}).items():
+        response.headers[name] = value
+
+
+def clamp_num_ctx(request: web.Request, record: ModelRecord, num_ctx: int | None) -> int | None:
+    """A context above what the model was trained for is clamped to it, and the response says so."""
+    trained = gguf_info_for(record).context_length
+    if num_ctx is None or not trained or num_ctx <= trained:
+        return num_ctx
+    log.warning(
+        "%s: num_ctx %d is above the trained context %d; clamped", record.name.display, num_ctx, trained
+    )
+    note_header(
+        request, "X-Enginehouse-Num-Ctx", f"{trained}; asked {num_ctx}, above the trained context"
+    )
+    return trained

@@ -36,7 +36,7 @@ from enginehouse.engines.factory import gguf_info_for
 from enginehouse.errors import EnginehouseError, InvalidRequest, RunnerError
 from enginehouse.sched.keep_alive import parse_keep_alive
 from enginehouse.sched.scheduler import LoadedModel
-from enginehouse.server.app_state import GATEWAY, json_response, read_json
+from enginehouse.server.app_state import GATEWAY, clamp_num_ctx, json_response, read_json
 from enginehouse.server.upstream import error_text, sse_events
 from enginehouse.store import ModelRecord
 from enginehouse.store.modelfile import modelfile_for
@@ -112,9 +112,11 @@ def require_capabilities(
             raise InvalidRequest(f"{record.name.display} does not support {cap}")
 
 
-def runner_spec(options: Options | None, record: ModelRecord, *, embedding: bool = False) -> RunnerSpec:
+def runner_spec(
+    request: web.Request, options: Options | None, record: ModelRecord, *, embedding: bool = False
+) -> RunnerSpec:
     num_ctx = options.num_ctx if options is not None and options.num_ctx else None
-    return RunnerSpec(embedding=embedding, num_ctx=num_ctx)
+    return RunnerSpec(embedding=embedding, num_ctx=clamp_num_ctx(request, record, num_ctx))
 
 
 def parameters_text(params: dict[str, Any]) -> str:
@@ -225,7 +227,9 @@ async def chat(request: web.Request) -> web.StreamResponse:
         record, tools=bool(req.tools), think=bool(req.think), images=any(m.images for m in req.messages)
     )
     template = go_template(record.template)
-    async with gw.scheduler.acquire(req.model, keep_alive, runner_spec(req.options, record)) as lease:
+    async with gw.scheduler.acquire(
+        req.model, keep_alive, runner_spec(request, req.options, record)
+    ) as lease:
         engine = lease.model.engine
         if template:
             path = "/v1/completions"
@@ -253,7 +257,9 @@ async def generate(request: web.Request) -> web.StreamResponse:
         raise InvalidRequest("a per-request template must be an Ollama (Go) template")
     if template:
         parse_template(template)  # a bad template is the client's error, before any model loads
-    async with gw.scheduler.acquire(req.model, keep_alive, runner_spec(req.options, record)) as lease:
+    async with gw.scheduler.acquire(
+        req.model, keep_alive, runner_spec(request, req.options, record)
+    ) as lease:
         engine = lease.model.engine
         if template:
             path = "/v1/completions"
@@ -272,7 +278,7 @@ async def _embed(
     """Embeddings from the model's embedding runner: (model name, vectors, prompt tokens, load seconds)."""
     gw = request.app[GATEWAY]
     record = gw.store.resolve(model)
-    spec = runner_spec(options, record, embedding=True)
+    spec = runner_spec(request, options, record, embedding=True)
     async with gw.scheduler.acquire(model, keep_alive, spec) as lease:
         if not inputs:
             return lease.model.name, [], 0, lease.load_duration

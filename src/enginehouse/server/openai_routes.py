@@ -6,6 +6,7 @@ name the engine's served model) and the engine's bytes are streamed back untouch
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -18,7 +19,7 @@ from enginehouse.api.ollama import Options
 from enginehouse.api.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from enginehouse.engines.base import RunnerSpec
 from enginehouse.errors import InvalidRequest, RunnerError, openai_error_body
-from enginehouse.server.app_state import GATEWAY, json_response, read_json
+from enginehouse.server.app_state import GATEWAY, clamp_num_ctx, json_response, read_json
 from enginehouse.server.upstream import error_text
 from enginehouse.store import ModelRecord
 
@@ -95,6 +96,8 @@ async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
     data = await read_json(request)
     spec = normalise_request(data, path)
     model = data["model"]
+    if spec.num_ctx is not None:
+        spec = replace(spec, num_ctx=clamp_num_ctx(request, gw.store.resolve(model), spec.num_ctx))
     streaming = bool(data.get("stream"))
     async with gw.scheduler.acquire(model, None, spec) as lease:
         engine = lease.model.engine
