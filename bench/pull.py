@@ -62,7 +62,8 @@ class Registry:
         self.proc = subprocess.Popen(
             [
                 sys.executable,
-                str(ROOT / "tests" / "fakes" / "registry.py"),
+                "-m",
+                "tests.fakes.registry",
                 "--root",
                 str(work / "registry"),
                 "--model",

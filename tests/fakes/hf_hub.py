@@ -34,13 +34,14 @@ import hashlib
 import json
 import os
 import secrets
-import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
+from tests.fakes.threaded import ThreadedApps
 
 CHUNK = 256 << 10
 LFS_SUFFIXES = (".gguf", ".safetensors", ".bin")
@@ -110,7 +111,9 @@ def _parse_range(value: str | None, size: int) -> tuple[int, int] | None:
     return start, end
 
 
-class FakeHub:
+class FakeHub(ThreadedApps):
+    thread_name = "fake-hf-hub"
+
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.repos: dict[tuple[str, str], Repo] = {}
@@ -125,9 +128,7 @@ class FakeHub:
         self.cdn_port = 0
         self._hash_cache: dict[tuple[str, int, int], tuple[str, str]] = {}
         self._by_sha: dict[str, Path] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runners: list[web.AppRunner] = []
+        super().__init__()
 
     # -- content ----------------------------------------------------------------------------------
 
@@ -399,57 +400,4 @@ class FakeHub:
         r.add_get("/{owner}/{repo}/resolve/{rev}/{path:.+}", self._resolve)  # HEAD as well
         cdn = web.Application()
         cdn.router.add_get("/cdn/{sha}", self._cdn)
-        ports = []
-        for app in (hub, cdn):
-            runner = web.AppRunner(
-                app, access_log=None, handle_signals=False, shutdown_timeout=1.0, handler_cancellation=True
-            )
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            self._runners.append(runner)
-            ports.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
-        self.port, self.cdn_port = ports
-
-    async def stop_async(self) -> None:
-        for runner in self._runners:
-            await runner.cleanup()
-        self._runners.clear()
-
-    def start(self) -> FakeHub:
-        ready = threading.Event()
-        errors: list[BaseException] = []
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self.start_async())
-            except BaseException as e:
-                errors.append(e)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self.stop_async())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="fake-hf-hub", daemon=True)
-        self._thread.start()
-        ready.wait(30)
-        if errors:
-            raise errors[0]
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(30)
-            self._loop = self._thread = None
-
-    def __enter__(self) -> FakeHub:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.port, self.cdn_port = await self.serve((hub, 0), (cdn, 0))

@@ -29,13 +29,14 @@ import json
 import os
 import secrets
 import sys
-import threading
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
+from tests.fakes.threaded import ThreadedApps
 
 MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 CONFIG_MEDIA_TYPE = "application/vnd.docker.container.image.v1+json"
@@ -84,7 +85,9 @@ def _parse_range(value: str | None, size: int) -> tuple[int, int] | None:
     return start, end
 
 
-class FakeRegistry:
+class FakeRegistry(ThreadedApps):
+    thread_name = "fake-registry"
+
     def __init__(self, root: Path, *, auth: bool = True, cdn: bool = True, ranges: bool = True) -> None:
         self.root = Path(root)
         self.auth, self.cdn, self.ranges = auth, cdn, ranges
@@ -102,9 +105,7 @@ class FakeRegistry:
         self.cdn_hostname = "127.0.0.1"  # where blob GETs are redirected (another host name: "localhost")
         self.port = 0
         self.cdn_port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runners: list[web.AppRunner] = []
+        super().__init__()
 
     # -- content ----------------------------------------------------------------------------------
 
@@ -372,60 +373,7 @@ class FakeRegistry:
         registry.router.add_post("/_fake/control", self._control)
         cdn = web.Application()
         cdn.router.add_get("/cdn/{digest}", self._cdn_blob)
-        ports = []
-        for app, p in ((registry, port), (cdn, cdn_port)):
-            runner = web.AppRunner(
-                app, access_log=None, handle_signals=False, shutdown_timeout=1.0, handler_cancellation=True
-            )
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", p)
-            await site.start()
-            self._runners.append(runner)
-            ports.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
-        self.port, self.cdn_port = ports
-
-    async def stop_async(self) -> None:
-        for runner in self._runners:
-            await runner.cleanup()
-        self._runners.clear()
-
-    def start(self) -> FakeRegistry:
-        ready = threading.Event()
-        errors: list[BaseException] = []
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self.start_async())
-            except BaseException as e:
-                errors.append(e)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self.stop_async())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="fake-registry", daemon=True)
-        self._thread.start()
-        ready.wait(30)
-        if errors:
-            raise errors[0]
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(30)
-            self._loop = self._thread = None
-
-    def __enter__(self) -> FakeRegistry:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.port, self.cdn_port = await self.serve((registry, port), (cdn, cdn_port))
 
 
 def main() -> None:
