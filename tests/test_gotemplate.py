@@ -3,21 +3,13 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
+from bench.template_cost import CHATML  # the template Ollama ships for SmolLM2 (ChatML)
 
 from enginehouse.api import gotemplate
 from enginehouse.api.gotemplate import TemplateError, identifiers, render, render_chat
 from enginehouse.errors import InvalidRequest
 from enginehouse.store import bundled_model_file, read_gguf_info
 
-# The template Ollama ships for SmolLM2 (ChatML), with its real newlines.
-CHATML = (
-    "{{- if .Messages }}{{- range $i, $_ := .Messages }}{{- $last := eq (len (slice $.Messages $i)) 1 -}}"
-    "<|im_start|>{{ .Role }}\n{{ .Content }}{{ if not $last }}<|im_end|>\n{{ end }}"
-    '{{ if and $last (ne .Role "assistant") }}<|im_end|>\n<|im_start|>assistant\n{{ end }}{{- end }}'
-    "{{- else }}{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
-    "{{ if .Prompt }}<|im_start|>user\n{{ .Prompt }}<|im_end|>\n{{ end }}<|im_start|>assistant\n{{ end }}"
-    "{{ .Response }}{{ if .Response }}<|im_end|>{{ end }}"
-)
 LLAMA2 = "[INST] <<SYS>>{{ .System }}<</SYS>> {{ .Prompt }} [/INST]"
 LEGACY = (
     "{{ if .System }}<|system|>\n{{ .System }}</s>\n{{ end }}"

@@ -41,7 +41,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.threaded import ThreadedApps
+from tests.fakes.threaded import ThreadedApps, parse_range
 
 CHUNK = 256 << 10
 LFS_SUFFIXES = (".gguf", ".safetensors", ".bin")
@@ -95,20 +95,6 @@ def _hashes(path: Path) -> tuple[str, str]:
             h256.update(chunk)
             h1.update(chunk)
     return h256.hexdigest(), h1.hexdigest()
-
-
-def _parse_range(value: str | None, size: int) -> tuple[int, int] | None:
-    if not value:
-        return None
-    unit, _, spec = value.partition("=")
-    if unit.strip() != "bytes" or "," in spec:
-        raise ValueError(value)
-    a, _, b = spec.strip().partition("-")
-    start = int(a)
-    end = min(int(b) + 1, size) if b else size
-    if start >= end:
-        raise ValueError(value)
-    return start, end
 
 
 class FakeHub(ThreadedApps):
@@ -342,7 +328,7 @@ class FakeHub(ThreadedApps):
     ) -> web.StreamResponse:
         size = path.stat().st_size
         try:
-            rng = _parse_range(request.headers.get("Range"), size)
+            rng = parse_range(request.headers.get("Range"), size)
         except ValueError:
             return web.Response(status=416, headers={"Content-Range": f"bytes */{size}"})
         start, end = rng or (0, size)

@@ -36,7 +36,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.threaded import ThreadedApps
+from tests.fakes.threaded import ThreadedApps, parse_range
 
 MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 CONFIG_MEDIA_TYPE = "application/vnd.docker.container.image.v1+json"
@@ -68,21 +68,6 @@ class Stats:
 def _errors(code: str, message: str, status: int, **headers: str) -> web.Response:
     body = json.dumps({"errors": [{"code": code, "message": message, "detail": None}]})
     return web.Response(status=status, text=body, content_type="application/json", headers=headers)
-
-
-def _parse_range(value: str | None, size: int) -> tuple[int, int] | None:
-    """(start, end exclusive) of a single ``bytes=a-b`` / ``bytes=a-`` range; None when absent."""
-    if not value:
-        return None
-    unit, _, spec = value.partition("=")
-    if unit.strip() != "bytes" or "," in spec:
-        raise ValueError(value)
-    a, _, b = spec.strip().partition("-")
-    start = int(a)
-    end = min(int(b) + 1, size) if b else size
-    if start >= end:
-        raise ValueError(value)
-    return start, end
 
 
 class FakeRegistry(ThreadedApps):
@@ -268,7 +253,7 @@ class FakeRegistry(ThreadedApps):
         path = self.blobs[digest]
         size = path.stat().st_size
         try:
-            rng = _parse_range(request.headers.get("Range"), size) if self.ranges else None
+            rng = parse_range(request.headers.get("Range"), size) if self.ranges else None
         except ValueError:
             return web.Response(status=416, headers={"Content-Range": f"bytes */{size}"})
         start, end = rng or (0, size)

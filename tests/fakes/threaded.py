@@ -10,6 +10,21 @@ from typing import Self
 from aiohttp import web
 
 
+def parse_range(value: str | None, size: int) -> tuple[int, int] | None:
+    """(start, end exclusive) of a single ``bytes=a-b`` / ``bytes=a-`` range; None when absent."""
+    if not value:
+        return None
+    unit, _, spec = value.partition("=")
+    if unit.strip() != "bytes" or "," in spec:
+        raise ValueError(value)
+    a, _, b = spec.strip().partition("-")
+    start = int(a)
+    end = min(int(b) + 1, size) if b else size
+    if start >= end:
+        raise ValueError(value)
+    return start, end
+
+
 class ThreadedApps:
     thread_name = "fake-server"
 
