@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -227,20 +228,13 @@ async def chat(request: web.Request) -> web.StreamResponse:
         record, tools=bool(req.tools), think=bool(req.think), images=any(m.images for m in req.messages)
     )
     template = go_template(record.template)
-    async with gw.scheduler.acquire(
-        req.model, keep_alive, runner_spec(request, req.options, record)
-    ) as lease:
-        engine = lease.model.engine
+
+    def body_for(served: str) -> tuple[str, dict[str, Any]]:
         if template:
-            path = "/v1/completions"
-            body = rendered_chat_body(req, engine.served_model, record.params, record.system, template)
-        else:
-            path = "/v1/chat/completions"
-            body = chat_body(req, engine.served_model, record.params, record.system)
-        translator = OllamaStream(
-            lease.model.name, "chat", started=started, load_duration=lease.load_duration
-        )
-        return await _relay(request, engine.base_url + path, body, translator, req.stream)
+            return "/v1/completions", rendered_chat_body(req, served, record.params, record.system, template)
+        return "/v1/chat/completions", chat_body(req, served, record.params, record.system)
+
+    return await _generate(request, req, record, keep_alive, "chat", started, body_for)
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
@@ -257,19 +251,32 @@ async def generate(request: web.Request) -> web.StreamResponse:
         raise InvalidRequest("a per-request template must be an Ollama (Go) template")
     if template:
         parse_template(template)  # a bad template is the client's error, before any model loads
-    async with gw.scheduler.acquire(
-        req.model, keep_alive, runner_spec(request, req.options, record)
-    ) as lease:
-        engine = lease.model.engine
+
+    def body_for(served: str) -> tuple[str, dict[str, Any]]:
         if template:
-            path = "/v1/completions"
-            body = rendered_generate_body(req, engine.served_model, record.params, record.system, template)
-        else:
-            path, body = generate_body(req, engine.served_model, record.params, record.system)
-        translator = OllamaStream(
-            lease.model.name, "generate", started=started, load_duration=lease.load_duration
-        )
-        return await _relay(request, engine.base_url + path, body, translator, req.stream)
+            return "/v1/completions", rendered_generate_body(
+                req, served, record.params, record.system, template
+            )
+        return generate_body(req, served, record.params, record.system)
+
+    return await _generate(request, req, record, keep_alive, "generate", started, body_for)
+
+
+async def _generate(
+    request: web.Request,
+    req: ChatRequest | GenerateRequest,
+    record: ModelRecord,
+    keep_alive: float | None,
+    kind: str,
+    started: float,
+    body_for: Callable[[str], tuple[str, dict[str, Any]]],
+) -> web.StreamResponse:
+    """Hold the model's runner for one request: build the engine body, relay the answer in Ollama's shape."""
+    spec = runner_spec(request, req.options, record)
+    async with request.app[GATEWAY].scheduler.acquire(req.model, keep_alive, spec) as lease:
+        path, body = body_for(lease.model.engine.served_model)
+        translator = OllamaStream(lease.model.name, kind, started=started, load_duration=lease.load_duration)
+        return await _relay(request, lease.model.engine.base_url + path, body, translator, req.stream)
 
 
 async def _embed(
