@@ -23,6 +23,13 @@ def _bool(value: str) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _policy(value: str) -> str:
+    value = value.strip().lower()
+    if value not in ("batch", "fifo"):
+        raise ValueError(f"ENGINEHOUSE_SCHED_POLICY must be batch or fifo, not {value!r}")
+    return value
+
+
 def _optional_path(value: str) -> Path | None:
     return Path(value).expanduser() if value else None
 
@@ -177,6 +184,29 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("max_body_mib", "ENGINEHOUSE_MAX_BODY_MIB", "64", "Largest request body accepted, MiB.", int),
     Setting(
+        "config_file",
+        "ENGINEHOUSE_CONFIG",
+        "",
+        "Per-model settings file (TOML; default: HOME/enginehouse.toml when it exists).",
+        _optional_path,
+    ),
+    Setting(
+        "fairness_s",
+        "ENGINEHOUSE_FAIRNESS_BOUND",
+        "10",
+        "Seconds a request for an unloaded model may wait while the loaded one keeps serving new "
+        "requests; past it, the loaded model takes no new requests until the swap is done.",
+        float,
+    ),
+    Setting(
+        "sched_policy",
+        "ENGINEHOUSE_SCHED_POLICY",
+        "batch",
+        "How requests for different models share memory: batch (serve the loaded model's queue first, "
+        "within the fairness bound) or fifo (strict arrival order; a baseline for benchmarks).",
+        _policy,
+    ),
+    Setting(
         "pypi_index",
         "ENGINEHOUSE_PYPI_INDEX",
         "https://pypi.org/simple",
@@ -206,6 +236,9 @@ class Config:
     memory_reserve_mib: int = 512
     api_key: str = ""
     max_body_mib: int = 64
+    config_file: Path | None = None
+    fairness_s: float = 10.0
+    sched_policy: str = "batch"
     pypi_index: str = "https://pypi.org/simple"
 
     @classmethod
@@ -240,6 +273,14 @@ class Config:
     @property
     def logs(self) -> Path:
         return self.home / "logs"
+
+    @property
+    def config_path(self) -> Path | None:
+        """The per-model settings file: the one named, or HOME/enginehouse.toml when it exists."""
+        if self.config_file is not None:
+            return self.config_file
+        default = self.home / "enginehouse.toml"
+        return default if default.is_file() else None
 
     @property
     def bind(self) -> tuple[str, int]:

@@ -10,6 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from enginehouse.config import Config
+from enginehouse.config_file import EMPTY, FileConfig, ModelEntry
 from enginehouse.engines.base import Engine, RunnerSpec
 from enginehouse.engines.llama_install import require_llama_server
 from enginehouse.engines.llama_server import LlamaServerEngine, LlamaServerSettings
@@ -28,13 +29,26 @@ def gguf_info_for(record: ModelRecord) -> GGUFInfo:
 
 
 class EngineFactory:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, file_config: FileConfig = EMPTY) -> None:
         self.config = config
+        self.file_config = file_config
+
+    def entry_for(self, record: ModelRecord) -> ModelEntry:
+        return self.file_config.entry(record.name.display) or ModelEntry()
+
+    def num_parallel_for(self, record: ModelRecord) -> int:
+        """Slots: the model's entry, then the file's defaults, then ENGINEHOUSE_NUM_PARALLEL."""
+        entry = self.entry_for(record)
+        return max(
+            1, entry.num_parallel or self.file_config.defaults.num_parallel or self.config.num_parallel
+        )
 
     def settings_for(self, record: ModelRecord, spec: RunnerSpec | None = None) -> LlamaServerSettings:
         spec = spec or RunnerSpec()
         info = gguf_info_for(record)
-        ctx = max(int(record.params.get("num_ctx") or self.config.ctx_size), spec.num_ctx or 0)
+        entry = self.entry_for(record)
+        default_ctx = entry.num_ctx or self.file_config.defaults.num_ctx or self.config.ctx_size
+        ctx = max(int(record.params.get("num_ctx") or default_ctx), spec.num_ctx or 0)
         if info.context_length:
             ctx = min(ctx, info.context_length)  # beyond the trained context the model degrades
         extra: tuple[str, ...] = ()
@@ -42,11 +56,12 @@ class EngineFactory:
             extra = ("--pooling", "mean")  # a chat model asked to embed: average its hidden states
         for adapter in record.adapters:  # Modelfile ADAPTER lines: LoRA applied by llama-server
             extra += ("--lora", str(adapter))
+        extra += entry.flags
         return LlamaServerSettings(
             model_path=record.model_path,
             alias=record.name.display,
             ctx_per_slot=ctx,
-            num_parallel=max(1, self.config.num_parallel),
+            num_parallel=self.num_parallel_for(record),
             threads=int(record.params.get("num_thread") or self.config.threads),
             cache_ram_mib=self.config.cache_ram_mib,
             embedding=info.is_embedding or spec.embedding,

@@ -15,8 +15,10 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from enginehouse.config_file import EMPTY, FileConfig, ModelEntry
 from enginehouse.engines.base import Engine, RunnerSpec
 from enginehouse.errors import EnginehouseError, InsufficientMemory, ServerBusy
+from enginehouse.sched.admission import Admission
 from enginehouse.sched.eviction import Candidate, Fits, NeverFits, evict_for
 from enginehouse.sched.memory import EstimateCorrector, MemoryBudget, MemoryEstimate, measure_rss
 from enginehouse.store import ModelRecord, Store
@@ -84,6 +86,9 @@ class Scheduler:
         budget: MemoryBudget | None = None,
         estimator: Estimator | None = None,
         max_queue: int | None = None,
+        file_config: FileConfig = EMPTY,
+        fairness_s: float = 10.0,
+        policy: str = "batch",
     ) -> None:
         self.store = store
         self.engine_factory = engine_factory
@@ -94,6 +99,8 @@ class Scheduler:
         self.estimator = estimator
         self.corrector = EstimateCorrector()  # learns each model's estimate error from its runs
         self.max_queue = max_queue  # requests per model beyond its slots before a 503 (None: no bound)
+        self.file_config = file_config  # per-model keep_alive, pins and exclusive groups
+        self.admission = Admission(policy, fairness_s)
         self._loaded: dict[str, LoadedModel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._pending_memory: dict[str, MemoryEstimate] = {}
@@ -128,15 +135,16 @@ class Scheduler:
         key = spec.key(record.name.display)
         was_loaded = key in self._loaded and self._loaded[key].serves(record, spec)
         started = time.monotonic()
-        model = await self._ensure_loaded(key, record, spec)
-        if self.max_queue is not None and model.in_flight >= model.slots + self.max_queue:
-            # Every slot busy and the queue behind them full: refuse now rather than queue forever.
-            raise ServerBusy(
-                f"server busy: {model.name} has {model.in_flight} requests in flight "
-                f"({model.slots} slots, queue of {self.max_queue}); please try again"
-            )
-        model.in_flight += 1
-        model.expires_at = None
+        async with self.admission.turn(key):
+            model = await self._ensure_loaded(key, record, spec, started)
+            if self.max_queue is not None and model.in_flight >= model.slots + self.max_queue:
+                # Every slot busy and the queue behind them full: refuse now rather than queue forever.
+                raise ServerBusy(
+                    f"server busy: {model.name} has {model.in_flight} requests in flight "
+                    f"({model.slots} slots, queue of {self.max_queue}); please try again"
+                )
+            model.in_flight += 1
+            model.expires_at = None
         try:
             yield Lease(model, 0.0 if was_loaded else time.monotonic() - started)
         finally:
@@ -144,7 +152,7 @@ class Scheduler:
             model.last_used = time.time()
             if not model.measured:
                 self._measure(model)
-            model.keep_alive = self.default_keep_alive if keep_alive is None else keep_alive
+            model.keep_alive = self.keep_alive_for(model.name, keep_alive)
             if model.in_flight == 0 and not model.draining:
                 if model.keep_alive <= 0:
                     await self.unload(key)
@@ -179,10 +187,32 @@ class Scheduler:
             await asyncio.sleep(0.05)
         await self._stop(model)
 
+    def entry(self, name: str) -> ModelEntry:
+        return self.file_config.entry(name) or ModelEntry()
+
+    def keep_alive_for(self, name: str, requested: float | None) -> float:
+        """The request's keep_alive, else the model's entry, else the default. A pinned model stays
+        loaded whatever a request asks, except ``keep_alive: 0``, which is how a user unloads it."""
+        entry = self.entry(name)
+        if entry.pinned and requested != 0:
+            return math.inf
+        if requested is not None:
+            return requested
+        configured = entry.keep_alive_seconds
+        return self.default_keep_alive if configured is None else configured
+
+    def _candidate(self, key: str, name: str, estimate: int, **kw: object) -> Candidate:
+        entry = self.entry(name)
+        group = entry.group
+        exclusive = group is not None and self.file_config.groups[group].exclusive
+        return Candidate(key, estimate, group=group, exclusive_group=exclusive, **kw)  # type: ignore[arg-type]
+
     def _lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
 
-    async def _ensure_loaded(self, key: str, record: ModelRecord, spec: RunnerSpec) -> LoadedModel:
+    async def _ensure_loaded(
+        self, key: str, record: ModelRecord, spec: RunnerSpec, arrived: float | None = None
+    ) -> LoadedModel:
         model = self._loaded.get(key)
         if model is not None and model.serves(record, spec):
             await model.engine.ensure_ready(self.load_timeout)  # restarts a crashed runner
@@ -202,7 +232,10 @@ class Scheduler:
             if model is None:
                 async with self._planning:
                     started = time.monotonic()
-                    estimate = await self._make_room(key, record, spec)
+                    try:
+                        estimate = await self._make_room(key, record, spec, arrived or started)
+                    finally:
+                        self.admission.done(key)
                     engine = self.engine_factory(record, spec)
                     log.info("loading %s on %s", key, engine.kind)
                     try:
@@ -227,39 +260,47 @@ class Scheduler:
                 await model.engine.ensure_ready(self.load_timeout)
             return model
 
-    async def _make_room(self, key: str, record: ModelRecord, spec: RunnerSpec) -> int:
-        """Stop idle models until the new runner fits the budget; wait (up to the load timeout) for
-        busy ones to drain when only they stand in the way. Returns the new runner's estimate."""
-        if self.budget is None or self.estimator is None:
-            return 0
-        raw = self.estimator(record, spec)
-        estimate = self.corrector.correct(record.model_digest, raw)
+    async def _make_room(self, key: str, record: ModelRecord, spec: RunnerSpec, arrived: float) -> int:
+        """Stop idle models until the new runner fits the budget and its exclusive group; wait (up to
+        the load timeout) for busy ones to drain when only they stand in the way. Returns the new
+        runner's estimate (0 without a budget)."""
+        raw = self.estimator(record, spec) if self.budget and self.estimator else None
+        estimate = self.corrector.correct(record.model_digest, raw) if raw is not None else 0
         deadline = time.monotonic() + self.load_timeout
         while True:
             others = [m for k, m in self._loaded.items() if k != key]
             loaded = [
-                Candidate(
+                self._candidate(
                     m.spec.key(m.name),
-                    max(m.estimate, m.resident()),
-                    m.in_flight,
-                    pinned=math.isinf(m.keep_alive),
+                    m.name,
+                    max(m.estimate, m.resident()) if raw is not None else 0,
+                    in_flight=m.in_flight,
+                    pinned=math.isinf(m.keep_alive) or self.entry(m.name).pinned,
                     last_used=m.last_used,
                 )
                 for m in others
             ]
-            budget = self.budget.available(c.estimate for c in loaded)
-            plan = evict_for(Candidate(key, estimate, last_used=time.time()), loaded, budget)
+            budget = (
+                self.budget.available(c.estimate for c in loaded)
+                if self.budget and raw is not None
+                else 1 << 62
+            )
+            target = self._candidate(key, record.name.display, estimate, last_used=time.time())
+            plan = evict_for(target, loaded, budget)
             if isinstance(plan, NeverFits):
-                raise InsufficientMemory(f"{plan.message} (estimate: {raw.describe()})")
+                detail = f" (estimate: {raw.describe()})" if raw is not None else ""
+                raise InsufficientMemory(plan.message + detail)
             if isinstance(plan, Fits):
                 for victim in plan.evict:
                     log.info("evicting %s to make room for %s", victim, key)
                     await self._drain_and_stop(self._loaded[victim])
-                self._pending_memory[key] = raw
+                if raw is not None:
+                    self._pending_memory[key] = raw
                 return estimate
             if time.monotonic() > deadline:
                 raise ServerBusy(f"{plan.message}; gave up after {self.load_timeout:.0f}s", retry_after=5)
-            await asyncio.sleep(0.1)  # the models in the way are serving requests: let them drain
+            self.admission.waiting(key, arrived, plan.wait_for)
+            await asyncio.sleep(0.02)  # the models in the way are serving requests: let them drain
 
     def _measure(self, model: LoadedModel) -> None:
         """After its first request a runner has touched its compute buffers: read its peak size, feed

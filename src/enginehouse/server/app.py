@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from enginehouse import __version__
 from enginehouse.config import Config
+from enginehouse.config_file import load_config_file
 from enginehouse.engines.factory import EngineFactory
 from enginehouse.errors import (
     EnginehouseError,
@@ -101,7 +102,8 @@ async def openapi(request: web.Request) -> web.Response:
 
 def build_gateway(config: Config) -> Gateway:
     store = Store(config.models)
-    factory = EngineFactory(config)
+    file_config = load_config_file(config.config_path)
+    factory = EngineFactory(config, file_config)
     budget = MemoryBudget(
         cap_bytes=config.max_memory_mib * MiB or None, reserve_bytes=config.memory_reserve_mib * MiB
     )
@@ -113,8 +115,11 @@ def build_gateway(config: Config) -> Gateway:
         budget=budget,
         estimator=factory.estimate_for,
         max_queue=max(0, config.max_queue),
+        file_config=file_config,
+        fairness_s=config.fairness_s,
+        policy=config.sched_policy,
     )
-    return Gateway(config, store, scheduler, Upstream())
+    return Gateway(config, store, scheduler, Upstream(), file_config)
 
 
 def create_app(config: Config, gateway: Gateway | None = None) -> web.Application:

@@ -10,6 +10,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from enginehouse.config import Config
+from enginehouse.config_file import EMPTY, FileConfig
 from enginehouse.engines.factory import gguf_info_for
 from enginehouse.errors import InvalidRequest, RequestTooLarge
 from enginehouse.sched.scheduler import Scheduler
@@ -25,6 +26,7 @@ class Gateway:
     store: Store
     scheduler: Scheduler
     upstream: Upstream
+    file_config: FileConfig = EMPTY
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

@@ -1,0 +1,233 @@
+"""``enginehouse.toml``: per-model entries, remote upstreams, exclusive groups and defaults.
+
+Environment variables (``config.py``) set the server's global knobs; this file says how each model runs.
+A minimal file::
+
+    [models."smollm2:135m"]
+    num_parallel = 8
+    pinned = true
+
+An invalid file is refused at start-up with the file, the line and the key (:class:`ConfigFileError`),
+never half-applied. Unknown keys are errors too: a typo (``pined = true``) must not be silently ignored.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from enginehouse.errors import EnginehouseError, InvalidRequest
+from enginehouse.sched.keep_alive import parse_keep_alive
+
+EngineName = Literal["auto", "llama-server", "vllm", "ollama", "openai"]
+REMOTE_ENGINES = ("ollama", "openai")
+
+
+class ConfigFileError(EnginehouseError):
+    status = 500
+
+    def __init__(self, path: Path | str, message: str, line: int | None = None, key: str = "") -> None:
+        where = f"{path}:{line}" if line else str(path)
+        super().__init__(f"{where}: {key + ': ' if key else ''}{message}")
+        self.path, self.line, self.key = Path(path), line, key
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LlamaServerOptions(_Strict):
+    """llama-server flags a model entry may set (the engine's own names in the comments)."""
+
+    n_gpu_layers: int | None = Field(None, ge=-1)  # -ngl; None: computed from the memory budget
+    flash_attn: Literal["on", "off", "auto"] | None = None  # --flash-attn
+    cache_type_k: str | None = None  # --cache-type-k (f16, q8_0, q4_0...)
+    cache_type_v: str | None = None  # --cache-type-v
+    threads: int | None = Field(None, ge=1)  # --threads
+    batch_size: int | None = Field(None, ge=1)  # --batch-size
+    ubatch_size: int | None = Field(None, ge=1)  # --ubatch-size
+    draft_model: str | None = None  # --model-draft: a store name or GGUF path for speculative decoding
+    jinja: bool | None = None  # --jinja: the GGUF's own chat template
+
+
+class VllmOptions(_Strict):
+    """``vllm serve`` flags a model entry may set."""
+
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    tensor_parallel_size: int | None = Field(None, ge=1)
+    pipeline_parallel_size: int | None = Field(None, ge=1)
+    distributed_executor_backend: Literal["ray", "mp"] | None = None
+    enable_prefix_caching: bool | None = None
+    sleep_mode: bool = True  # level-1 sleep on idle before a stop: a cold vLLM start costs tens of seconds
+
+
+class ModelEntry(_Strict):
+    """How one model runs. The entry's key is the name clients use."""
+
+    source: str | None = None  # store name, GGUF path or HF directory; default: the key itself
+    engine: EngineName = "auto"
+    upstream: str | None = None  # an [upstreams.NAME] for the ollama/openai engines
+    remote_model: str | None = None  # the model's name at the upstream (default: source or the key)
+    num_ctx: int | None = Field(None, ge=1)
+    num_parallel: int | None = Field(None, ge=1, le=1024)
+    keep_alive: str | float | None = None
+    pinned: bool = False
+    group: str | None = None  # an exclusive [groups.NAME]: one member loaded at a time
+    flags: tuple[str, ...] = ()  # extra command-line arguments for the engine, passed as given
+    llama_server: LlamaServerOptions = LlamaServerOptions()
+    vllm: VllmOptions = VllmOptions()
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _keep_alive_parses(cls, value: str | float | None) -> str | float | None:
+        try:
+            parse_keep_alive(value)
+        except InvalidRequest as exc:
+            raise ValueError(exc.message) from None
+        return value
+
+    @property
+    def keep_alive_seconds(self) -> float | None:
+        """Seconds (``math.inf`` when pinned or negative), or None to use the default."""
+        if self.pinned:
+            return math.inf
+        return parse_keep_alive(self.keep_alive)
+
+    @model_validator(mode="after")
+    def _remote_needs_upstream(self) -> ModelEntry:
+        if self.engine in REMOTE_ENGINES and not self.upstream:
+            raise ValueError(f'engine {self.engine!r} needs upstream = "NAME" of an [upstreams.NAME] table')
+        return self
+
+
+class Upstream(_Strict):
+    """A server enginehouse forwards to: an existing Ollama, or any OpenAI-compatible URL."""
+
+    engine: Literal["ollama", "openai"]
+    url: str
+    api_key: str | None = None
+    models: tuple[str, ...] | None = None  # None: discovered from /api/tags or /v1/models
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("url must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class Group(_Strict):
+    exclusive: bool = True
+
+
+class Defaults(_Strict):
+    engine: EngineName = "auto"
+    num_parallel: int | None = Field(None, ge=1, le=1024)
+    num_ctx: int | None = Field(None, ge=1)
+    keep_alive: str | float | None = None
+
+
+class FileConfig(_Strict):
+    defaults: Defaults = Defaults()
+    models: dict[str, ModelEntry] = {}
+    upstreams: dict[str, Upstream] = {}
+    groups: dict[str, Group] = {}
+    aliases: dict[str, str] = {}  # another name for a model: "chat" = "smollm2:135m"
+
+    @model_validator(mode="after")
+    def _references_exist(self) -> FileConfig:
+        for name, entry in self.models.items():
+            if entry.upstream and entry.upstream not in self.upstreams:
+                raise ValueError(f"models.{name}: no [upstreams.{entry.upstream}] table")
+            if entry.group and entry.group not in self.groups:
+                raise ValueError(f"models.{name}: no [groups.{entry.group}] table")
+        return self
+
+    def entry(self, name: str) -> ModelEntry | None:
+        """The entry for ``name`` (an alias is followed once)."""
+        return self.models.get(name) or self.models.get(self.aliases.get(name, ""))
+
+    def exclusive_group(self, name: str) -> str | None:
+        entry = self.entry(name)
+        if entry and entry.group and self.groups[entry.group].exclusive:
+            return entry.group
+        return None
+
+
+EMPTY = FileConfig()
+
+
+def load_config_file(path: Path | str | None) -> FileConfig:
+    """Read and validate ``path``; an absent path (None) gives the empty config."""
+    if path is None:
+        return EMPTY
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigFileError(path, f"cannot read: {exc.strerror}") from None
+    return parse_config_text(text, path)
+
+
+def parse_config_text(text: str, path: Path | str = "enginehouse.toml") -> FileConfig:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"\(at line (\d+)", str(exc))
+        message = re.sub(r"\s*\(at line.*\)$", "", str(exc))
+        raise ConfigFileError(path, message, int(match.group(1)) if match else None) from None
+    try:
+        return FileConfig.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        keys = [str(k) for k in error["loc"]]
+        message = error["msg"].removeprefix("Value error, ")
+        if not keys and (found := re.match(r"models\.(\S+?): ", message)):
+            keys = ["models", found.group(1)]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        raise ConfigFileError(path, message, _line_of(text, keys), ".".join(keys)) from None
+
+
+def _line_of(text: str, keys: list[str]) -> int | None:
+    """The line that defines ``keys`` (e.g. ["models", "a:b", "pinned"]): its table header, then the
+    key inside it. Good enough for error messages; TOML's inline and dotted forms fall back to the
+    table's line."""
+    if not keys:
+        return None
+    lines = text.splitlines()
+
+    def header(parts: list[str]) -> re.Pattern[str]:
+        quoted = r"\s*\.\s*".join(rf"(?:\"{re.escape(p)}\"|'{re.escape(p)}'|{re.escape(p)})" for p in parts)
+        return re.compile(rf"^\s*\[\s*{quoted}\s*\]")
+
+    best: int | None = None
+    for split in range(len(keys), 0, -1):
+        table, rest = keys[:split], keys[split:]
+        pattern = header(table)
+        for number, line in enumerate(lines, 1):
+            if not pattern.match(line):
+                continue
+            if not rest:
+                return number
+            key = re.compile(rf"^\s*(?:\"{re.escape(rest[0])}\"|{re.escape(rest[0])})\s*=")
+            for offset, inner in enumerate(lines[number:], number + 1):
+                if inner.lstrip().startswith("["):
+                    break
+                if key.match(inner):
+                    return offset
+            best = best or number
+        if best:
+            return best
+    key = re.compile(rf"^\s*{re.escape(keys[-1])}\s*=")
+    return next((n for n, line in enumerate(lines, 1) if key.match(line)), None)
+
+
+def entry_dict(entry: ModelEntry) -> dict[str, Any]:
+    """The entry's explicitly set fields, for ``doctor`` and ``show``."""
+    return entry.model_dump(exclude_defaults=True)
