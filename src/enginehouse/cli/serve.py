@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import click
@@ -28,16 +29,28 @@ def setup_logging(level: str) -> None:
 @click.command()
 @click.option("--host", help="host:port to bind (default ENGINEHOUSE_HOST, 127.0.0.1:11434).")
 @click.option("--preload", multiple=True, metavar="MODEL", help="Load MODEL at start-up (repeatable).")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Per-model settings (TOML; default ENGINEHOUSE_CONFIG, else HOME/enginehouse.toml if present).",
+)
 @click.pass_obj
-def serve(config: Config, host: str | None, preload: tuple[str, ...]) -> None:
+def serve(config: Config, host: str | None, preload: tuple[str, ...], config_file: Path | None) -> None:
     """Start the server: Ollama's API at /api and OpenAI's at /v1, on 127.0.0.1:11434 by default."""
+    from enginehouse.config_file import load_config_file
     from enginehouse.engines.llama_install import find_llama_server
     from enginehouse.server.runtime import run_loop, serve_forever
 
     if host:
         config = config.with_(host=host)
+    if config_file:
+        config = config.with_(config_file=config_file)
     setup_logging(config.log_level)
     log = logging.getLogger("enginehouse")
+    if config.config_path:  # refused here, with file:line: key, before anything starts
+        models = load_config_file(config.config_path).models
+        log.info("config: %s (%d model entries)", config.config_path, len(models))
     found = find_llama_server(config)
     if found is None:
         log.warning(
