@@ -14,6 +14,7 @@ import orjson
 
 from enginehouse.api.gotemplate import render, render_chat
 from enginehouse.api.ollama import ChatRequest, GenerateRequest, Message, Options
+from enginehouse.api.toolcalls import ToolCallSplitter, ToolFormat
 
 # Ollama option -> request field understood by llama-server (and vLLM's OpenAI server).
 SAMPLING_OPTIONS: dict[str, str] = {
@@ -213,7 +214,15 @@ class OllamaStream:
     and from our clock otherwise.
     """
 
-    def __init__(self, model: str, kind: str, *, started: float, load_duration: float) -> None:
+    def __init__(
+        self,
+        model: str,
+        kind: str,
+        *,
+        started: float,
+        load_duration: float,
+        tool_format: ToolFormat | None = None,
+    ) -> None:
         self.model = model
         self.kind = kind  # "chat" or "generate"
         self.started = started
@@ -224,6 +233,8 @@ class OllamaStream:
         self.usage: dict[str, Any] = {}
         self.chunks = 0
         self._tool_calls: dict[int, dict[str, Any]] = {}
+        # A Go-template model's calls are in its raw text: split them out as the template writes them.
+        self._splitter = ToolCallSplitter(tool_format) if tool_format else None
 
     def _line(self, content: str, thinking: str | None = None, tool_calls: list | None = None) -> dict:
         line: dict[str, Any] = {"model": self.model, "created_at": now_rfc3339()}
@@ -261,6 +272,8 @@ class OllamaStream:
                 self._merge_tool_call(call)
         else:  # a raw completions chunk
             content, thinking = choice.get("text") or "", None
+            if self._splitter is not None:
+                content = self._splitter.feed(content)
         if not content and not thinking:
             return None
         if self.first_token_at is None:
@@ -290,6 +303,15 @@ class OllamaStream:
     def final(self) -> list[dict[str, Any]]:
         """The closing line(s): pending tool calls, then ``done: true`` with the metrics."""
         lines = []
+        if self._splitter is not None:
+            rest, calls = self._splitter.finish()
+            if rest:
+                lines.append(self._line(rest))
+            for call in calls:
+                self._tool_calls[len(self._tool_calls)] = {
+                    "name": call["name"],
+                    "args": orjson.dumps(call["arguments"]).decode(),
+                }
         if self._tool_calls:
             lines.append(self._line("", tool_calls=self.tool_calls()))
         end = time.monotonic()

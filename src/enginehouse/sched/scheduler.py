@@ -101,6 +101,7 @@ class Scheduler:
         self.max_queue = max_queue  # requests per model beyond its slots before a 503 (None: no bound)
         self.file_config = file_config  # per-model keep_alive, pins and exclusive groups
         self.admission = Admission(policy, fairness_s)
+        self.loads = 0  # runners started since start-up (swaps, for benchmarks and metrics)
         self._loaded: dict[str, LoadedModel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._pending_memory: dict[str, MemoryEstimate] = {}
@@ -255,6 +256,7 @@ class Scheduler:
                         memory=self._pending_memory.pop(key, None),
                     )
                     self._loaded[key] = model
+                    self.loads += 1
                 log.info("loaded %s in %.2fs (%s)", key, model.load_duration, engine.base_url)
             else:
                 await model.engine.ensure_ready(self.load_timeout)
