@@ -12,6 +12,7 @@
     ├── StoreError                        500  the store could not be read or written
     ├── EngineNotInstalled                503  no engine binary found or built
     ├── EngineBuildFailed                 500  building an engine failed (carries the log tail)
+    ├── ConversionFailed                  500  converting a Hugging Face model to GGUF failed
     ├── RunnerError                       502  a runner failed to start, died, or answered badly
     │   └── RunnerStartFailed             502  carries the last lines of the runner's log
     ├── ServerBusy                        503  queue full: try again after ``retry_after`` seconds
@@ -92,6 +93,10 @@ class EngineNotInstalled(EnginehouseError):
 
 class EngineBuildFailed(EnginehouseError):
     pass
+
+
+class ConversionFailed(EnginehouseError):
+    """The converter ran and failed; the message is its own reason (e.g. an unsupported architecture)."""
 
 
 class RunnerError(EnginehouseError):

@@ -9,13 +9,17 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from enginehouse.config import Config
-from enginehouse.engines import llama_install
+from enginehouse.engines import converter, llama_install
 
 STAGES = {
     "download": "Downloading llama.cpp source",
     "extract": "Extracting",
     "configure": "Configuring (cmake)",
     "build": "Compiling llama-server",
+    "venv": "Creating the converter's venv",
+    "pip": "Installing torch, transformers",
+    "copy": "Copying the converter",
+    "check": "Checking the converter",
 }
 
 
@@ -25,17 +29,22 @@ def engines() -> None:
 
 
 @engines.command("install")
-@click.argument("engine", type=click.Choice(["llama-server"]), default="llama-server")
+@click.argument("engine", type=click.Choice(["llama-server", "converter"]), default="llama-server")
 @click.option("--native", is_flag=True, help="Optimise for this CPU only (GGML_NATIVE=ON); not portable.")
-@click.option("--force", is_flag=True, help="Rebuild even when a build is already installed.")
+@click.option("--force", is_flag=True, help="Rebuild (or reinstall) even when already installed.")
 @click.pass_obj
 def install(config: Config, engine: str, native: bool, force: bool) -> None:
-    """Build llama-server from the pinned llama.cpp source (takes ~6 minutes on 2 cores, once).
+    """Build llama-server from the pinned llama.cpp source (takes ~6 minutes on 2 cores, once), or
+    install `converter`: llama.cpp's convert_hf_to_gguf.py from the same source, in a venv of its own
+    with torch and transformers (about 1.2 GB), for `enginehouse convert`.
 
     Uses ENGINEHOUSE_LLAMA_SERVER or a llama-server on PATH instead, when there is one and --force is not
     given. The source comes from the llama-cpp-python sdist on the package index, verified by sha256.
     """
     console = Console(stderr=True)
+    if engine == "converter":
+        _install_converter(console, config, force)
+        return
     if not force and (found := llama_install.find_llama_server(config)) is not None:
         console.print(f"llama-server is ready: {found.path} ({found.source}, version {found.version})")
         return
@@ -61,12 +70,48 @@ def install(config: Config, engine: str, native: bool, force: bool) -> None:
     )
 
 
+def _install_converter(console: Console, config: Config, force: bool) -> None:
+    """``engines install converter``: a bar per stage, and pip's milestones as they happen."""
+    if not force and (found := converter.find_converter(config)) is not None:
+        console.print(
+            f"converter already installed: {found.script} (llama.cpp {found.facts.get('llama_cpp_commit')})"
+        )
+        return
+    with Progress(
+        TextColumn("{task.description:<34}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def progress(stage: str, done: float, total: float | None) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(STAGES.get(stage, stage), total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        def log(text: str) -> None:  # pip's milestones above the bars; all of it goes to the log file
+            if text.startswith(("Collecting", "Installing collected", "Successfully installed")):
+                bar.console.print(text, style="dim", markup=False, highlight=False)
+
+        installed = converter.install(config, progress=progress, log=log, force=force)
+    facts = installed.facts
+    versions = facts.get("installed", {})
+    console.print(
+        f"converter installed at {installed.script.parent} in {facts.get('install_seconds', 0):.0f}s"
+        f" (torch {versions.get('torch', '?')}, transformers {versions.get('transformers', '?')})"
+    )
+
+
 @engines.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.pass_obj
 def list_engines(config: Config, as_json: bool) -> None:
     """Show which engines are available on this machine."""
     found = llama_install.find_llama_server(config)
+    conv = converter.find_converter(config)
     rows = [
         {
             "engine": "llama-server",
@@ -74,7 +119,14 @@ def list_engines(config: Config, as_json: bool) -> None:
             "path": str(found.path) if found else None,
             "source": found.source if found else None,
             "version": found.version if found else None,
-        }
+        },
+        {
+            "engine": "converter",
+            "available": conv is not None,
+            "path": str(conv.script) if conv else None,
+            "source": "installed" if conv else None,
+            "version": conv.facts.get("llama_cpp_commit") if conv else None,
+        },
     ]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -83,6 +135,6 @@ def list_engines(config: Config, as_json: bool) -> None:
         status = (
             f"{row['path']} ({row['source']}, {row['version']})"
             if row["available"]
-            else "not installed: run `enginehouse engines install llama-server`"
+            else f"not installed: run `enginehouse engines install {row['engine']}`"
         )
         click.echo(f"{row['engine']:<14} {status}")

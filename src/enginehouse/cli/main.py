@@ -38,8 +38,8 @@ def cli(ctx: click.Context) -> None:
 
 
 def main() -> None:
-    from enginehouse.cli import doctor, engines, models, serve
+    from enginehouse.cli import convert, doctor, engines, models, serve
 
-    for command in (*models.COMMANDS, *serve.COMMANDS, engines.engines, doctor.doctor):
+    for command in (*models.COMMANDS, *convert.COMMANDS, *serve.COMMANDS, engines.engines, doctor.doctor):
         cli.add_command(command)
     cli()

@@ -44,7 +44,10 @@ from enginehouse.store.store import (
 
 Progress = Callable[[dict[str, Any]], None]
 
-HF_MESSAGE = "Hugging Face directories need the vllm engine or `enginehouse convert` (not available yet)"
+HF_MESSAGE = (
+    "Hugging Face directories need the vllm engine, or a conversion to GGUF first: "
+    "`enginehouse convert DIR NAME` (after `enginehouse engines install converter`)"
+)
 _DIGEST_RE = re.compile(r"@?(sha256[:-][0-9a-fA-F]{64})")
 
 

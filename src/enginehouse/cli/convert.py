@@ -1,0 +1,59 @@
+"""``enginehouse convert``: a Hugging Face model to a GGUF model in the store, with llama.cpp's converter."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+from rich.markup import escape
+
+from enginehouse.config import Config
+from enginehouse.store.convert_hf import OUTTYPES
+
+
+@click.command()
+@click.argument("source")
+@click.argument("name")
+@click.option(
+    "--outtype",
+    type=click.Choice(OUTTYPES),
+    default="auto",
+    show_default=True,
+    help="Weight type of the GGUF; auto: f16, or bf16 for bf16 weights (the converter's choice).",
+)
+@click.option(
+    "--trust-remote-code",
+    is_flag=True,
+    help="Allow a model that ships code (*.py, auto_map): the converter's tokenizer loading runs it.",
+)
+@click.pass_obj
+def convert(config: Config, source: str, name: str, outtype: str, trust_remote_code: bool) -> None:
+    """Convert a Hugging Face model to GGUF and create model NAME from it.
+
+    SOURCE is a local directory (config.json + *.safetensors + tokenizer files) or hf.co/owner/repo[@commit]
+    for a repository pulled whole into the store. Needs `enginehouse engines install converter` first
+    (llama.cpp's convert_hf_to_gguf.py from the pinned source, in a venv with torch and transformers).
+    """
+    from enginehouse.cli.models import human_size, open_store
+    from enginehouse.store.convert_hf import convert_hf
+
+    console = Console(stderr=True)
+    with console.status(f"Converting {escape(source)}", spinner="dots") as status:
+
+        def log(line: str) -> None:
+            if line.startswith(("INFO:hf-to-gguf:gguf:", "converting ", "converted ", "writing manifest")):
+                console.print(line, style="dim", markup=False, highlight=False)
+            status.update(f"[bold]Converting[/] {escape(line[:100])}")
+
+        record = convert_hf(
+            config,
+            open_store(config),
+            source,
+            name,
+            outtype=outtype,
+            trust_remote_code=trust_remote_code,
+            log=log,
+        )
+    console.print(f"created {record.name.display} ({human_size(record.size)}, {record.manifest_digest[:19]})")
+
+
+COMMANDS = (convert,)
