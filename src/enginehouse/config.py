@@ -85,6 +85,13 @@ SETTINGS: tuple[Setting, ...] = (
         _optional_path,
     ),
     Setting(
+        "vllm",
+        "ENGINEHOUSE_VLLM",
+        "",
+        "Path of a vllm executable (default: vllm on PATH, else python -m vllm's OpenAI server).",
+        _optional_path,
+    ),
+    Setting(
         "engines_dir",
         "ENGINEHOUSE_ENGINES_DIR",
         "",
@@ -221,6 +228,7 @@ class Config:
     home: Path = field(default_factory=lambda: _path("~/.enginehouse"))
     host: str = "127.0.0.1:11434"
     llama_server: Path | None = None
+    vllm: Path | None = None
     engines_dir: Path | None = None
     native_build: bool = False
     ctx_size: int = 4096

@@ -54,6 +54,17 @@ class Engine(abc.ABC):
         """The ``model`` value the engine expects in requests."""
         return "default"
 
+    @property
+    def request_headers(self) -> dict[str, str]:
+        """Headers every request to this engine carries (an upstream's API key); sent to it only."""
+        return {}
+
+    async def idle(self) -> bool:
+        """The model's keep_alive expired with no request in flight. Return True when the engine
+        released its memory without stopping (vLLM's sleep mode) and should be stopped only at the next
+        expiry; False (the default) to be stopped now. A later ``ensure_ready`` wakes it."""
+        return False
+
     @abc.abstractmethod
     async def ensure_ready(self, timeout: float | None = None) -> None:
         """Start (or attach to) the engine and return once it answers requests."""

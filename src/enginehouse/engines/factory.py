@@ -1,22 +1,46 @@
-"""Which engine runs a model, and with what settings.
+"""Which engine runs a model, and with what settings: the one place that decides.
 
-GGUF files go to llama-server. (Hugging Face directories to vLLM, and remote engines, arrive with the
-engines issue; the choice stays here, in one place.)
+- A record from the catalog that names its engine (:class:`~enginehouse.catalog.ExternalRecord`):
+  ``ollama`` / ``openai`` attach to the upstream, ``vllm`` starts ``vllm serve`` on the HF directory or
+  repo id, ``llama-server`` runs a GGUF given by path.
+- A store model: its entry's ``engine`` (or the file's ``defaults.engine``); ``auto`` picks by format,
+  GGUF -> llama-server at once (the hot path: no hardware probe), anything else through
+  :func:`enginehouse.engines.choose.choose_engine` (a Hugging Face directory -> vLLM where it can run).
+
+llama-server flags come from the entry's ``llama_server`` table. ``--n-gpu-layers`` not given is
+computed from the free VRAM when the machine has an NVIDIA GPU and the build can use it
+(:mod:`enginehouse.engines.offload`); on a machine without one no flag is passed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import logging
+import secrets
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from enginehouse.catalog import ExternalRecord, is_gguf
 from enginehouse.config import Config
 from enginehouse.config_file import EMPTY, FileConfig, ModelEntry
 from enginehouse.engines.base import Engine, RunnerSpec
 from enginehouse.engines.llama_install import require_llama_server
 from enginehouse.engines.llama_server import LlamaServerEngine, LlamaServerSettings
+from enginehouse.errors import EngineNotInstalled, InvalidName, InvalidRequest
 from enginehouse.sched.memory import MemoryEstimate, estimate_runner
-from enginehouse.store import ModelRecord
+from enginehouse.store import ModelRecord, Store
 from enginehouse.store.gguf_info import GGUFInfo, read_gguf_info
+from enginehouse.store.names import ModelName
+
+if TYPE_CHECKING:
+    from enginehouse.engines.choose import InstalledEngine
+    from enginehouse.engines.vllm import VllmSettings
+    from enginehouse.hardware import Hardware
+
+log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=64)
@@ -29,12 +53,43 @@ def gguf_info_for(record: ModelRecord) -> GGUFInfo:
 
 
 class EngineFactory:
-    def __init__(self, config: Config, file_config: FileConfig = EMPTY) -> None:
+    """``factory(record, spec)`` -> an Engine, not started. ``hardware`` and ``installed`` (for tests)
+    replace the probes of this machine, which otherwise run on first need only."""
+
+    def __init__(
+        self,
+        config: Config,
+        file_config: FileConfig = EMPTY,
+        *,
+        store: Store | None = None,
+        hardware: Hardware | None = None,
+        installed: dict[str, InstalledEngine] | None = None,
+        detect: Callable[[], Hardware] | None = None,
+    ) -> None:
         self.config = config
         self.file_config = file_config
+        self._store = store
+        self._hardware = hardware
+        self._installed = installed
+        self._detect = detect
+        self._by_source: dict[str, ModelEntry] | None = None
 
+    # ---- the model's entry ----------------------------------------------------------------------
     def entry_for(self, record: ModelRecord) -> ModelEntry:
-        return self.file_config.entry(record.name.display) or ModelEntry()
+        if isinstance(record, ExternalRecord):
+            return record.entry
+        name = record.name.display
+        return self.file_config.entry(name) or self._source_entries().get(name) or ModelEntry()
+
+    def _source_entries(self) -> dict[str, ModelEntry]:
+        """Entries whose ``source`` is a store name, by that model's display name."""
+        if self._by_source is None:
+            self._by_source = {}
+            for entry in self.file_config.models.values():
+                if entry.source:
+                    with contextlib.suppress(InvalidName):  # a path: not a store name
+                        self._by_source.setdefault(ModelName.parse(entry.source).display, entry)
+        return self._by_source
 
     def num_parallel_for(self, record: ModelRecord) -> int:
         """Slots: the model's entry, then the file's defaults, then ENGINEHOUSE_NUM_PARALLEL."""
@@ -43,10 +98,56 @@ class EngineFactory:
             1, entry.num_parallel or self.file_config.defaults.num_parallel or self.config.num_parallel
         )
 
+    # ---- which engine ---------------------------------------------------------------------------
+    def engine_for(self, record: ModelRecord) -> str:
+        """ "llama-server", "vllm", "ollama" or "openai"; raises EngineNotInstalled with the reason
+        when nothing here can run the model."""
+        if isinstance(record, ExternalRecord):
+            if record.engine != "vllm" or record.entry.engine == "vllm":
+                return record.engine  # named explicitly: vLLM reports its own failure if it cannot run
+            return self._choose("safetensors", "auto")
+        from enginehouse.engines.choose import model_format
+
+        entry = self.entry_for(record)
+        requested = entry.engine if entry.engine != "auto" else self.file_config.defaults.engine
+        fmt = model_format(record)
+        if fmt == "gguf" and requested in ("auto", "llama-server"):
+            return "llama-server"
+        if fmt == "safetensors" and requested == "vllm":
+            return "vllm"
+        return self._choose(fmt, requested)
+
+    def _choose(self, fmt: str | None, requested: str) -> str:
+        from enginehouse.engines.choose import choose_engine
+
+        choice = choose_engine(fmt, requested, hardware=self.hardware(), installed=self.installed())
+        if not choice.runnable or choice.engine is None:
+            raise EngineNotInstalled(choice.reason)
+        return choice.engine
+
+    def hardware(self, *, fresh: bool = False) -> Hardware:
+        """This machine (probed once); ``fresh`` re-probes a machine with GPUs, for their free VRAM now."""
+        if self._hardware is None or (fresh and self._detect is not None and self._hardware.gpus):
+            if self._detect is None:
+                from enginehouse.hardware import detect
+
+                self._detect = detect
+            self._hardware = self._detect()
+        return self._hardware
+
+    def installed(self) -> dict[str, InstalledEngine]:
+        if self._installed is None:
+            from enginehouse.engines.choose import installed_engines
+
+            self._installed = installed_engines(self.config)
+        return self._installed
+
+    # ---- llama-server ---------------------------------------------------------------------------
     def settings_for(self, record: ModelRecord, spec: RunnerSpec | None = None) -> LlamaServerSettings:
         spec = spec or RunnerSpec()
         info = gguf_info_for(record)
         entry = self.entry_for(record)
+        opts = entry.llama_server
         default_ctx = entry.num_ctx or self.file_config.defaults.num_ctx or self.config.ctx_size
         ctx = max(int(record.params.get("num_ctx") or default_ctx), spec.num_ctx or 0)
         if info.context_length:
@@ -57,29 +158,156 @@ class EngineFactory:
         for adapter in record.adapters:  # Modelfile ADAPTER lines: LoRA applied by llama-server
             extra += ("--lora", str(adapter))
         extra += entry.flags
-        return LlamaServerSettings(
+        settings = LlamaServerSettings(
             model_path=record.model_path,
             alias=record.name.display,
             ctx_per_slot=ctx,
             num_parallel=self.num_parallel_for(record),
-            threads=int(record.params.get("num_thread") or self.config.threads),
+            threads=opts.threads or int(record.params.get("num_thread") or self.config.threads),
             cache_ram_mib=self.config.cache_ram_mib,
             embedding=info.is_embedding or spec.embedding,
             extra_args=extra,
+            n_gpu_layers=opts.n_gpu_layers,
+            flash_attn=opts.flash_attn,
+            cache_type_k=opts.cache_type_k,
+            cache_type_v=opts.cache_type_v,
+            batch_size=opts.batch_size,
+            ubatch_size=opts.ubatch_size,
+            draft_model=self._draft_path(opts.draft_model) if opts.draft_model else None,
+            jinja=opts.jinja is not False,
+        )
+        if settings.n_gpu_layers is None:
+            settings = dataclasses.replace(settings, n_gpu_layers=self.auto_gpu_layers(record, settings))
+        return settings
+
+    def _draft_path(self, value: str) -> Path:
+        """A draft model for speculative decoding: a GGUF path, else a store name."""
+        path = Path(value).expanduser()
+        if path.is_file():
+            return path
+        store = self._store or Store(self.config.models)
+        return store.resolve(value).model_path
+
+    def auto_gpu_layers(self, record: ModelRecord, settings: LlamaServerSettings) -> int | None:
+        """``-ngl`` from the free VRAM, or None (no flag) without a GPU this llama-server build can use.
+
+        Hook: :mod:`enginehouse.engines.offload` does the arithmetic; the GPUs come from
+        :func:`enginehouse.hardware.detect`, re-probed at each load for the VRAM free now."""
+        if not self.hardware().gpus:
+            return None  # CPU, or Apple Silicon, where llama-server's own default offloads everything
+        from enginehouse.engines.offload import (
+            DEFAULT_RESERVE,
+            free_vram,
+            kv_bytes_per_layer,
+            layers_that_fit,
+            read_layer_sizes,
         )
 
-    def estimate_for(self, record: ModelRecord, spec: RunnerSpec | None = None) -> MemoryEstimate:
-        """What a runner for ``record`` would hold, from its GGUF and the settings it would get."""
-        settings = self.settings_for(record, spec)
-        return estimate_runner(
+        built = self.installed().get("llama-server")
+        backends = built.backends if built is not None else None
+        if backends is not None and "CUDA" not in backends:
+            return None  # a CPU build: it cannot use the GPU
+        info = gguf_info_for(record)
+        free, count = free_vram(self.hardware(fresh=True).gpus)
+        heads = info.head_count or 1
+        head_dim = (info.embedding_length or 0) // heads
+        kv_heads = info.head_count_kv if info.head_count_kv is not None else heads
+        kv = kv_bytes_per_layer(
+            settings.ctx_total,
+            kv_heads=kv_heads,
+            k_len=info.key_length or head_dim,
+            v_len=info.value_length or head_dim,
+            cache_type_k=settings.cache_type_k or "f16",
+            cache_type_v=settings.cache_type_v or "f16",
+        )
+        compute = self._estimate(record, settings).compute
+        return layers_that_fit(
+            free,
+            read_layer_sizes(record.model_path),
+            kv_per_layer=kv,
+            compute=compute,
+            reserve=DEFAULT_RESERVE * count,
+        )
+
+    def _estimate(self, record: ModelRecord, settings: LlamaServerSettings) -> MemoryEstimate:
+        estimate = estimate_runner(
             gguf_info_for(record),
             ctx_per_slot=settings.ctx_per_slot,
             num_parallel=settings.num_parallel,
+            cache_type_k=settings.cache_type_k or "f16",
+            cache_type_v=settings.cache_type_v or "f16",
             embedding=settings.embedding,
             cache_ram_mib=settings.cache_ram_mib,
+            n_ubatch=settings.ubatch_size or 512,
+            flash_attention=settings.flash_attn != "off",
+        )
+        if settings.draft_model is not None:  # the draft model's weights are resident too
+            draft = _gguf_info(settings.draft_model, settings.draft_model.stat().st_size)
+            estimate = dataclasses.replace(estimate, weights=estimate.weights + draft.tensor_bytes)
+        return estimate
+
+    def estimate_for(self, record: ModelRecord, spec: RunnerSpec | None = None) -> MemoryEstimate | None:
+        """What a runner for ``record`` would hold in host RAM, from its GGUF and the settings it would
+        get. None for remote models (nothing here) and vLLM (its memory is the GPU's, claimed by
+        ``gpu_memory_utilization``): the scheduler then plans no host memory for the load, while a running
+        vLLM's measured RSS still counts against the budget of later loads."""
+        if not is_gguf(record):
+            return None
+        settings = self.settings_for(record, spec)
+        return self._estimate(record, settings)
+
+    # ---- vLLM -----------------------------------------------------------------------------------
+    def vllm_settings(self, record: ModelRecord) -> VllmSettings:
+        from enginehouse.engines.vllm import VllmSettings
+
+        entry = self.entry_for(record)
+        v = entry.vllm
+        model = record.remote_model if isinstance(record, ExternalRecord) else str(record.model_path)
+        return VllmSettings(
+            model=model,
+            served_name=record.name.display,
+            max_model_len=entry.num_ctx or self.file_config.defaults.num_ctx,
+            max_num_seqs=entry.num_parallel,
+            gpu_memory_utilization=v.gpu_memory_utilization,
+            tensor_parallel_size=v.tensor_parallel_size,
+            pipeline_parallel_size=v.pipeline_parallel_size,
+            distributed_executor_backend=v.distributed_executor_backend,
+            enable_prefix_caching=v.enable_prefix_caching,
+            sleep_mode=v.sleep_mode,
+            api_key=secrets.token_urlsafe(24),
+            extra_args=entry.flags,
         )
 
+    # ---- the engine -----------------------------------------------------------------------------
     def __call__(self, record: ModelRecord, spec: RunnerSpec | None = None) -> Engine:
+        engine = self.engine_for(record)
+        if engine in ("ollama", "openai"):
+            assert isinstance(record, ExternalRecord) and record.upstream is not None
+            from enginehouse.engines.ollama_remote import OllamaRemoteEngine
+            from enginehouse.engines.openai_remote import DEFAULT_REMOTE_PARALLEL, OpenAIRemoteEngine
+
+            cls = OllamaRemoteEngine if engine == "ollama" else OpenAIRemoteEngine
+            return cls(
+                record.upstream_name or "",
+                record.upstream.url,
+                record.remote_model,
+                api_key=record.upstream.api_key,
+                num_parallel=record.entry.num_parallel or DEFAULT_REMOTE_PARALLEL,
+            )
+        if engine == "vllm":
+            from enginehouse.engines.vllm import VllmEngine, find_vllm
+
+            if spec is not None and spec.embedding:  # a second GPU runner that vLLM would refuse anyway
+                raise InvalidRequest(
+                    f"{record.name.display}: embeddings from vLLM models are not supported yet"
+                )
+
+            return VllmEngine(
+                find_vllm(self.config.vllm),
+                self.vllm_settings(record),
+                log_dir=self.config.logs,
+                ready_timeout=self.config.load_timeout,
+            )
         binary = require_llama_server(self.config)
         return LlamaServerEngine(
             binary.path,

@@ -28,6 +28,15 @@ class LlamaServerSettings:
     cache_ram_mib: int = 256
     embedding: bool = False
     extra_args: tuple[str, ...] = field(default_factory=tuple)
+    # From the model entry's [models."NAME".llama_server] table; None leaves llama-server's default.
+    n_gpu_layers: int | None = None  # -1: all layers
+    flash_attn: str | None = None  # "on", "off", "auto"
+    cache_type_k: str | None = None
+    cache_type_v: str | None = None
+    batch_size: int | None = None
+    ubatch_size: int | None = None
+    draft_model: Path | None = None  # speculative decoding
+    jinja: bool = True
 
     @property
     def ctx_total(self) -> int:
@@ -51,7 +60,7 @@ def build_argv(binary: Path, s: LlamaServerSettings, port: int) -> list[str]:
         str(s.num_parallel),
         "--cache-ram",
         str(s.cache_ram_mib),
-        "--jinja",  # the model's own chat template, with tool calls
+        "--jinja" if s.jinja else "--no-jinja",  # the model's own chat template, with tool calls
         "--metrics",
         "--no-webui",
     ]
@@ -59,6 +68,20 @@ def build_argv(binary: Path, s: LlamaServerSettings, port: int) -> list[str]:
         argv += ["--threads", str(s.threads)]
     if s.embedding:
         argv += ["--embeddings"]
+    if s.n_gpu_layers is not None:
+        argv += ["--n-gpu-layers", "all" if s.n_gpu_layers < 0 else str(s.n_gpu_layers)]
+    if s.flash_attn:
+        argv += ["--flash-attn", s.flash_attn]
+    if s.cache_type_k:
+        argv += ["--cache-type-k", s.cache_type_k]
+    if s.cache_type_v:
+        argv += ["--cache-type-v", s.cache_type_v]
+    if s.batch_size:
+        argv += ["--batch-size", str(s.batch_size)]
+    if s.ubatch_size:
+        argv += ["--ubatch-size", str(s.ubatch_size)]
+    if s.draft_model is not None:
+        argv += ["--model-draft", str(s.draft_model)]
     return argv + list(s.extra_args)
 
 
@@ -112,6 +135,7 @@ class LlamaServerEngine(Engine):
             {
                 "ctx_per_slot": self.settings.ctx_per_slot,
                 "num_parallel": self.settings.num_parallel,
+                "n_gpu_layers": self.settings.n_gpu_layers,
                 "log": str(p.log_path),
             },
         )

@@ -72,6 +72,7 @@ class LoadedModel:
 class Lease:
     model: LoadedModel
     load_duration: float  # seconds this request waited for a load (0 when the model was warm)
+    waited: float = 0.0  # seconds from asking to admission: queue, swap and load together
 
 
 class Scheduler:
@@ -89,8 +90,10 @@ class Scheduler:
         file_config: FileConfig = EMPTY,
         fairness_s: float = 10.0,
         policy: str = "batch",
+        resolve: Callable[[str], ModelRecord] | None = None,
     ) -> None:
         self.store = store
+        self.resolve = resolve or store.resolve  # names -> records: the catalog (aliases, remote models)
         self.engine_factory = engine_factory
         self.default_keep_alive = default_keep_alive
         self.load_timeout = load_timeout
@@ -102,6 +105,7 @@ class Scheduler:
         self.file_config = file_config  # per-model keep_alive, pins and exclusive groups
         self.admission = Admission(policy, fairness_s)
         self.loads = 0  # runners started since start-up (swaps, for benchmarks and metrics)
+        self.on_load: Callable[[str, str, float], None] | None = None  # (key, engine kind, seconds)
         self._loaded: dict[str, LoadedModel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._pending_memory: dict[str, MemoryEstimate] = {}
@@ -132,7 +136,7 @@ class Scheduler:
     ) -> AsyncIterator[Lease]:
         """Load ``name`` if needed and hold it for the duration of the ``async with`` block."""
         spec = spec or RunnerSpec()
-        record = self.store.resolve(name)
+        record = self.resolve(name)
         key = spec.key(record.name.display)
         was_loaded = key in self._loaded and self._loaded[key].serves(record, spec)
         started = time.monotonic()
@@ -147,7 +151,8 @@ class Scheduler:
             model.in_flight += 1
             model.expires_at = None
         try:
-            yield Lease(model, 0.0 if was_loaded else time.monotonic() - started)
+            waited = time.monotonic() - started
+            yield Lease(model, 0.0 if was_loaded else waited, waited)
         finally:
             model.in_flight -= 1
             model.last_used = time.time()
@@ -171,7 +176,7 @@ class Scheduler:
         keys = [k for k, m in self._loaded.items() if name in (k, m.name)]
         if not keys:
             try:
-                display = self.store.resolve(name).name.display
+                display = self.resolve(name).name.display
             except EnginehouseError:
                 return False
             keys = [k for k, m in self._loaded.items() if m.name == display]
@@ -257,6 +262,8 @@ class Scheduler:
                     )
                     self._loaded[key] = model
                     self.loads += 1
+                    if self.on_load is not None:
+                        self.on_load(key, engine.kind, model.load_duration)
                 log.info("loaded %s in %.2fs (%s)", key, model.load_duration, engine.base_url)
             else:
                 await model.engine.ensure_ready(self.load_timeout)
@@ -338,6 +345,9 @@ class Scheduler:
                     try:
                         async with self._lock(model.spec.key(model.name)):
                             if model.in_flight == 0 and model.expires_at is not None:
+                                if await model.engine.idle():  # vLLM sleeps first; the next expiry stops it
+                                    model.expires_at = time.time() + model.keep_alive
+                                    continue
                                 await self._stop(model)
                     except Exception:  # one failing runner must not stop the expiry of the others
                         log.exception("could not stop %s", model.name)

@@ -7,6 +7,7 @@ reaches a client: unexpected exceptions are logged here and answered as a plain 
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 
@@ -14,6 +15,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from enginehouse import __version__
+from enginehouse.catalog import Catalog
 from enginehouse.config import Config
 from enginehouse.config_file import load_config_file
 from enginehouse.engines.factory import EngineFactory
@@ -103,7 +105,8 @@ async def openapi(request: web.Request) -> web.Response:
 def build_gateway(config: Config) -> Gateway:
     store = Store(config.models)
     file_config = load_config_file(config.config_path)
-    factory = EngineFactory(config, file_config)
+    catalog = Catalog(store, file_config)
+    factory = EngineFactory(config, file_config, store=store)
     budget = MemoryBudget(
         cap_bytes=config.max_memory_mib * MiB or None, reserve_bytes=config.memory_reserve_mib * MiB
     )
@@ -118,8 +121,9 @@ def build_gateway(config: Config) -> Gateway:
         file_config=file_config,
         fairness_s=config.fairness_s,
         policy=config.sched_policy,
+        resolve=catalog.resolve,
     )
-    return Gateway(config, store, scheduler, Upstream(), file_config)
+    return Gateway(config, store, scheduler, Upstream(), file_config, catalog)
 
 
 def create_app(config: Config, gateway: Gateway | None = None) -> web.Application:
@@ -130,14 +134,19 @@ def create_app(config: Config, gateway: Gateway | None = None) -> web.Applicatio
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body_mib * 1024**2)
     app[GATEWAY] = gw
 
+    background: set[asyncio.Future[None]] = set()
+
     async def on_startup(app: web.Application) -> None:
         gw.store.clean_tmp(older_than=3600)  # younger files may be a CLI import in progress
         record = ensure_bundled(gw.store)
         if record is not None:
             log.info("bundled model %s is available", record.name.display)
         await gw.scheduler.start()
+        background.add(asyncio.ensure_future(gw.catalog.refresh()))  # upstreams' models, off the path
 
     async def on_cleanup(app: web.Application) -> None:
+        for task in background:
+            task.cancel()
         await gw.scheduler.close()
         await gw.upstream.close()
 

@@ -9,6 +9,7 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
+from enginehouse.catalog import Catalog, is_gguf
 from enginehouse.config import Config
 from enginehouse.config_file import EMPTY, FileConfig
 from enginehouse.engines.factory import gguf_info_for
@@ -27,6 +28,11 @@ class Gateway:
     scheduler: Scheduler
     upstream: Upstream
     file_config: FileConfig = EMPTY
+    catalog: Catalog = None  # type: ignore[assignment]  # names -> records; built from the store if None
+
+    def __post_init__(self) -> None:
+        if self.catalog is None:
+            self.catalog = Catalog(self.store, self.file_config)
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -78,7 +84,7 @@ async def add_noted_headers(request: web.Request, response: web.StreamResponse) 
 
 def clamp_num_ctx(request: web.Request, record: ModelRecord, num_ctx: int | None) -> int | None:
     """A context above what the model was trained for is clamped to it, and the response says so."""
-    trained = gguf_info_for(record).context_length
+    trained = gguf_info_for(record).context_length if is_gguf(record) else None
     if num_ctx is None or not trained or num_ctx <= trained:
         return num_ctx
     log.warning(

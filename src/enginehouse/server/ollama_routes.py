@@ -32,12 +32,14 @@ from enginehouse.api.ollama import (
     NameRequest,
     Options,
 )
+from enginehouse.catalog import ExternalRecord, is_gguf
 from enginehouse.engines.base import RunnerSpec
 from enginehouse.engines.factory import gguf_info_for
 from enginehouse.errors import EnginehouseError, InvalidRequest, RunnerError
 from enginehouse.sched.keep_alive import parse_keep_alive
 from enginehouse.sched.scheduler import LoadedModel
 from enginehouse.server.app_state import GATEWAY, clamp_num_ctx, json_response, read_json
+from enginehouse.server.passthrough import ollama_passthrough, speaks_ollama
 from enginehouse.server.upstream import error_text, sse_events
 from enginehouse.store import ModelRecord
 from enginehouse.store.modelfile import modelfile_for
@@ -67,7 +69,9 @@ def _digest_hex(record: ModelRecord) -> str:
 
 
 async def tags(request: web.Request) -> web.Response:
-    store = request.app[GATEWAY].store
+    gw = request.app[GATEWAY]
+    store = gw.store
+    await gw.catalog.refresh()  # upstreams' models: a no-op while the cache is fresh
     models = [
         {
             "name": r.name.display,
@@ -79,7 +83,22 @@ async def tags(request: web.Request) -> web.Response:
         }
         for r in store.list_models()
     ]
+    listed = {m["name"] for m in models}
+    models += [_external_tag(r) for r in gw.catalog.external_models() if r.name.display not in listed]
     return json_response({"models": models})
+
+
+def _external_tag(r: ExternalRecord) -> dict[str, Any]:
+    """A model outside the store in /api/tags: the upstream's own entry when it gave one."""
+    return {
+        **r.listing,
+        "name": r.name.display,
+        "model": r.name.display,
+        "modified_at": r.listing.get("modified_at") or _rfc3339(r.modified_at),
+        "size": r.size,
+        "digest": r.listing.get("digest") or _digest_hex(r),
+        "details": r.listing.get("details") or details(r),
+    }
 
 
 def capabilities(record: ModelRecord) -> list[str]:
@@ -105,7 +124,10 @@ def require_capabilities(
     insert: bool = False,
     images: bool = False,
 ) -> None:
-    """Refuse, as Ollama does, a request for something the model cannot do."""
+    """Refuse, as Ollama does, a request for something the model cannot do. A model without a local
+    GGUF (remote, vLLM) is not checked here: its engine answers for itself."""
+    if not is_gguf(record):
+        return
     caps = capabilities(record)
     wanted = {"tools": tools, "thinking": think, "insert": insert, "vision": images}
     for cap, asked in wanted.items():
@@ -134,7 +156,9 @@ async def show(request: web.Request) -> web.Response:
     req = NameRequest.model_validate(await read_json(request))
     if not req.target:
         raise InvalidRequest("model is required")
-    record = gw.store.resolve(req.target)
+    record = await gw.catalog.lookup(req.target)
+    if not is_gguf(record):
+        return await _show_external(request, record)  # type: ignore[arg-type]
     info = gguf_info_for(record)
     params = parameters_text(record.params)
     return json_response(
@@ -201,7 +225,7 @@ async def _load_or_unload(
     """An empty prompt loads the model; with ``keep_alive: 0`` it unloads it (Ollama's contract)."""
     gw = request.app[GATEWAY]
     if keep_alive == 0:
-        record = gw.store.resolve(model)
+        record = gw.catalog.resolve(model)
         await gw.scheduler.unload(record.name.display)
         reason, name = "unload", record.name.display
     else:
@@ -219,11 +243,13 @@ async def _load_or_unload(
 async def chat(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     started = time.monotonic()
-    req = ChatRequest.model_validate(await read_json(request))
+    data = await read_json(request)
+    req = ChatRequest.model_validate(data)
     keep_alive = parse_keep_alive(req.keep_alive)
+    if speaks_ollama(record := await gw.catalog.lookup(req.model)):
+        return await ollama_passthrough(request, data, "/api/chat")
     if not req.messages:
         return await _load_or_unload(request, req.model, keep_alive, "chat")
-    record = gw.store.resolve(req.model)
     require_capabilities(
         record, tools=bool(req.tools), think=bool(req.think), images=any(m.images for m in req.messages)
     )
@@ -240,11 +266,13 @@ async def chat(request: web.Request) -> web.StreamResponse:
 async def generate(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     started = time.monotonic()
-    req = GenerateRequest.model_validate(await read_json(request))
+    data = await read_json(request)
+    req = GenerateRequest.model_validate(data)
     keep_alive = parse_keep_alive(req.keep_alive)
+    if speaks_ollama(record := await gw.catalog.lookup(req.model)):
+        return await ollama_passthrough(request, data, "/api/generate")
     if not req.prompt and not req.suffix:
         return await _load_or_unload(request, req.model, keep_alive, "generate")
-    record = gw.store.resolve(req.model)
     require_capabilities(record, think=bool(req.think), insert=bool(req.suffix), images=bool(req.images))
     template = None if req.raw else (req.template or go_template(record.template))
     if req.template and is_jinja(req.template):
@@ -276,7 +304,9 @@ async def _generate(
     async with request.app[GATEWAY].scheduler.acquire(req.model, keep_alive, spec) as lease:
         path, body = body_for(lease.model.engine.served_model)
         translator = OllamaStream(lease.model.name, kind, started=started, load_duration=lease.load_duration)
-        return await _relay(request, lease.model.engine.base_url + path, body, translator, req.stream)
+        engine = lease.model.engine
+        url, headers = engine.base_url + path, engine.request_headers
+        return await _relay(request, url, body, translator, req.stream, headers)
 
 
 async def _embed(
@@ -284,14 +314,16 @@ async def _embed(
 ) -> tuple[str, list[list[float]], int, float]:
     """Embeddings from the model's embedding runner: (model name, vectors, prompt tokens, load seconds)."""
     gw = request.app[GATEWAY]
-    record = gw.store.resolve(model)
+    record = gw.catalog.resolve(model)
     spec = runner_spec(request, options, record, embedding=True)
     async with gw.scheduler.acquire(model, keep_alive, spec) as lease:
         if not inputs:
             return lease.model.name, [], 0, lease.load_duration
         engine = lease.model.engine
         data = await gw.upstream.post_json(
-            f"{engine.base_url}/v1/embeddings", {"model": engine.served_model, "input": inputs}
+            f"{engine.base_url}/v1/embeddings",
+            {"model": engine.served_model, "input": inputs},
+            engine.request_headers,
         )
         vectors = [d["embedding"] for d in sorted(data["data"], key=lambda d: d.get("index", 0))]
         tokens = int((data.get("usage") or {}).get("prompt_tokens", 0))
@@ -310,7 +342,10 @@ def _truncate_dimensions(vectors: list[list[float]], dimensions: int) -> list[li
 
 async def embed(request: web.Request) -> web.Response:
     started = time.monotonic()
-    req = EmbedRequest.model_validate(await read_json(request))
+    data = await read_json(request)
+    req = EmbedRequest.model_validate(data)
+    if speaks_ollama(await request.app[GATEWAY].catalog.lookup(req.model)):
+        return await ollama_passthrough(request, data, "/api/embed")
     inputs = [req.input] if isinstance(req.input, str) else list(req.input)
     inputs = [] if inputs == [""] else inputs
     name, vectors, tokens, load = await _embed(
@@ -330,18 +365,26 @@ async def embed(request: web.Request) -> web.Response:
 
 
 async def embeddings(request: web.Request) -> web.Response:
-    req = EmbeddingsRequest.model_validate(await read_json(request))
+    data = await read_json(request)
+    req = EmbeddingsRequest.model_validate(data)
+    if speaks_ollama(await request.app[GATEWAY].catalog.lookup(req.model)):
+        return await ollama_passthrough(request, data, "/api/embeddings")
     inputs = [req.prompt] if req.prompt else []
     _, vectors, _, _ = await _embed(request, req.model, inputs, req.options, parse_keep_alive(req.keep_alive))
     return json_response({"embedding": vectors[0] if vectors else []})
 
 
 async def _relay(
-    request: web.Request, url: str, body: dict[str, Any], translator: OllamaStream, stream: bool
+    request: web.Request,
+    url: str,
+    body: dict[str, Any],
+    translator: OllamaStream,
+    stream: bool,
+    headers: dict[str, str] | None = None,
 ) -> web.StreamResponse:
     """Send one request to the engine and answer in Ollama's shape, streamed or folded."""
     upstream = request.app[GATEWAY].upstream
-    resp = await upstream.post(url, body)
+    resp = await upstream.post(url, body, headers)
     try:
         if resp.status != 200:
             message = await error_text(resp)
@@ -368,6 +411,27 @@ async def _relay(
         # llama-server closes a connection after a streamed answer without saying so: reusing it
         # would fail the next request's first write. So streamed connections are not pooled.
         resp.close()
+
+
+async def _show_external(request: web.Request, record: ExternalRecord) -> web.Response:
+    """``/api/show`` of a model outside the store: an Ollama upstream's own answer, else what is known."""
+    gw = request.app[GATEWAY]
+    if record.engine == "ollama" and record.upstream is not None:
+        data = await gw.upstream.post_json(f"{record.upstream.url}/api/show", {"model": record.remote_model})
+        return json_response(data)
+    return json_response(
+        {
+            "license": "",
+            "modelfile": "",
+            "parameters": "",
+            "template": "",
+            "system": "",
+            "details": details(record),
+            "model_info": {"enginehouse.engine": record.engine, "enginehouse.model": record.remote_model},
+            "capabilities": ["completion", "tools"],  # the engine decides; nothing is refused here
+            "modified_at": _rfc3339(record.modified_at),
+        }
+    )
 
 
 def add_routes(app: web.Application) -> None:

@@ -25,7 +25,9 @@ from enginehouse.store import ModelRecord
 
 
 async def models(request: web.Request) -> web.Response:
-    store = request.app[GATEWAY].store
+    gw = request.app[GATEWAY]
+    store = gw.store
+    await gw.catalog.refresh()  # upstreams' models: a no-op while the cache is fresh
     data = [
         {
             "id": r.name.display,
@@ -35,6 +37,12 @@ async def models(request: web.Request) -> web.Response:
         }
         for r in store.list_models()
     ]
+    listed = {m["id"] for m in data}
+    for r in gw.catalog.external_models():
+        if r.name.display not in listed:
+            created = int(r.modified_at.timestamp())
+            owner = r.upstream_name or r.engine
+            data.append({"id": r.name.display, "object": "model", "created": created, "owned_by": owner})
     return json_response({"object": "list", "data": data})
 
 
@@ -79,8 +87,7 @@ def apply_model_defaults(data: dict[str, Any], record: ModelRecord, path: str) -
 
 
 async def model(request: web.Request) -> web.Response:
-    store = request.app[GATEWAY].store
-    record = store.resolve(request.match_info["model"])
+    record = await request.app[GATEWAY].catalog.lookup(request.match_info["model"])
     return json_response(
         {
             "id": record.name.display,
@@ -96,14 +103,15 @@ async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
     data = await read_json(request)
     spec = normalise_request(data, path)
     model = data["model"]
+    await gw.catalog.ensure_known(model)  # free unless upstream discovery is due
     if spec.num_ctx is not None:
-        spec = replace(spec, num_ctx=clamp_num_ctx(request, gw.store.resolve(model), spec.num_ctx))
+        spec = replace(spec, num_ctx=clamp_num_ctx(request, gw.catalog.resolve(model), spec.num_ctx))
     streaming = bool(data.get("stream"))
     async with gw.scheduler.acquire(model, None, spec) as lease:
         engine = lease.model.engine
         data["model"] = engine.served_model
         apply_model_defaults(data, lease.model.record, path)
-        resp = await gw.upstream.post(engine.base_url + path, data)
+        resp = await gw.upstream.post(engine.base_url + path, data, engine.request_headers)
         try:
             if resp.status != 200:
                 message = await error_text(resp)

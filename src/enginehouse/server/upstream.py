@@ -53,9 +53,9 @@ class Upstream:
                 raise UpstreamUnavailable(f"engine at {url} is unreachable: {exc}") from exc
         raise AssertionError("unreachable")
 
-    async def post_json(self, url: str, body: dict[str, Any]) -> Any:
+    async def post_json(self, url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
         """POST and parse a JSON answer; the engine's 400 becomes ours, anything else a RunnerError."""
-        resp = await self.post(url, body)
+        resp = await self.post(url, body, headers)
         async with resp:
             if resp.status != 200:
                 message = await error_text(resp)

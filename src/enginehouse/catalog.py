@@ -1,0 +1,334 @@
+"""Client names -> what serves them: one resolution layer for every route and the scheduler.
+
+A name a client sends resolves, in this order, to:
+
+1. an alias (``[aliases]`` in enginehouse.toml), followed once;
+2. a model declared in enginehouse.toml that is not a store model: one on a remote engine
+   (``engine = "ollama"`` / ``"openai"`` with an ``upstream``), a vLLM model (``engine = "vllm"``, or a
+   Hugging Face directory as ``source``), a GGUF file given by path, or a name an ``[upstreams.NAME]``
+   table lists in its ``models``;
+3. a store model (the entry's ``source`` when it names one, else the name itself), as before: the store
+   path costs two dictionary look-ups more than it did, nothing else;
+4. a model discovered at an upstream without a ``models`` list (its ``/api/tags`` or ``/v1/models``).
+
+Discovery is never done on the request path of a known name: :meth:`Catalog.refresh` runs at start-up,
+when the listings (``/api/tags``, ``/v1/models``) are asked for and their cache is older than ``ttl``, and
+once per ``ttl`` at most when a name is not found (:meth:`Catalog.lookup`).
+
+Models that are not in the store come back as :class:`ExternalRecord`, a :class:`ModelRecord` that says
+which engine serves them and where; :func:`is_gguf` tells the routes whether a record has a local GGUF
+(for capabilities, templates and the trained context) or belongs to an engine that decides for itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from enginehouse.config_file import EMPTY, FileConfig, ModelEntry, Upstream
+from enginehouse.errors import EnginehouseError, ModelNotFound, StoreError
+from enginehouse.store import ModelRecord, Store
+
+log = logging.getLogger(__name__)
+
+REMOTE = ("ollama", "openai")
+#: Seconds a discovery result is used before the next listing asks the upstream again.
+DEFAULT_TTL = 60.0
+#: Seconds one upstream may take to list its models.
+DISCOVERY_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class ExternalName:
+    """The name of a model outside the store, exactly as configured or as its upstream spells it (no
+    ``:latest`` added, case kept: OpenAI clients compare ids verbatim)."""
+
+    display: str
+    namespace: str = ""  # the upstream's name (``owned_by`` in /v1/models)
+
+    def __str__(self) -> str:
+        return self.display
+
+
+@dataclass
+class ExternalRecord(ModelRecord):
+    """A model served by something other than a store GGUF: a remote upstream, vLLM, or a GGUF path."""
+
+    engine: str = ""  # "ollama", "openai", "vllm" or "llama-server" (a GGUF given by path)
+    entry: ModelEntry = field(default_factory=ModelEntry)
+    upstream_name: str | None = None
+    upstream: Upstream | None = None
+    remote_model: str = ""  # the name at the upstream; vLLM: the HF directory or repo id
+    listing: dict[str, Any] = field(default_factory=dict)  # the upstream's own entry for it
+
+    @property
+    def remote(self) -> bool:
+        return self.engine in REMOTE
+
+
+def is_gguf(record: ModelRecord) -> bool:
+    """Whether the record has a local GGUF file (store models, and GGUF paths in enginehouse.toml)."""
+    return not isinstance(record, ExternalRecord) or record.engine == "llama-server"
+
+
+def _is_hf_dir(source: str) -> bool:
+    path = Path(source).expanduser()
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith(("/", "~", "./", "../")) or source.lower().endswith(".gguf")
+
+
+def _is_gguf_path(source: str) -> bool:
+    return source.lower().endswith(".gguf") and Path(source).expanduser().is_file()
+
+
+def external_record(
+    name: str,
+    engine: str,
+    *,
+    entry: ModelEntry | None = None,
+    upstream_name: str | None = None,
+    upstream: Upstream | None = None,
+    remote_model: str = "",
+    listing: Mapping[str, Any] | None = None,
+) -> ExternalRecord:
+    """An :class:`ExternalRecord` whose digest is stable for the same engine, place and remote name."""
+    listing = dict(listing or {})
+    where = upstream.url if upstream else ""
+    ident = f"{engine}\0{where}\0{remote_model}"
+    model_path = Path(remote_model).expanduser() if engine in ("vllm", "llama-server") else Path("")
+    size, modified = 0, datetime.now(UTC)
+    if engine == "llama-server":  # a GGUF by path: its size and mtime tell a replaced file
+        st = model_path.stat()
+        ident += f"\0{st.st_size}\0{st.st_mtime_ns}"
+        size, modified = st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)
+    digest = "sha256:" + hashlib.sha256(ident.encode()).hexdigest()
+    details = listing.get("details") or {}
+    config: dict[str, Any] = {
+        "model_format": {"vllm": "safetensors", "llama-server": "gguf"}.get(
+            engine, details.get("format", "")
+        ),
+        "model_family": details.get("family", ""),
+        "model_families": details.get("families"),
+        "model_type": details.get("parameter_size", ""),
+        "file_type": details.get("quantization_level", ""),
+        "engine": engine,
+    }
+    if isinstance(listing.get("size"), int):
+        size = listing["size"]
+    return ExternalRecord(
+        name=ExternalName(name, upstream_name or engine),  # type: ignore[arg-type]
+        manifest={},
+        manifest_digest=digest,
+        model_path=model_path,
+        model_digest=digest,
+        config=config,
+        size=size,
+        modified_at=modified,
+        engine=engine,
+        entry=entry or ModelEntry(),
+        upstream_name=upstream_name,
+        upstream=upstream,
+        remote_model=remote_model,
+        listing=listing,
+    )
+
+
+Discover = Callable[[str, Upstream], Awaitable[list[dict[str, Any]]]]
+
+
+async def discover_upstream(name: str, upstream: Upstream) -> list[dict[str, Any]]:
+    """The upstream's models: Ollama's ``/api/tags`` entries, or OpenAI's ``/v1/models`` data (each with
+    ``name``)."""
+    if upstream.engine == "ollama":
+        from enginehouse.engines.ollama_remote import list_ollama_models
+
+        return await list_ollama_models(upstream.url, timeout=DISCOVERY_TIMEOUT)
+    from enginehouse.engines.openai_remote import list_openai_models
+
+    return await list_openai_models(upstream.url, upstream.api_key, timeout=DISCOVERY_TIMEOUT)
+
+
+class Catalog:
+    def __init__(
+        self,
+        store: Store,
+        file_config: FileConfig = EMPTY,
+        *,
+        ttl: float = DEFAULT_TTL,
+        discover: Discover = discover_upstream,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.file_config = file_config
+        self.ttl = ttl
+        self._discover = discover
+        self._clock = clock
+        self._declared = self._declare(file_config)
+        self._discoverable = {n: u for n, u in file_config.upstreams.items() if u.models is None}
+        self._discovered: dict[str, ExternalRecord] = {}
+        self._by_upstream: dict[str, list[ExternalRecord]] = {}
+        self._refreshed_at: float | None = None
+        self._refresh_lock: asyncio.Lock | None = None
+        self._background: asyncio.Future[None] | None = None
+
+    # ---- what enginehouse.toml declares -------------------------------------------------------------
+    @staticmethod
+    def _declare(fc: FileConfig) -> dict[str, ExternalRecord]:
+        out: dict[str, ExternalRecord] = {}
+        for up_name, up in fc.upstreams.items():
+            for model in up.models or ():
+                out.setdefault(
+                    model,
+                    external_record(model, up.engine, upstream_name=up_name, upstream=up, remote_model=model),
+                )
+        for key, entry in fc.models.items():
+            engine = entry.engine if entry.engine != "auto" else fc.defaults.engine
+            source = entry.source or key
+            if entry.engine in REMOTE or entry.upstream:
+                up_name = entry.upstream or ""
+                up = fc.upstreams[up_name]
+                out[key] = external_record(
+                    key,
+                    entry.engine if entry.engine in REMOTE else up.engine,
+                    entry=entry,
+                    upstream_name=up_name,
+                    upstream=up,
+                    remote_model=entry.remote_model or entry.source or key,
+                )
+            elif entry.engine == "vllm" or (engine in ("auto", "vllm") and _is_hf_dir(source)):
+                out[key] = external_record(key, "vllm", entry=entry, remote_model=source)
+            elif engine in ("auto", "llama-server") and _is_gguf_path(source):
+                out[key] = external_record(key, "llama-server", entry=entry, remote_model=source)
+        return out
+
+    @property
+    def discoverable(self) -> dict[str, Upstream]:
+        """Upstreams without a ``models`` list: their models are discovered."""
+        return self._discoverable
+
+    # ---- resolution ---------------------------------------------------------------------------------
+    def canonical(self, name: str) -> str:
+        """The name after following an alias once."""
+        return self.file_config.aliases.get(name, name)
+
+    def resolve(self, name: str) -> ModelRecord:
+        """The record for ``name``; no I/O beyond the store's own (cached) manifest read."""
+        name = self.canonical(name)
+        found = self._declared.get(name)
+        if found is not None:
+            return found
+        entry = self.file_config.models.get(name)
+        if entry is not None and entry.source and _looks_like_path(entry.source):
+            return self._declare_late(name, entry)
+        try:
+            return self.store.resolve(entry.source if entry is not None and entry.source else name)
+        except ModelNotFound:
+            found = self._find_discovered(name)
+            if found is not None:
+                return found
+            raise
+
+    def _declare_late(self, name: str, entry: ModelEntry) -> ExternalRecord:
+        """A path ``source`` that did not exist at start-up: declared once it does."""
+        self._declared.update((k, v) for k, v in self._declare(self.file_config).items() if k == name)
+        found = self._declared.get(name)
+        if found is None:
+            raise StoreError(
+                f"model '{name}': its source {entry.source} is not a GGUF file or a model directory"
+            )
+        return found
+
+    def _find_discovered(self, name: str) -> ExternalRecord | None:
+        found = self._discovered.get(name)
+        if found is None and ":" not in name:
+            found = self._discovered.get(name + ":latest")  # Ollama's default tag
+        return found
+
+    async def lookup(self, name: str) -> ModelRecord:
+        """:meth:`resolve`, after :meth:`ensure_known`."""
+        await self.ensure_known(name)
+        return self.resolve(name)
+
+    async def ensure_known(self, name: str) -> None:
+        """Make discovered models current enough for ``name``. Free while the discovery cache is fresh
+        (or there is nothing to discover); once it is stale, an unknown name waits for a refresh and a
+        known one starts one in the background: at most one listing per upstream per ``ttl``."""
+        if not self._stale():
+            return
+        try:
+            self.resolve(name)
+        except ModelNotFound:
+            await self.refresh()
+            return
+        if self._background is None or self._background.done():
+            self._background = asyncio.ensure_future(self.refresh())
+
+    def entry(self, name: str) -> ModelEntry:
+        """The model's entry (aliases followed), or the defaults-only entry."""
+        record = self._declared.get(self.canonical(name))
+        if record is not None:
+            return record.entry
+        return self.file_config.entry(name) or ModelEntry()
+
+    # ---- listing and discovery ----------------------------------------------------------------------
+    def external_models(self) -> list[ExternalRecord]:
+        """Declared and discovered models outside the store, declared first, one per name."""
+        seen: dict[str, ExternalRecord] = dict(self._declared)
+        for name, record in self._discovered.items():
+            seen.setdefault(name, record)
+        return list(seen.values())
+
+    def _stale(self) -> bool:
+        return bool(self.discoverable) and (
+            self._refreshed_at is None or self._clock() - self._refreshed_at >= self.ttl
+        )
+
+    async def refresh(self, *, force: bool = False) -> None:
+        """Ask each upstream without a ``models`` list for its models, at most once per ``ttl`` (unless
+        ``force``). An upstream that cannot be reached keeps its previous models and is logged."""
+        if not self.discoverable or not (force or self._stale()):
+            return
+        self._refresh_lock = self._refresh_lock or asyncio.Lock()
+        async with self._refresh_lock:
+            if not (force or self._stale()):
+                return
+            ups = self.discoverable
+            results = await asyncio.gather(
+                *(self._discover(n, u) for n, u in ups.items()), return_exceptions=True
+            )
+            for (up_name, up), result in zip(ups.items(), results, strict=True):
+                if isinstance(result, BaseException):
+                    message = result.message if isinstance(result, EnginehouseError) else repr(result)
+                    log.warning("could not list the models of upstream %s (%s): %s", up_name, up.url, message)
+                    continue
+                self._by_upstream[up_name] = [
+                    external_record(
+                        str(item["name"]),
+                        up.engine,
+                        upstream_name=up_name,
+                        upstream=up,
+                        remote_model=str(item["name"]),
+                        listing=item,
+                    )
+                    for item in result
+                    if item.get("name")
+                ]
+            discovered: dict[str, ExternalRecord] = {}
+            for records in self._by_upstream.values():
+                for record in records:
+                    discovered.setdefault(record.name.display, record)
+            self._discovered = discovered
+            self._refreshed_at = self._clock()
+
+
+__all__ = ["Catalog", "ExternalName", "ExternalRecord", "discover_upstream", "external_record", "is_gguf"]
