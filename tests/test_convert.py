@@ -299,7 +299,7 @@ def test_generate_format_and_think() -> None:
     assert body["response_format"]["json_schema"]["schema"] == SCHEMA
     assert body["chat_template_kwargs"] == {"enable_thinking": False}
     _, raw = generate_body(gen_req(prompt="hi", format="json", raw=True), "m", {})
-    assert raw["response_format"] == {"type": "json_object"}
+    assert raw["json_schema"] == {"type": "object"} and "response_format" not in raw  # what raw enforces
 
 
 # -- OllamaStream -----------------------------------------------------------------------------------

@@ -168,7 +168,7 @@ def test_completion_body_renders_the_template_and_forces_a_call() -> None:
     assert body["prompt"].startswith("<|im_start|>system\nYou are helpful.\n\n# Tools")
     assert '"name":"get_weather"' in body["prompt"].replace(" ", "")
     assert body["prompt"].endswith("<|im_start|>assistant\n<tool_call>\n")
-    assert body["response_format"]["json_schema"]["schema"]["properties"]["name"] == {"const": "get_weather"}
+    assert body["json_schema"]["properties"]["name"] == {"const": "get_weather"}
     assert (body["max_tokens"], body["temperature"], body["model"]) == (50, 0, "served")
     plain, fmt, forced = completion_body({**data, "tool_choice": "none"}, "served", CHATML_TOOLS, None)
     assert fmt is None and not forced and "# Tools" not in plain["prompt"]

@@ -79,6 +79,8 @@ class ModelEntry(_Strict):
     pinned: bool = False
     group: str | None = None  # an exclusive [groups.NAME]: one member loaded at a time
     flags: tuple[str, ...] = ()  # extra command-line arguments for the engine, passed as given
+    # When a request with tools sets no tool_choice (Ollama's API has none): see toolcalls.entry_tool_choice.
+    tool_choice: Literal["auto", "required", "user-turn"] = "auto"
     llama_server: LlamaServerOptions = LlamaServerOptions()
     vllm: VllmOptions = VllmOptions()
 

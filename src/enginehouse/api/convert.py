@@ -14,7 +14,7 @@ import orjson
 
 from enginehouse.api.gotemplate import render, render_chat
 from enginehouse.api.ollama import ChatRequest, GenerateRequest, Message, Options
-from enginehouse.api.toolcalls import ToolCallSplitter, ToolFormat
+from enginehouse.api.toolcalls import ToolCallSplitter, ToolFormat, forcing_schema
 
 # Ollama option -> request field understood by llama-server (and vLLM's OpenAI server).
 SAMPLING_OPTIONS: dict[str, str] = {
@@ -136,6 +136,8 @@ def generate_body(
         if req.top_logprobs:
             common["top_logprobs"] = req.top_logprobs
     if req.raw:
+        if schema := raw_json_schema(common.pop("response_format", None)):
+            common["json_schema"] = schema
         return "/v1/completions", {**common, "prompt": req.prompt}
     messages: list[dict[str, Any]] = []
     if req.system or system:
@@ -156,7 +158,12 @@ def go_template(template: str | None) -> str | None:
 
 
 def rendered_chat_body(
-    req: ChatRequest, served_model: str, defaults: dict[str, Any], system: str | None, template: str
+    req: ChatRequest,
+    served_model: str,
+    defaults: dict[str, Any],
+    system: str | None,
+    template: str,
+    force: ToolFormat | None = None,
 ) -> dict[str, Any]:
     """A chat for a model with a Go template: the gateway renders the prompt exactly as Ollama would and
     the engine completes it raw, so every engine sees the same prompt."""
@@ -166,7 +173,11 @@ def rendered_chat_body(
     prompt = render_chat(
         template, messages, tools=req.tools, think=req.think if req.think is None else bool(req.think)
     )
-    return _raw_body(served_model, prompt, defaults, req.options, req.format)
+    body = _raw_body(served_model, prompt, defaults, req.options, req.format)
+    if force is not None:  # a forced call: its opening in the prompt, the rest held to the tools' schema
+        body["prompt"] += force.prefix
+        body["json_schema"] = forcing_schema(req.tools or [], force)
+    return body
 
 
 def rendered_generate_body(
@@ -190,9 +201,21 @@ def _raw_body(
         "stream_options": {"include_usage": True},
         **sampling_fields(merge_options(defaults, options)),
     }
-    if response := response_format(fmt):
-        body["response_format"] = response
+    if schema := raw_json_schema(response_format(fmt)):
+        body["json_schema"] = schema
     return body
+
+
+def raw_json_schema(response: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An OpenAI ``response_format`` as the top-level ``json_schema`` that llama-server's raw
+    ``/v1/completions`` enforces (it ignores ``response_format`` there)."""
+    if not response:
+        return None
+    if response.get("type") == "json_object":
+        return {"type": "object"}
+    if response.get("type") == "json_schema":
+        return (response.get("json_schema") or {}).get("schema") or {"type": "object"}
+    return None
 
 
 def ollama_logprob(lp: dict[str, Any]) -> dict[str, Any]:
@@ -222,19 +245,21 @@ class OllamaStream:
         started: float,
         load_duration: float,
         tool_format: ToolFormat | None = None,
+        forced: bool = False,
     ) -> None:
         self.model = model
         self.kind = kind  # "chat" or "generate"
         self.started = started
         self.load_duration = load_duration
         self.first_token_at: float | None = None
+        self.sent_at: float | None = None  # when the engine got the request (for the overhead metric)
         self.finish_reason: str | None = None
         self.timings: dict[str, Any] = {}
         self.usage: dict[str, Any] = {}
         self.chunks = 0
         self._tool_calls: dict[int, dict[str, Any]] = {}
         # A Go-template model's calls are in its raw text: split them out as the template writes them.
-        self._splitter = ToolCallSplitter(tool_format) if tool_format else None
+        self._splitter = ToolCallSplitter(tool_format, forced) if tool_format else None
 
     def _line(self, content: str, thinking: str | None = None, tool_calls: list | None = None) -> dict:
         line: dict[str, Any] = {"model": self.model, "created_at": now_rfc3339()}
@@ -300,6 +325,28 @@ class OllamaStream:
             calls.append({"function": {"index": index, "name": slot["name"], "arguments": arguments}})
         return calls
 
+    def counts(self, end: float) -> tuple[int, int, int, int]:
+        """(prompt tokens, prompt ns, output tokens, output ns): the engine's timings where it reports
+        them (llama-server does), our clock otherwise."""
+        t = self.timings
+        prompt_n = t.get("prompt_n", self.usage.get("prompt_tokens", 0))
+        eval_n = t.get("predicted_n", self.usage.get("completion_tokens", self.chunks))
+        first = self.first_token_at or end
+        prompt_ns = int(t["prompt_ms"] * 1e6) if "prompt_ms" in t else int((first - self.started) * 1e9)
+        eval_ns = int(t["predicted_ms"] * 1e6) if "predicted_ms" in t else int((end - first) * 1e9)
+        return prompt_n, prompt_ns, eval_n, eval_ns
+
+    def summary(self) -> dict[str, Any]:
+        """What the metrics record of this generation: the same numbers as the last line."""
+        prompt_n, _, eval_n, eval_ns = self.counts(time.monotonic())
+        ttft = self.first_token_at - self.started if self.first_token_at is not None else None
+        return {
+            "ttft": ttft,
+            "prompt_tokens": prompt_n,
+            "output_tokens": eval_n,
+            "decode_seconds": eval_ns / 1e9,
+        }
+
     def final(self) -> list[dict[str, Any]]:
         """The closing line(s): pending tool calls, then ``done: true`` with the metrics."""
         lines = []
@@ -315,12 +362,7 @@ class OllamaStream:
         if self._tool_calls:
             lines.append(self._line("", tool_calls=self.tool_calls()))
         end = time.monotonic()
-        t = self.timings
-        prompt_n = t.get("prompt_n", self.usage.get("prompt_tokens", 0))
-        eval_n = t.get("predicted_n", self.usage.get("completion_tokens", self.chunks))
-        first = self.first_token_at or end
-        prompt_ns = int(t["prompt_ms"] * 1e6) if "prompt_ms" in t else int((first - self.started) * 1e9)
-        eval_ns = int(t["predicted_ms"] * 1e6) if "predicted_ms" in t else int((end - first) * 1e9)
+        prompt_n, prompt_ns, eval_n, eval_ns = self.counts(end)
         done = self._line("")
         reason = {"length": "length"}.get(self.finish_reason or "stop", "stop")
         done.update(

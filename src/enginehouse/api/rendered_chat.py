@@ -15,8 +15,15 @@ from typing import Any
 
 import orjson
 
+from enginehouse.api.convert import raw_json_schema
 from enginehouse.api.gotemplate.render import render_chat
-from enginehouse.api.toolcalls import ToolCallSplitter, ToolFormat, forcing_schema, tool_format
+from enginehouse.api.toolcalls import (
+    ToolCallSplitter,
+    ToolFormat,
+    entry_tool_choice,
+    forcing_schema,
+    tool_format,
+)
 from enginehouse.errors import InvalidRequest
 
 # Fields that mean the same on /v1/chat/completions and /v1/completions.
@@ -85,7 +92,7 @@ def forced_tool(data: dict[str, Any]) -> tuple[bool, str | None]:
 
 
 def completion_body(
-    data: dict[str, Any], served_model: str, template: str, system: str | None
+    data: dict[str, Any], served_model: str, template: str, system: str | None, default_choice: str = "auto"
 ) -> tuple[dict[str, Any], ToolFormat | None, bool]:
     """The raw completion that stands for chat request ``data``; also the tool format and whether a
     call is forced (its prefix is then already in the prompt)."""
@@ -95,6 +102,9 @@ def completion_body(
     fmt = tool_format(template) if tools else None
     if tools and fmt is None:
         raise InvalidRequest("this model's template does not support tools")
+    if tools and data.get("tool_choice") is None:
+        last = data["messages"][-1].get("role") if data["messages"] else None
+        data = {**data, "tool_choice": entry_tool_choice(default_choice, last)}
     forced, name = forced_tool(data) if tools else (False, None)
     if name is not None and not any((t.get("function") or {}).get("name") == name for t in tools or []):
         raise InvalidRequest(f"tool_choice names {name!r}, which is not in tools")
@@ -104,12 +114,12 @@ def completion_body(
     body.update({k: data[k] for k in _SHARED if data.get(k) is not None})
     if data.get("logprobs"):
         body["logprobs"] = data.get("top_logprobs") or 1
+    # llama-server's raw completions enforce a top-level json_schema (and ignore response_format).
     if forced and fmt is not None:
         body["prompt"] += fmt.prefix
-        schema = forcing_schema(tools or [], fmt, name)
-        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "call", "schema": schema}}
-    elif data.get("response_format"):
-        body["response_format"] = data["response_format"]
+        body["json_schema"] = forcing_schema(tools or [], fmt, name)
+    elif schema := raw_json_schema(data.get("response_format")):
+        body["json_schema"] = schema
     return body, fmt, forced
 
 

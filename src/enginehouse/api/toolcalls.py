@@ -172,6 +172,15 @@ class ToolCallSplitter:
         return parse_calls(self.held, self.fmt)
 
 
+def entry_tool_choice(setting: str, last_role: str | None) -> str:
+    """A model entry's default ``tool_choice`` for a request that sets none: "required" always forces
+    a call; "user-turn" forces one only right after a user message, so a small model that would never
+    call a tool on its own still does, and still answers once the tool's result is in."""
+    if setting == "required" or (setting == "user-turn" and last_role == "user"):
+        return "required"
+    return "auto"
+
+
 def forcing_schema(tools: list[dict[str, Any]], fmt: ToolFormat, name: str | None = None) -> dict[str, Any]:
     """A JSON schema whose every instance is a call of one of ``tools`` (or of ``name`` only)."""
     options = []

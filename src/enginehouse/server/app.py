@@ -28,6 +28,7 @@ from enginehouse.errors import (
     ollama_error_body,
     openai_error_body,
 )
+from enginehouse.metrics import Metrics
 from enginehouse.sched.keep_alive import parse_keep_alive
 from enginehouse.sched.memory import MemoryBudget, MiB
 from enginehouse.sched.scheduler import Scheduler
@@ -39,6 +40,7 @@ from enginehouse.server.app_state import (
     json_response,
     validation_message,
 )
+from enginehouse.server.observe import metrics_endpoint, metrics_middleware
 from enginehouse.server.openapi import build_openapi
 from enginehouse.server.upstream import Upstream
 from enginehouse.store import Store, ensure_bundled
@@ -123,12 +125,14 @@ def build_gateway(config: Config) -> Gateway:
         policy=config.sched_policy,
         resolve=catalog.resolve,
     )
-    return Gateway(config, store, scheduler, Upstream(), file_config, catalog)
+    metrics = Metrics()
+    metrics.attach(scheduler)
+    return Gateway(config, store, scheduler, Upstream(), file_config, catalog, metrics)
 
 
 def create_app(config: Config, gateway: Gateway | None = None) -> web.Application:
     gw = gateway or build_gateway(config)
-    middlewares = [error_middleware]
+    middlewares = [metrics_middleware(gw.metrics), error_middleware]
     if config.api_key:
         middlewares.append(auth_middleware(config.api_key))
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body_mib * 1024**2)
@@ -156,6 +160,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> web.Applicatio
     app.router.add_get("/", root)  # GET also answers HEAD
     app.router.add_get("/api/version", version)
     app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/metrics", metrics_endpoint)
     ollama_routes.add_routes(app)
     model_routes.add_routes(app)
     openai_routes.add_routes(app)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 from aiohttp import web
@@ -14,6 +14,7 @@ from enginehouse.config import Config
 from enginehouse.config_file import EMPTY, FileConfig
 from enginehouse.engines.factory import gguf_info_for
 from enginehouse.errors import InvalidRequest, RequestTooLarge
+from enginehouse.metrics import Metrics
 from enginehouse.sched.scheduler import Scheduler
 from enginehouse.server.upstream import Upstream
 from enginehouse.store import ModelRecord, Store
@@ -29,6 +30,7 @@ class Gateway:
     upstream: Upstream
     file_config: FileConfig = EMPTY
     catalog: Catalog = None  # type: ignore[assignment]  # names -> records; built from the store if None
+    metrics: Metrics = field(default_factory=Metrics)
 
     def __post_init__(self) -> None:
         if self.catalog is None:

@@ -32,6 +32,7 @@ from enginehouse.api.ollama import (
     NameRequest,
     Options,
 )
+from enginehouse.api.toolcalls import ToolFormat, entry_tool_choice, tool_format
 from enginehouse.catalog import ExternalRecord, is_gguf
 from enginehouse.engines.base import RunnerSpec
 from enginehouse.engines.factory import gguf_info_for
@@ -39,6 +40,7 @@ from enginehouse.errors import EnginehouseError, InvalidRequest, RunnerError
 from enginehouse.sched.keep_alive import parse_keep_alive
 from enginehouse.sched.scheduler import LoadedModel
 from enginehouse.server.app_state import GATEWAY, clamp_num_ctx, json_response, read_json
+from enginehouse.server.observe import note_model, observe_ollama
 from enginehouse.server.passthrough import ollama_passthrough, speaks_ollama
 from enginehouse.server.upstream import error_text, sse_events
 from enginehouse.store import ModelRecord
@@ -254,13 +256,20 @@ async def chat(request: web.Request) -> web.StreamResponse:
         record, tools=bool(req.tools), think=bool(req.think), images=any(m.images for m in req.messages)
     )
     template = go_template(record.template)
+    # A Go template's tool calls come back as raw text, written the template's way: split them out.
+    calls = tool_format(template) if template and req.tools else None
+    # Ollama's API has no tool_choice: the model's entry may force calls (see entry_tool_choice).
+    choice = gw.scheduler.entry(record.name.display).tool_choice
+    forced = calls is not None and entry_tool_choice(choice, req.messages[-1].role) == "required"
 
     def body_for(served: str) -> tuple[str, dict[str, Any]]:
         if template:
-            return "/v1/completions", rendered_chat_body(req, served, record.params, record.system, template)
+            force = calls if forced else None
+            body = rendered_chat_body(req, served, record.params, record.system, template, force)
+            return "/v1/completions", body
         return "/v1/chat/completions", chat_body(req, served, record.params, record.system)
 
-    return await _generate(request, req, record, keep_alive, "chat", started, body_for)
+    return await _generate(request, req, record, keep_alive, "chat", started, body_for, calls, forced)
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
@@ -298,15 +307,27 @@ async def _generate(
     kind: str,
     started: float,
     body_for: Callable[[str], tuple[str, dict[str, Any]]],
+    calls: ToolFormat | None = None,
+    forced: bool = False,
 ) -> web.StreamResponse:
     """Hold the model's runner for one request: build the engine body, relay the answer in Ollama's shape."""
     spec = runner_spec(request, req.options, record)
     async with request.app[GATEWAY].scheduler.acquire(req.model, keep_alive, spec) as lease:
+        note_model(request, lease)
         path, body = body_for(lease.model.engine.served_model)
-        translator = OllamaStream(lease.model.name, kind, started=started, load_duration=lease.load_duration)
+        translator = OllamaStream(
+            lease.model.name,
+            kind,
+            started=started,
+            load_duration=lease.load_duration,
+            tool_format=calls,
+            forced=forced,
+        )
         engine = lease.model.engine
         url, headers = engine.base_url + path, engine.request_headers
-        return await _relay(request, url, body, translator, req.stream, headers)
+        response = await _relay(request, url, body, translator, req.stream, headers)
+        observe_ollama(request, lease, translator, started)
+        return response
 
 
 async def _embed(
@@ -317,6 +338,7 @@ async def _embed(
     record = gw.catalog.resolve(model)
     spec = runner_spec(request, options, record, embedding=True)
     async with gw.scheduler.acquire(model, keep_alive, spec) as lease:
+        note_model(request, lease)
         if not inputs:
             return lease.model.name, [], 0, lease.load_duration
         engine = lease.model.engine
@@ -384,6 +406,7 @@ async def _relay(
 ) -> web.StreamResponse:
     """Send one request to the engine and answer in Ollama's shape, streamed or folded."""
     upstream = request.app[GATEWAY].upstream
+    translator.sent_at = time.monotonic()
     resp = await upstream.post(url, body, headers)
     try:
         if resp.status != 200:

@@ -6,6 +6,7 @@ name the engine's served model) and the engine's bytes are streamed back untouch
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -14,12 +15,15 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel
 
-from enginehouse.api.convert import sampling_fields
+from enginehouse.api.convert import go_template, sampling_fields
 from enginehouse.api.ollama import Options
 from enginehouse.api.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from enginehouse.catalog import is_gguf
 from enginehouse.engines.base import RunnerSpec
 from enginehouse.errors import InvalidRequest, RunnerError, openai_error_body
 from enginehouse.server.app_state import GATEWAY, clamp_num_ctx, json_response, read_json
+from enginehouse.server.observe import note_model, observe_openai
+from enginehouse.server.openai_rendered import rendered_chat
 from enginehouse.server.upstream import error_text
 from enginehouse.store import ModelRecord
 
@@ -99,6 +103,7 @@ async def model(request: web.Request) -> web.Response:
 
 
 async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
+    started = time.monotonic()
     gw = request.app[GATEWAY]
     data = await read_json(request)
     spec = normalise_request(data, path)
@@ -108,9 +113,14 @@ async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
         spec = replace(spec, num_ctx=clamp_num_ctx(request, gw.catalog.resolve(model), spec.num_ctx))
     streaming = bool(data.get("stream"))
     async with gw.scheduler.acquire(model, None, spec) as lease:
+        note_model(request, lease)
         engine = lease.model.engine
+        record = lease.model.record
         data["model"] = engine.served_model
-        apply_model_defaults(data, lease.model.record, path)
+        apply_model_defaults(data, record, path)
+        if path == "/v1/chat/completions" and is_gguf(record) and (template := go_template(record.template)):
+            return await rendered_chat(request, lease, data, template, started)
+        sent = time.monotonic()
         resp = await gw.upstream.post(engine.base_url + path, data, engine.request_headers)
         try:
             if resp.status != 200:
@@ -118,14 +128,21 @@ async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
                 raise (InvalidRequest if resp.status == 400 else RunnerError)(message)
             content_type = resp.headers.get("Content-Type", "application/json")
             if not streaming:
-                return web.Response(body=await resp.read(), headers={"Content-Type": content_type})
+                body = await resp.read()
+                observe_openai(request, lease, started, sent, None, body)
+                return web.Response(body=body, headers={"Content-Type": content_type})
             out = web.StreamResponse(headers={"Content-Type": content_type, "Cache-Control": "no-cache"})
             await out.prepare(request)
+            first: float | None = None
+            prev = b""  # the engine's counts are in the last event before [DONE]
             try:
                 async for chunk in resp.content.iter_any():
                     await out.write(chunk)
+                    first = first or time.monotonic()
                     if chunk.endswith(b"data: [DONE]\n\n"):
-                        break  # llama-server's end marker: do not wait for it to close the stream
+                        observe_openai(request, lease, started, sent, first, prev[-4096:] + chunk)
+                        break
+                    prev = chunk  # llama-server's end marker: do not wait for it to close the stream
             except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
                 error = RunnerError(f"the engine closed the stream early: {exc.__class__.__name__}")
                 await out.write(b"data: " + orjson.dumps(openai_error_body(error)) + b"\n\n")
