@@ -214,6 +214,21 @@ SETTINGS: tuple[Setting, ...] = (
         _policy,
     ),
     Setting(
+        "response_cache",
+        "ENGINEHOUSE_RESPONSE_CACHE",
+        "",
+        "Response cache: off, memory, or a redis://, rediss:// or unix:// URL (default: [cache] url in "
+        "enginehouse.toml, else off).",
+        str,
+    ),
+    Setting(
+        "response_cache_mib",
+        "ENGINEHOUSE_RESPONSE_CACHE_MIB",
+        "0",
+        "Bound of the in-memory response cache, MiB (0: [cache] memory_mib, else 64).",
+        float,
+    ),
+    Setting(
         "pypi_index",
         "ENGINEHOUSE_PYPI_INDEX",
         "https://pypi.org/simple",
@@ -247,6 +262,8 @@ class Config:
     config_file: Path | None = None
     fairness_s: float = 10.0
     sched_policy: str = "batch"
+    response_cache: str = ""
+    response_cache_mib: float = 0.0
     pypi_index: str = "https://pypi.org/simple"
 
     @classmethod

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from enginehouse.cache.settings import CacheSettings
 from enginehouse.errors import EnginehouseError, InvalidRequest
 from enginehouse.sched.keep_alive import parse_keep_alive
 
@@ -140,6 +141,7 @@ class FileConfig(_Strict):
     upstreams: dict[str, Upstream] = {}
     groups: dict[str, Group] = {}
     aliases: dict[str, str] = {}  # another name for a model: "chat" = "smollm2:135m"
+    cache: CacheSettings = CacheSettings()
 
     @model_validator(mode="after")
     def _references_exist(self) -> FileConfig:

@@ -15,6 +15,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from enginehouse import __version__
+from enginehouse.cache import ResponseCache, redact
 from enginehouse.catalog import Catalog
 from enginehouse.config import Config
 from enginehouse.config_file import load_config_file
@@ -40,6 +41,7 @@ from enginehouse.server.app_state import (
     json_response,
     validation_message,
 )
+from enginehouse.server.caching import CacheCollector
 from enginehouse.server.observe import metrics_endpoint, metrics_middleware
 from enginehouse.server.openapi import build_openapi
 from enginehouse.server.upstream import Upstream
@@ -127,7 +129,11 @@ def build_gateway(config: Config) -> Gateway:
     )
     metrics = Metrics()
     metrics.attach(scheduler)
-    return Gateway(config, store, scheduler, Upstream(), file_config, catalog, metrics)
+    settings = file_config.cache.with_env(url=config.response_cache, memory_mib=config.response_cache_mib)
+    cache = ResponseCache(settings) if settings.enabled else None
+    if cache is not None:
+        metrics.registry.register(CacheCollector(cache))
+    return Gateway(config, store, scheduler, Upstream(), file_config, catalog, metrics, cache)
 
 
 def create_app(config: Config, gateway: Gateway | None = None) -> web.Application:
@@ -146,6 +152,9 @@ def create_app(config: Config, gateway: Gateway | None = None) -> web.Applicatio
         if record is not None:
             log.info("bundled model %s is available", record.name.display)
         await gw.scheduler.start()
+        if gw.cache is not None:
+            await gw.cache.start()  # a wrong Redis password stops start-up here, with the URL
+            log.info("response cache: %s", redact(gw.cache.settings.url))
         background.add(asyncio.ensure_future(gw.catalog.refresh()))  # upstreams' models, off the path
 
     async def on_cleanup(app: web.Application) -> None:
@@ -153,6 +162,8 @@ def create_app(config: Config, gateway: Gateway | None = None) -> web.Applicatio
             task.cancel()
         await gw.scheduler.close()
         await gw.upstream.close()
+        if gw.cache is not None:
+            await gw.cache.close()
 
     app.on_response_prepare.append(add_noted_headers)
     app.on_startup.append(on_startup)

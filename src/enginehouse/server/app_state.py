@@ -9,6 +9,7 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
+from enginehouse.cache import ResponseCache
 from enginehouse.catalog import Catalog, is_gguf
 from enginehouse.config import Config
 from enginehouse.config_file import EMPTY, FileConfig
@@ -31,6 +32,7 @@ class Gateway:
     file_config: FileConfig = EMPTY
     catalog: Catalog = None  # type: ignore[assignment]  # names -> records; built from the store if None
     metrics: Metrics = field(default_factory=Metrics)
+    cache: ResponseCache | None = None  # None: off
 
     def __post_init__(self) -> None:
         if self.catalog is None:

@@ -40,6 +40,7 @@ from enginehouse.errors import EnginehouseError, InvalidRequest, RunnerError
 from enginehouse.sched.keep_alive import parse_keep_alive
 from enginehouse.sched.scheduler import LoadedModel
 from enginehouse.server.app_state import GATEWAY, clamp_num_ctx, json_response, read_json
+from enginehouse.server.caching import answer_cached, open_stream
 from enginehouse.server.observe import note_model, observe_ollama
 from enginehouse.server.passthrough import ollama_passthrough, speaks_ollama
 from enginehouse.server.upstream import error_text, sse_events
@@ -269,7 +270,14 @@ async def chat(request: web.Request) -> web.StreamResponse:
             return "/v1/completions", body
         return "/v1/chat/completions", chat_body(req, served, record.params, record.system)
 
-    return await _generate(request, req, record, keep_alive, "chat", started, body_for, calls, forced)
+    return await answer_cached(
+        request,
+        "ollama",
+        "/api/chat",
+        data,
+        record,
+        lambda: _generate(request, req, record, keep_alive, "chat", started, body_for, calls, forced),
+    )
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
@@ -296,7 +304,14 @@ async def generate(request: web.Request) -> web.StreamResponse:
             )
         return generate_body(req, served, record.params, record.system)
 
-    return await _generate(request, req, record, keep_alive, "generate", started, body_for)
+    return await answer_cached(
+        request,
+        "ollama",
+        "/api/generate",
+        data,
+        record,
+        lambda: _generate(request, req, record, keep_alive, "generate", started, body_for),
+    )
 
 
 async def _generate(
@@ -370,20 +385,27 @@ async def embed(request: web.Request) -> web.Response:
         return await ollama_passthrough(request, data, "/api/embed")
     inputs = [req.input] if isinstance(req.input, str) else list(req.input)
     inputs = [] if inputs == [""] else inputs
-    name, vectors, tokens, load = await _embed(
-        request, req.model, inputs, req.options, parse_keep_alive(req.keep_alive)
-    )
-    if req.dimensions:
-        vectors = _truncate_dimensions(vectors, req.dimensions)
-    return json_response(
-        {
-            "model": name,
-            "embeddings": vectors,
-            "total_duration": int((time.monotonic() - started) * 1e9),
-            "load_duration": int(load * 1e9),
-            "prompt_eval_count": tokens,
-        }
-    )
+
+    async def answer() -> web.StreamResponse:
+        name, vectors, tokens, load = await _embed(
+            request, req.model, inputs, req.options, parse_keep_alive(req.keep_alive)
+        )
+        if req.dimensions:
+            vectors = _truncate_dimensions(vectors, req.dimensions)
+        return json_response(
+            {
+                "model": name,
+                "embeddings": vectors,
+                "total_duration": int((time.monotonic() - started) * 1e9),
+                "load_duration": int(load * 1e9),
+                "prompt_eval_count": tokens,
+            }
+        )
+
+    if not inputs:  # a load, not an answer
+        return await answer()
+    record = request.app[GATEWAY].catalog.resolve(req.model)
+    return await answer_cached(request, "ollama", "/api/embed", data, record, answer)
 
 
 async def embeddings(request: web.Request) -> web.Response:
@@ -415,7 +437,7 @@ async def _relay(
         if not stream:
             lines = [ln async for ev in sse_events(resp) if (ln := translator.feed(ev))]
             return json_response(collapse(lines + translator.final(), translator.kind))
-        out = web.StreamResponse(headers={"Content-Type": NDJSON})
+        out = open_stream(request, {"Content-Type": NDJSON})
         await out.prepare(request)
         try:
             async for event in sse_events(resp):

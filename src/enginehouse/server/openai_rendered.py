@@ -19,6 +19,7 @@ from enginehouse.errors import EnginehouseError, InvalidRequest, RunnerError, op
 from enginehouse.metrics import Metrics
 from enginehouse.sched.scheduler import Lease
 from enginehouse.server.app_state import GATEWAY, json_response
+from enginehouse.server.caching import open_stream
 from enginehouse.server.upstream import error_text, sse_events
 
 
@@ -48,7 +49,7 @@ async def rendered_chat(
             chunks.final()
             _observe(gw.metrics, lease, chunks, started, sent, None)
             return json_response(chunks.completion())
-        out = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        out = open_stream(request, {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await out.prepare(request)
         try:
             async for event in sse_events(resp):

@@ -22,6 +22,7 @@ from enginehouse.catalog import is_gguf
 from enginehouse.engines.base import RunnerSpec
 from enginehouse.errors import InvalidRequest, RunnerError, openai_error_body
 from enginehouse.server.app_state import GATEWAY, clamp_num_ctx, json_response, read_json
+from enginehouse.server.caching import answer_cached, open_stream
 from enginehouse.server.observe import note_model, observe_openai
 from enginehouse.server.openai_rendered import rendered_chat
 from enginehouse.server.upstream import error_text
@@ -106,13 +107,24 @@ async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
     started = time.monotonic()
     gw = request.app[GATEWAY]
     data = await read_json(request)
+    as_sent = dict(data)  # the cache keys on the client's request, before normalising
     spec = normalise_request(data, path)
     model = data["model"]
     await gw.catalog.ensure_known(model)  # free unless upstream discovery is due
+    record = gw.catalog.resolve(model)
     if spec.num_ctx is not None:
-        spec = replace(spec, num_ctx=clamp_num_ctx(request, gw.catalog.resolve(model), spec.num_ctx))
+        spec = replace(spec, num_ctx=clamp_num_ctx(request, record, spec.num_ctx))
+    return await answer_cached(
+        request, "openai", path, as_sent, record, lambda: _answer(request, path, data, spec, started)
+    )
+
+
+async def _answer(
+    request: web.Request, path: str, data: dict[str, Any], spec: RunnerSpec, started: float
+) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
     streaming = bool(data.get("stream"))
-    async with gw.scheduler.acquire(model, None, spec) as lease:
+    async with gw.scheduler.acquire(data["model"], None, spec) as lease:
         note_model(request, lease)
         engine = lease.model.engine
         record = lease.model.record
@@ -131,7 +143,7 @@ async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
                 body = await resp.read()
                 observe_openai(request, lease, started, sent, None, body)
                 return web.Response(body=body, headers={"Content-Type": content_type})
-            out = web.StreamResponse(headers={"Content-Type": content_type, "Cache-Control": "no-cache"})
+            out = open_stream(request, {"Content-Type": content_type, "Cache-Control": "no-cache"})
             await out.prepare(request)
             first: float | None = None
             prev = b""  # the engine's counts are in the last event before [DONE]
