@@ -38,8 +38,15 @@ def cli(ctx: click.Context) -> None:
 
 
 def main() -> None:
-    from enginehouse.cli import convert, doctor, engines, models, serve
+    from enginehouse.cli import convert, doctor, engines, models, route, serve
 
-    for command in (*models.COMMANDS, *convert.COMMANDS, *serve.COMMANDS, engines.engines, doctor.doctor):
+    for command in (
+        *models.COMMANDS,
+        *convert.COMMANDS,
+        *serve.COMMANDS,
+        engines.engines,
+        doctor.doctor,
+        *route.COMMANDS,
+    ):
         cli.add_command(command)
     cli()

@@ -1,0 +1,360 @@
+"""How well and how fast the ``auto`` router's classifier decides (a benchmark, not a test).
+
+    .venv/bin/python -m bench.routing [--home DIR] [--sweep] [--errors dev] [--repeat 3]
+
+The labelled set is ``bench/routing_prompts.jsonl``: 358 prompts written for this project (code in
+several languages, debugging, SQL, shell; maths word problems, algebra, calculus, statistics; writing,
+editing and summaries of given text; general facts, advice, trivia and chit-chat; and 45 that should
+fall to the default route: greetings, one-word follow-ups, emoji, keyboard mash). Each carries a
+``split``: ``dev`` (every third prompt of each label, 120) or ``test`` (238).
+
+No leakage: the route examples the embedding tier compares against live in
+``enginehouse/router/default_routes.py`` and were written separately; this script refuses to run if any
+labelled prompt equals an example (case and spacing ignored), and it prints the closest pair. The
+router's knobs (threshold, top_k, system_weight) and the rules were tuned by looking at the *dev*
+split only (``--errors dev``, ``--sweep``); the figures to quote are the *test* split's.
+
+A prompt's predicted label is its route, or ``default`` when the classifier abstained (tier
+``default``), so the 5-class macro-F1 asks the router both to pick the right route and to abstain on
+the default prompts. ``served`` F1 scores the route a request really ends on (the default route is
+``general``; the default prompts' expected route is ``general`` too).
+
+The embedding runner is the bundled all-MiniLM-L6-v2 converted to GGUF (into ``--home``, once) and
+served by a private llama-server with the router's pinned settings (1 thread, 1 slot); the classifier
+reaches it through ``RunnerEmbedder`` (aiohttp, one pooled connection), exactly as ``enginehouse
+route`` does. Decision times are wall-clock inside ``Classifier.classify`` with the runner warm,
+``--repeat`` passes over the set; the 64-token row classifies every prompt padded past the cap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+from enginehouse.config import Config
+from enginehouse.engines.llama_install import require_llama_server
+from enginehouse.router.classify import Classifier, Router, all_examples, truncate_tokens
+from enginehouse.router.default_routes import default_router
+from enginehouse.router.embedder import EMBED_MODEL, local_embedding_runner
+
+HERE = Path(__file__).resolve().parent
+PROMPTS = HERE / "routing_prompts.jsonl"
+RESULTS = HERE / "results" / "routing.json"
+LABELS = ("code", "math", "writing", "general", "default")
+ROUTES = ("code", "math", "writing", "general")
+
+
+def load_prompts(path: Path = PROMPTS) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for r in rows:
+        assert r["label"] in LABELS and r["split"] in ("dev", "test"), r
+    return rows
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"\s+", " ", text.strip().lower())
+
+
+def check_leakage(router: Router, rows: list[dict[str, Any]]) -> None:
+    examples = {_norm(e) for _, e in all_examples(router)}
+    leaked = [r["id"] for r in rows if _norm(r["text"]) in examples]
+    if leaked:
+        sys.exit(f"labelled prompts equal route examples: {leaked}")
+
+
+class MemoEmbed:
+    """Wraps the runner's embedder; remembers vectors so ``--sweep`` replays without the runner."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.memo, self.replay = inner, {}, False
+
+    async def __call__(self, texts: list[str]) -> list[np.ndarray]:
+        if self.replay:
+            return [self.memo[t] for t in texts]
+        vecs = await self.inner(texts)
+        self.memo.update(zip(texts, vecs, strict=True))
+        return vecs
+
+
+def predicted(decision: Any) -> str:
+    return "default" if decision.tier == "default" else decision.route
+
+
+def f1_table(pairs: list[tuple[str, str]], labels: tuple[str, ...]) -> dict[str, Any]:
+    per: dict[str, dict[str, float]] = {}
+    for lab in labels:
+        tp = sum(1 for t, p in pairs if t == lab and p == lab)
+        fp = sum(1 for t, p in pairs if t != lab and p == lab)
+        fn = sum(1 for t, p in pairs if t == lab and p != lab)
+        prec = tp / (tp + fp) if tp + fp else 0.0
+        rec = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+        per[lab] = {"precision": round(prec, 4), "recall": round(rec, 4), "f1": round(f1, 4), "n": tp + fn}
+    macro = statistics.fmean(v["f1"] for v in per.values())
+    accuracy = sum(1 for t, p in pairs if t == p) / len(pairs)
+    return {"macro_f1": round(macro, 4), "accuracy": round(accuracy, 4), "per_class": per}
+
+
+def evaluate(rows: list[dict[str, Any]], preds: list[str]) -> dict[str, Any]:
+    pairs = [(r["label"], p) for r, p in zip(rows, preds, strict=True)]
+    strict = f1_table(pairs, LABELS)
+    served = f1_table(
+        [("general" if t == "default" else t, p if p != "default" else "general") for t, p in pairs], ROUTES
+    )
+    confusion = {t: {p: sum(1 for a, b in pairs if a == t and b == p) for p in LABELS} for t in LABELS}
+    n_cw = confusion["code"]["code"] + sum(confusion["code"][p] for p in LABELS if p != "code")
+    n_wc = sum(confusion["writing"].values())
+    code_writing = (confusion["code"]["writing"] + confusion["writing"]["code"]) / max(1, n_cw + n_wc)
+    abstained = {t: confusion[t]["default"] for t in LABELS}
+    return {
+        "n": len(pairs),
+        "macro_f1": strict["macro_f1"],
+        "accuracy": strict["accuracy"],
+        "per_class": strict["per_class"],
+        "served_macro_f1": served["macro_f1"],
+        "confusion": confusion,
+        "code_writing_confusion": round(code_writing, 4),
+        "code_to_writing": confusion["code"]["writing"],
+        "writing_to_code": confusion["writing"]["code"],
+        "abstentions": abstained,
+        "abstention_rate_non_default": round(
+            sum(v for k, v in abstained.items() if k != "default")
+            / max(1, sum(1 for t, _ in pairs if t != "default")),
+            4,
+        ),
+    }
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+async def classify_all(clf: Classifier, rows: list[dict[str, Any]]) -> list[Any]:
+    return [await clf.classify(r.get("system"), r["text"]) for r in rows]
+
+
+async def time_keyword_tier(clf: Classifier, rows: list[dict[str, Any]], repeat: int) -> list[float]:
+    """Decision time of the prompts the keyword tier decides, without touching the runner."""
+    out = []
+    for _ in range(repeat):
+        for r in rows:
+            t0 = time.perf_counter_ns()
+            d = clf.classify_keywords(r.get("system") or "", r["text"])
+            if d is not None:
+                out.append((time.perf_counter_ns() - t0) / 1e6)
+    return out
+
+
+async def count_tokens(base_url: str, texts: list[str]) -> list[float]:
+    """BERT tokens of each text as the runner sees them, [CLS] and [SEP] included (/tokenize)."""
+    async with aiohttp.ClientSession() as session:
+        out = []
+        for text in texts:
+            async with session.post(f"{base_url}/tokenize", json={"content": text}) as resp:
+                out.append(float(len((await resp.json())["tokens"]) + 2))
+        return out
+
+
+def pad_past_cap(text: str) -> str:
+    """A prompt long enough to be cut at the 64-token cap (the worst case the target speaks of)."""
+    filler = " Please be thorough and explain each step of your reasoning in plain words."
+    while len(text.split()) < 120:
+        text += filler
+    return text
+
+
+async def sweep(clf: Classifier, rows: list[dict[str, Any]], memo: MemoEmbed) -> list[dict[str, Any]]:
+    """Replay the dev split over a grid of knobs (no runner calls: vectors are memoised)."""
+    memo.replay = True
+    dev = [r for r in rows if r["split"] == "dev"]
+    out = []
+    grid = itertools.product((0.10, 0.15, 0.20, 0.25, 0.30), (1, 2, 3, 5), (0.0, 0.25, 0.5))
+    for threshold, top_k, sw in grid:
+        router = replace(clf.router, threshold=threshold, top_k=top_k, system_weight=sw)
+        c = Classifier(router, memo, example_matrix=clf.example_matrix, fail_open=False)
+        preds = [predicted(d) for d in await classify_all(c, dev)]
+        m = evaluate(dev, preds)
+        out.append(
+            {"threshold": threshold, "top_k": top_k, "system_weight": sw, "dev_macro_f1": m["macro_f1"]}
+        )
+    memo.replay = False
+    return sorted(out, key=lambda x: -x["dev_macro_f1"])
+
+
+def print_report(res: dict[str, Any]) -> None:
+    for split in ("test", "dev", "all"):
+        m = res["splits"][split]
+        print(
+            f"\n== {split} ({m['n']} prompts): macro-F1 {m['macro_f1']:.3f} (5 labels incl. default), "
+            f"served-route macro-F1 {m['served_macro_f1']:.3f}, accuracy {m['accuracy']:.3f}"
+        )
+        print(
+            f"   code/writing confusion {m['code_writing_confusion']:.1%} "
+            f"(code->writing {m['code_to_writing']}, writing->code {m['writing_to_code']}); "
+            f"abstentions {m['abstentions']}"
+        )
+        print("   true \\ predicted " + "".join(f"{p:>9}" for p in LABELS) + "       F1")
+        for t in LABELS:
+            row = "".join(f"{m['confusion'][t][p]:>9}" for p in LABELS)
+            print(f"   {t:<17}{row}    {m['per_class'][t]['f1']:.3f}")
+    t = res["timing_ms"]
+    print("\n== decision time (ms), runner warm")
+    for name, v in t.items():
+        print(f"   {name:<28} n={v['n']:<5} p50 {v['p50']:.3f}  p95 {v['p95']:.3f}  max {v['max']:.3f}")
+    print(f"   tiers on the labelled set: {res['tiers']}; tokens sent: {res['tokens_sent']}")
+
+
+def timing(values: list[float]) -> dict[str, float]:
+    return {
+        "n": len(values),
+        "p50": round(pct(values, 50), 3),
+        "p95": round(pct(values, 95), 3),
+        "max": round(max(values), 3) if values else float("nan"),
+    }
+
+
+async def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
+    user = Config.from_env()
+    config = Config.from_env(
+        {}, home=home, llama_server=require_llama_server(user).path, engines_dir=user.engines
+    )
+    router = default_router()
+    rows = load_prompts()
+    check_leakage(router, rows)
+    print(
+        f"{len(rows)} labelled prompts; {sum(len(r.examples) for r in router.routes)} route examples",
+        file=sys.stderr,
+    )
+    async with local_embedding_runner(
+        config, model=args.model, threads=args.threads, log=lambda s: None
+    ) as embedder:
+        memo = MemoEmbed(embedder)
+        clf = Classifier(router, memo, fail_open=False)
+        started = time.perf_counter()
+        await clf.prepare()
+        prepare_s = time.perf_counter() - started
+        decisions = await classify_all(clf, rows)
+        emb_ms, cap_ms = [], []
+        for _ in range(args.repeat):
+            for r in rows:
+                d = await clf.classify(r.get("system"), r["text"])
+                if d.tier == "embedding" or (d.tier == "default" and d.scores):
+                    emb_ms.append(d.elapsed_ms)
+        for r in rows:
+            d = await clf.classify(None, pad_past_cap(r["text"]))
+            if d.scores:
+                cap_ms.append(d.elapsed_ms)
+        kw_ms = await time_keyword_tier(clf, rows, args.repeat)
+        base = embedder.url.removesuffix("/v1/embeddings")
+        tokens = await count_tokens(base, [truncate_tokens(r["text"], router.max_tokens) for r in rows])
+        cap_tokens = await count_tokens(
+            base, [truncate_tokens(pad_past_cap(r["text"]), router.max_tokens) for r in rows]
+        )
+        all_ms = [d.elapsed_ms for d in decisions]
+        swept = await sweep(clf, rows, memo) if args.sweep else []
+    preds = [predicted(d) for d in decisions]
+    splits = {}
+    for split in ("test", "dev", "all"):
+        idx = [i for i, r in enumerate(rows) if split == "all" or r["split"] == split]
+        splits[split] = evaluate([rows[i] for i in idx], [preds[i] for i in idx])
+    errors = [
+        {"id": r["id"], "label": r["label"], "predicted": p, **d.to_dict(), "text": r["text"][:120]}
+        for r, p, d in zip(rows, preds, decisions, strict=True)
+        if p != r["label"]
+    ]
+    return {
+        "router": {
+            k: getattr(router, k)
+            for k in (
+                "threshold",
+                "keyword_min",
+                "keyword_ratio",
+                "top_k",
+                "system_weight",
+                "max_tokens",
+                "min_words",
+            )
+        },
+        "examples": {r.name: len(r.examples) for r in router.routes},
+        "prompts": {f"{k[0]}/{k[1]}": v for k, v in Counter((r["label"], r["split"]) for r in rows).items()},
+        "splits": splits,
+        "tiers": dict(Counter(d.tier for d in decisions)),
+        "timing_ms": {
+            "keyword tier": timing(kw_ms),
+            "embedding tier": timing(emb_ms),
+            "embedding tier, 64-token cap": timing(cap_ms),
+            "all decisions (first pass)": timing(all_ms),
+        },
+        "prepare_s": round(prepare_s, 2),
+        "tokens_sent": {
+            "labelled p50": pct(tokens, 50),
+            "labelled max": max(tokens),
+            "64-token cap p50": pct(cap_tokens, 50),
+            "64-token cap max": max(cap_tokens),
+        },
+        "machine": {
+            "cpus": os.cpu_count(),
+            "loadavg_1m": round(os.getloadavg()[0], 2),
+            "runner_threads": args.threads,
+            "embed_model": args.model,
+        },
+        "sweep_dev_top10": swept[:10],
+        "errors_dev": [e for e in errors if e["id"] in {r["id"] for r in rows if r["split"] == "dev"}],
+        "errors_test_count": sum(
+            1 for e in errors if e["id"] in {r["id"] for r in rows if r["split"] == "test"}
+        ),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--home", type=Path, help="ENGINEHOUSE_HOME for the converted model (default: a temp dir)"
+    )
+    ap.add_argument("--repeat", type=int, default=3, help="timed passes over the set")
+    ap.add_argument("--threads", type=int, default=1, help="embedding runner threads")
+    ap.add_argument("--model", default=EMBED_MODEL, help="embedding model (the bundled MiniLM: q8_0 or f16)")
+    ap.add_argument("--sweep", action="store_true", help="grid over threshold/top_k/system_weight on dev")
+    ap.add_argument(
+        "--errors", choices=("none", "dev"), default="none", help="print misclassified dev prompts"
+    )
+    ap.add_argument("--no-write", action="store_true", help="do not write bench/results/routing.json")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="eh-routing-") as tmp:
+        res = asyncio.run(run(args, args.home or Path(tmp)))
+    print_report(res)
+    if args.sweep:
+        print("\n== dev sweep (best first)")
+        for s in res["sweep_dev_top10"]:
+            print(f"   {s}")
+    if args.errors == "dev":
+        print("\n== dev errors")
+        for e in res["errors_dev"]:
+            print(f"   {e['id']:<12} -> {e['predicted']:<8} [{e['tier']}] {e['scores']} {e['text']!r}")
+    if not args.no_write:
+        RESULTS.parent.mkdir(exist_ok=True)
+        RESULTS.write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n")
+        print(f"\nwrote {RESULTS.relative_to(HERE.parent)}")
+
+
+if __name__ == "__main__":
+    main()
