@@ -107,3 +107,21 @@ def test_file_location(tmp_path: Path) -> None:
 def test_unknown_policy_is_refused() -> None:
     with pytest.raises(ValueError, match="batch or fifo"):
         Config.from_env({"ENGINEHOUSE_SCHED_POLICY": "lifo"})
+
+
+def test_config_check_command(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from enginehouse.cli.config_cmd import config as config_command
+    from enginehouse.cli.main import cli
+
+    cli.add_command(config_command)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[models."a:b"]\npined = true\n')
+    env = {"ENGINEHOUSE_HOME": str(tmp_path)}
+    result = CliRunner().invoke(cli, ["config", "check", str(bad)], env=env)
+    assert result.exit_code == 1 and f"{bad}:2: models.a:b.pined: unknown key" in result.output
+    good = tmp_path / "enginehouse.toml"
+    good.write_text(MINIMAL)
+    result = CliRunner().invoke(cli, ["config", "check"], env=env)
+    assert result.exit_code == 0 and "ok (1 models" in result.output
