@@ -38,7 +38,7 @@ def cli(ctx: click.Context) -> None:
 
 
 def main() -> None:
-    from enginehouse.cli import convert, doctor, engines, models, route, serve
+    from enginehouse.cli import bench, config_cmd, convert, doctor, engines, models, route, serve
 
     for command in (
         *models.COMMANDS,
@@ -46,7 +46,9 @@ def main() -> None:
         *serve.COMMANDS,
         engines.engines,
         doctor.doctor,
+        bench.bench,
         *route.COMMANDS,
+        *config_cmd.COMMANDS,
     ):
         cli.add_command(command)
     cli()
