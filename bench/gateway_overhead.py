@@ -41,7 +41,9 @@ async def measure(pair, levels: list[int], rounds: int, tokens: int) -> dict:
     }
     names = list(paths)
     out: dict = {}
-    connector = aiohttp.TCPConnector(limit=0)
+    # No pooling: llama-server closes a connection after a stream without saying so, and a pooled one
+    # would fail the next request at random. A fresh loopback connection costs every path the same.
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
     async with aiohttp.ClientSession(
         connector=connector, timeout=aiohttp.ClientTimeout(total=900)
     ) as session:
