@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import logging
 
+import aiohttp
 from aiohttp import web
 from pydantic import ValidationError
 
@@ -82,6 +83,9 @@ async def error_middleware(request: web.Request, handler):  # type: ignore[no-un
     except EnginehouseError as exc:
         error, status = exc, http_status(exc)
         log.info("%s %s -> %d %s", request.method, request.path, status, exc.message)
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        log.info("%s %s: the client went away (its generation was stopped)", request.method, request.path)
+        return web.Response(status=499)  # nginx's "client closed request": never sent, but counted
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         error, status = RuntimeError(), 500
