@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable, Iterator
 
 import click
 from rich.console import Console
@@ -10,6 +12,8 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 
 from enginehouse.config import Config
 from enginehouse.engines import converter, llama_install
+
+StageProgress = Callable[[str, float, float | None], None]
 
 STAGES = {
     "download": "Downloading llama.cpp source",
@@ -26,6 +30,27 @@ STAGES = {
 @click.group()
 def engines() -> None:
     """Install and inspect engines (llama-server is the default local engine)."""
+
+
+@contextlib.contextmanager
+def stage_bars(console: Console, width: int) -> Iterator[tuple[Progress, StageProgress]]:
+    """A rich bar per install stage, and the ``progress(stage, done, total)`` callback that feeds them."""
+    with Progress(
+        TextColumn(f"{{task.description:<{width}}}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def progress(stage: str, done: float, total: float | None) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(STAGES.get(stage, stage), total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield bar, progress
 
 
 @engines.command("install")
@@ -48,21 +73,7 @@ def install(config: Config, engine: str, native: bool, force: bool) -> None:
     if not force and (found := llama_install.find_llama_server(config)) is not None:
         console.print(f"llama-server is ready: {found.path} ({found.source}, version {found.version})")
         return
-    with Progress(
-        TextColumn("{task.description:<30}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    ) as bar:
-        tasks: dict[str, TaskID] = {}
-
-        def progress(stage: str, done: float, total: float | None) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(STAGES.get(stage, stage), total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
+    with stage_bars(console, 30) as (_, progress):
         built = llama_install.install(config, native=native or None, progress=progress, force=force)
     seconds = (built.build or {}).get("build_seconds")
     console.print(
@@ -77,20 +88,7 @@ def _install_converter(console: Console, config: Config, force: bool) -> None:
             f"converter already installed: {found.script} (llama.cpp {found.facts.get('llama_cpp_commit')})"
         )
         return
-    with Progress(
-        TextColumn("{task.description:<34}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    ) as bar:
-        tasks: dict[str, TaskID] = {}
-
-        def progress(stage: str, done: float, total: float | None) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(STAGES.get(stage, stage), total=total)
-            bar.update(tasks[stage], completed=done, total=total)
+    with stage_bars(console, 34) as (bar, progress):
 
         def log(text: str) -> None:  # pip's milestones above the bars; all of it goes to the log file
             if text.startswith(("Collecting", "Installing collected", "Successfully installed")):
