@@ -69,16 +69,40 @@ def observe_openai(
 ) -> None:
     """A generation on OpenAI's door: time to the first chunk, and the counts from the engine's last
     event (llama-server's ``timings``, or ``usage``), parsed once per request."""
+    counts = _last_counts(tail)
+    record_openai(
+        request,
+        lease,
+        started,
+        sent,
+        first,
+        counts.get("prompt", 0),
+        counts.get("output", 0),
+        counts.get("decode"),
+    )
+
+
+def record_openai(
+    request: web.Request,
+    lease: Lease,
+    started: float,
+    sent: float,
+    first: float | None,
+    prompt_tokens: int,
+    output_tokens: int,
+    decode_seconds: float | None,
+) -> None:
+    """A generation on OpenAI's door, passed through or rendered: the gateway's own time before the
+    engine got it, time to the first chunk, and the token counts."""
     metrics: Metrics = request.app[GATEWAY].metrics
     metrics.overhead.labels("openai").observe(max(0.0, sent - started - lease.waited))
-    counts = _last_counts(tail)
     metrics.observe_generation(
         "openai",
         lease.model.name,
         ttft=(first - started) if first is not None else None,
-        prompt_tokens=counts.get("prompt", 0),
-        output_tokens=counts.get("output", 0),
-        decode_seconds=counts.get("decode"),
+        prompt_tokens=prompt_tokens,
+        output_tokens=output_tokens,
+        decode_seconds=decode_seconds,
     )
 
 

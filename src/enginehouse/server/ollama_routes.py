@@ -7,7 +7,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 
@@ -36,14 +35,14 @@ from enginehouse.api.toolcalls import ToolFormat, entry_tool_choice, tool_format
 from enginehouse.catalog import ExternalRecord, is_gguf
 from enginehouse.engines.base import RunnerSpec
 from enginehouse.engines.factory import gguf_info_for
-from enginehouse.errors import EnginehouseError, InvalidRequest, RunnerError
+from enginehouse.errors import EnginehouseError, InvalidRequest
 from enginehouse.sched.keep_alive import parse_keep_alive
 from enginehouse.sched.scheduler import LoadedModel
 from enginehouse.server.app_state import GATEWAY, clamp_num_ctx, json_response, read_json
 from enginehouse.server.caching import answer_cached, open_stream
 from enginehouse.server.observe import note_model, observe_ollama
 from enginehouse.server.passthrough import ollama_passthrough, speaks_ollama
-from enginehouse.server.upstream import error_text, sse_events
+from enginehouse.server.upstream import raise_for_engine, sse_events
 from enginehouse.store import ModelRecord
 from enginehouse.store.modelfile import modelfile_for
 
@@ -431,9 +430,7 @@ async def _relay(
     translator.sent_at = time.monotonic()
     resp = await upstream.post(url, body, headers)
     try:
-        if resp.status != 200:
-            message = await error_text(resp)
-            raise (InvalidRequest if resp.status == 400 else RunnerError)(message)
+        await raise_for_engine(resp)
         if not stream:
             lines = [ln async for ev in sse_events(resp) if (ln := translator.feed(ev))]
             return json_response(collapse(lines + translator.final(), translator.kind))
@@ -449,12 +446,10 @@ async def _relay(
             await out.write(orjson.dumps({"error": exc.message}) + b"\n")
         await out.write_eof()
         return out
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-        resp.close()  # the client left: closing the engine's stream cancels its generation
-        raise
     finally:
-        # llama-server closes a connection after a streamed answer without saying so: reusing it
-        # would fail the next request's first write. So streamed connections are not pooled.
+        # Closing the engine's stream cancels its generation when the client left. And llama-server
+        # closes a connection after a streamed answer without saying so: reusing it would fail the
+        # next request's first write. So these connections are never pooled.
         resp.close()
 
 

@@ -10,17 +10,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 
 from enginehouse.api.rendered_chat import ChatChunks, completion_body
-from enginehouse.errors import EnginehouseError, InvalidRequest, RunnerError, openai_error_body
-from enginehouse.metrics import Metrics
+from enginehouse.errors import EnginehouseError, openai_error_body
 from enginehouse.sched.scheduler import Lease
 from enginehouse.server.app_state import GATEWAY, json_response
 from enginehouse.server.caching import open_stream
-from enginehouse.server.upstream import error_text, sse_events
+from enginehouse.server.observe import record_openai
+from enginehouse.server.upstream import raise_for_engine, sse_events
 
 
 def _sse(obj: dict[str, Any]) -> bytes:
@@ -40,14 +39,12 @@ async def rendered_chat(
     resp = await gw.upstream.post(engine.base_url + "/v1/completions", body, engine.request_headers)
     first: float | None = None
     try:
-        if resp.status != 200:
-            message = await error_text(resp)
-            raise (InvalidRequest if resp.status == 400 else RunnerError)(message)
+        await raise_for_engine(resp)
         if not data.get("stream"):
             async for event in sse_events(resp):
                 chunks.feed(event)
             chunks.final()
-            _observe(gw.metrics, lease, chunks, started, sent, None)
+            _record(request, lease, chunks, started, sent, None)
             return json_response(chunks.completion())
         out = open_stream(request, {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await out.prepare(request)
@@ -57,33 +54,19 @@ async def rendered_chat(
                     first = first or time.monotonic()
                     await out.write(_sse(chunk))
             await out.write(b"".join(_sse(c) for c in chunks.final()) + b"data: [DONE]\n\n")
-            _observe(gw.metrics, lease, chunks, started, sent, first)
-        except (EnginehouseError, aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
-            error = (
-                exc
-                if isinstance(exc, EnginehouseError)
-                else RunnerError("the engine closed the stream early")
-            )
-            await out.write(_sse(openai_error_body(error)))
+            _record(request, lease, chunks, started, sent, first)
+        except EnginehouseError as exc:  # sse_events reports a broken engine stream as RunnerError
+            await out.write(_sse(openai_error_body(exc)))
         await out.write_eof()
         return out
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-        resp.close()  # the client left: closing the engine's stream cancels its generation
-        raise
     finally:
-        resp.close()
+        resp.close()  # also when the client left: closing the engine's stream cancels its generation
 
 
-def _observe(
-    metrics: Metrics, lease: Lease, chunks: ChatChunks, started: float, sent: float, first: float | None
+def _record(
+    request: web.Request, lease: Lease, chunks: ChatChunks, started: float, sent: float, first: float | None
 ) -> None:
     usage = chunks.usage or {}
-    metrics.overhead.labels("openai").observe(max(0.0, sent - started - lease.waited))
-    metrics.observe_generation(
-        "openai",
-        lease.model.name,
-        ttft=(first - started) if first is not None else None,
-        prompt_tokens=int(usage.get("prompt_tokens", 0)),
-        output_tokens=int(usage.get("completion_tokens", 0)),
-        decode_seconds=(time.monotonic() - first) if first is not None else None,
-    )
+    decode = (time.monotonic() - first) if first is not None else None
+    prompt, output = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+    record_openai(request, lease, started, sent, first, prompt, output, decode)

@@ -20,12 +20,12 @@ from enginehouse.api.ollama import Options
 from enginehouse.api.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from enginehouse.catalog import is_gguf
 from enginehouse.engines.base import RunnerSpec
-from enginehouse.errors import InvalidRequest, RunnerError, openai_error_body
+from enginehouse.errors import RunnerError, openai_error_body
 from enginehouse.server.app_state import GATEWAY, clamp_num_ctx, json_response, read_json
 from enginehouse.server.caching import answer_cached, open_stream
 from enginehouse.server.observe import note_model, observe_openai
 from enginehouse.server.openai_rendered import rendered_chat
-from enginehouse.server.upstream import error_text
+from enginehouse.server.upstream import raise_for_engine
 from enginehouse.store import ModelRecord
 
 
@@ -135,9 +135,7 @@ async def _answer(
         sent = time.monotonic()
         resp = await gw.upstream.post(engine.base_url + path, data, engine.request_headers)
         try:
-            if resp.status != 200:
-                message = await error_text(resp)
-                raise (InvalidRequest if resp.status == 400 else RunnerError)(message)
+            await raise_for_engine(resp)
             content_type = resp.headers.get("Content-Type", "application/json")
             if not streaming:
                 body = await resp.read()

@@ -57,15 +57,21 @@ class Upstream:
         """POST and parse a JSON answer; the engine's 400 becomes ours, anything else a RunnerError."""
         resp = await self.post(url, body, headers)
         async with resp:
-            if resp.status != 200:
-                message = await error_text(resp)
-                raise (InvalidRequest if resp.status == 400 else RunnerError)(message)
+            await raise_for_engine(resp)
             return orjson.loads(await resp.read())
 
     async def get_json(self, url: str, timeout: float = 10) -> Any:
         async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
             resp.raise_for_status()
             return await resp.json(loads=orjson.loads)
+
+
+async def raise_for_engine(resp: aiohttp.ClientResponse) -> None:
+    """An engine's non-200 answer as our error: its 400 is the client's (InvalidRequest), anything else
+    a RunnerError, with the engine's own message either way."""
+    if resp.status != 200:
+        message = await error_text(resp)
+        raise (InvalidRequest if resp.status == 400 else RunnerError)(message)
 
 
 async def error_text(resp: aiohttp.ClientResponse) -> str:
