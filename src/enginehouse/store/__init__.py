@@ -1,6 +1,6 @@
 """The content-addressed model store (Ollama's on-disk layout) and what feeds it."""
 
-from enginehouse.store.bundled import BUNDLED_NAME, bundled_model_file, ensure_bundled
+from enginehouse.store.bundled import BUNDLED_NAME, bundled_minilm_dir, bundled_model_file, ensure_bundled
 from enginehouse.store.fsio import atomic_write_bytes
 from enginehouse.store.gguf_info import GGUFInfo, parameter_size_label, read_gguf_info
 from enginehouse.store.names import (
@@ -27,6 +27,7 @@ __all__ = [
     "Store",
     "as_model_name",
     "atomic_write_bytes",
+    "bundled_minilm_dir",
     "bundled_model_file",
     "default_ollama_models_dir",
     "digest_filename",

