@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 
@@ -60,8 +59,5 @@ async def ollama_passthrough(request: web.Request, data: dict[str, Any], path: s
                     await out.write(pending.replace(old_field, new_field))
             await out.write_eof()
             return out
-        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-            resp.close()  # the client left: closing the upstream's stream cancels its generation
-            raise
         finally:
-            resp.close()
+            resp.close()  # also when the client left: closing the upstream's stream cancels its generation
