@@ -267,7 +267,7 @@ def test_router_from_table_merges_with_the_default_routes() -> None:
     table = {
         "threshold": 0.2,
         "routes": {
-            "code": {"candidates": ["my-coder:7b"], "prefer": "loaded"},
+            "code": {"candidates": ["my-coder:7b"], "prefer": "quality"},
             "legal": {
                 "description": "contracts",
                 "examples": ["review this contract clause"],
@@ -280,7 +280,7 @@ def test_router_from_table_merges_with_the_default_routes() -> None:
     router = router_from_table("auto", table, base)
     assert router.threshold == 0.2 and router.default_route == "general"
     code = router.route("code")
-    assert code.candidates == ("my-coder:7b",) and code.prefer == "loaded"
+    assert code.candidates == ("my-coder:7b",) and code.prefer == "quality"
     assert code.examples == base.route("code").examples and code.rules == base.route("code").rules
     legal = router.route("legal")
     assert [(r.pattern, r.weight) for r in legal.rules] == [(r"\bcontract\b", 1.0), (r"\bNDA\b", 2.0)]

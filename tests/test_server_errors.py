@@ -309,7 +309,7 @@ def test_root_and_version(client: httpx.Client) -> None:
 
 def test_ps_is_empty(client: httpx.Client) -> None:
     resp = call(client, "GET", "/api/ps")
-    assert resp.status_code == 200 and resp.json() == {"models": []}
+    assert resp.status_code == 200 and resp.json() == {"models": [], "cooled_down": []}
 
 
 # -- unknown routes ---------------------------------------------------------------------------------
@@ -379,7 +379,7 @@ def test_missing_llama_server_openai(client: httpx.Client, path: str, body: dict
 
 def test_missing_llama_server_leaves_nothing_loaded(client: httpx.Client, home: Path) -> None:
     ollama_error(call(client, "POST", "/api/chat", json={"model": MODEL, "messages": USER}), 503)
-    assert call(client, "GET", "/api/ps").json() == {"models": []}
+    assert call(client, "GET", "/api/ps").json() ["models"] == []
     assert not (home.parent / "engines").exists()
     logs = home / "logs"
     assert not logs.exists() or not any(logs.iterdir())  # no runner was ever started

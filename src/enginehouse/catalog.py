@@ -2,7 +2,7 @@
 
 A name a client sends resolves, in this order, to:
 
-1. an alias (``[aliases]`` in enginehouse.toml), followed once;
+1. an alias (``[aliases]``, or an entry's ``aliases`` list, in enginehouse.toml), followed to the end;
 2. a model declared in enginehouse.toml that is not a store model: one on a remote engine
    (``engine = "ollama"`` / ``"openai"`` with an ``upstream``), a vLLM model (``engine = "vllm"``, or a
    Hugging Face directory as ``source``), a GGUF file given by path, or a name an ``[upstreams.NAME]``
@@ -27,7 +27,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -218,8 +218,11 @@ class Catalog:
 
     # ---- resolution ---------------------------------------------------------------------------------
     def canonical(self, name: str) -> str:
-        """The name after following an alias once."""
-        return self.file_config.aliases.get(name, name)
+        """The name after following aliases."""
+        return self.file_config.canonical(name)
+
+    def is_alias(self, name: str) -> bool:
+        return name in self.file_config.alias_map
 
     def resolve(self, name: str) -> ModelRecord:
         """The record for ``name``; no I/O beyond the store's own (cached) manifest read."""
@@ -231,12 +234,40 @@ class Catalog:
         if entry is not None and entry.source and _looks_like_path(entry.source):
             return self._declare_late(name, entry)
         try:
-            return self.store.resolve(entry.source if entry is not None and entry.source else name)
+            record = self.store.resolve(entry.source if entry is not None and entry.source else name)
         except ModelNotFound:
             found = self._find_discovered(name)
             if found is not None:
                 return found
             raise
+        if entry is not None and record.name.display != name:
+            # A named instance: its own runner, entry and name over the source's blob (no copy).
+            return replace(record, name=ExternalName(name, record.name.namespace))  # type: ignore[arg-type]
+        return record
+
+    def instances_of(self, name: str) -> list[str]:
+        """``name`` and every entry that runs the same model file (named instances), ``name`` first."""
+        name = self.canonical(name)
+        try:
+            path = self.resolve(name).model_path
+        except EnginehouseError:
+            return [name]
+        out = [name]
+        for key, entry in self.file_config.models.items():
+            if key == name or entry.engine in REMOTE or entry.upstream:
+                continue
+            if (entry.source and self.canonical(entry.source) == name) or self._same_file(key, path):
+                out.append(key)
+        base = self.file_config.models.get(name)
+        if base is not None and base.source and base.source not in out and self._same_file(base.source, path):
+            out.append(base.source)
+        return out
+
+    def _same_file(self, name: str, path: Path) -> bool:
+        try:
+            return self.resolve(name).model_path == path
+        except EnginehouseError:
+            return False
 
     def _declare_late(self, name: str, entry: ModelEntry) -> ExternalRecord:
         """A path ``source`` that did not exist at start-up: declared once it does."""
@@ -281,6 +312,18 @@ class Catalog:
         return self.file_config.entry(name) or ModelEntry()
 
     # ---- listing and discovery ----------------------------------------------------------------------
+    def named_entries(self) -> list[tuple[str, ModelRecord]]:
+        """Names a listing shows beside the store's: named instances (entries over a store model) and
+        aliases, each with the record it answers with (names that resolve to nothing are left out)."""
+        out: list[tuple[str, ModelRecord]] = []
+        names = [k for k, e in self.file_config.models.items() if e.source and k not in self._declared]
+        for name in [*names, *self.file_config.alias_map]:
+            try:
+                out.append((name, self.resolve(name)))
+            except EnginehouseError:
+                continue
+        return out
+
     def external_models(self) -> list[ExternalRecord]:
         """Declared and discovered models outside the store, declared first, one per name."""
         seen: dict[str, ExternalRecord] = dict(self._declared)

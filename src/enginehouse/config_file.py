@@ -38,6 +38,19 @@ class ConfigFileError(EnginehouseError):
         self.path, self.line, self.key = Path(path), line, key
 
 
+class KeyedValueError(ValueError):
+    """A validation error that names the keys (relative to the model it is raised in, or absolute
+    when raised by :class:`FileConfig`) so the message can point at the line."""
+
+    def __init__(self, keys: list[str], message: str, *, absolute: bool = False) -> None:
+        super().__init__(message)
+        self.keys, self.absolute = keys, absolute
+
+
+# llama-server's --cache-type-k/-v values
+KV_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -54,6 +67,8 @@ class LlamaServerOptions(_Strict):
     ubatch_size: int | None = Field(None, ge=1)  # --ubatch-size
     draft_model: str | None = None  # --model-draft: a store name or GGUF path for speculative decoding
     jinja: bool | None = None  # --jinja: the GGUF's own chat template
+    # --rpc: llama.cpp RPC workers ("host:port", started by `enginehouse rpc-worker`) to split the model over
+    rpc: tuple[str, ...] = ()
 
 
 class VllmOptions(_Strict):
@@ -84,6 +99,8 @@ class ModelEntry(_Strict):
     tool_choice: Literal["auto", "required", "user-turn"] = "auto"
     llama_server: LlamaServerOptions = LlamaServerOptions()
     vllm: VllmOptions = VllmOptions()
+    aliases: tuple[str, ...] = ()  # other names clients may use for this entry ("gpt-4o-mini")
+    fallbacks: tuple[str, ...] = ()  # tried in order when this model cannot answer (see routing)
 
     @field_validator("keep_alive")
     @classmethod
@@ -105,6 +122,30 @@ class ModelEntry(_Strict):
     def _remote_needs_upstream(self) -> ModelEntry:
         if self.engine in REMOTE_ENGINES and not self.upstream:
             raise ValueError(f'engine {self.engine!r} needs upstream = "NAME" of an [upstreams.NAME] table')
+        return self
+
+    @model_validator(mode="after")
+    def _engine_takes_settings(self) -> ModelEntry:
+        """Settings the entry's engine cannot take are refused, not silently ignored."""
+        llama = self.llama_server.model_dump(exclude_defaults=True)
+        vllm = self.vllm.model_dump(exclude_defaults=True)
+        if self.engine in (*REMOTE_ENGINES, "vllm") and llama:
+            raise KeyedValueError(
+                ["llama_server", next(iter(llama))],
+                f"engine {self.engine!r} does not take llama_server options",
+            )
+        if self.engine in (*REMOTE_ENGINES, "llama-server") and vllm:
+            raise KeyedValueError(
+                ["vllm", next(iter(vllm))], f"engine {self.engine!r} does not take vllm options"
+            )
+        if self.engine in REMOTE_ENGINES and self.num_ctx is not None:
+            raise KeyedValueError(["num_ctx"], f"engine {self.engine!r} sets its own context; remove num_ctx")
+        for kind in ("cache_type_k", "cache_type_v"):
+            value = getattr(self.llama_server, kind)
+            if value is not None and value not in KV_CACHE_TYPES:
+                raise KeyedValueError(
+                    ["llama_server", kind], f"{value!r} is not one of {', '.join(KV_CACHE_TYPES)}"
+                )
         return self
 
 
@@ -135,12 +176,24 @@ class Defaults(_Strict):
     keep_alive: str | float | None = None
 
 
+class Cooldown(_Strict):
+    """When a model, upstream or replica that keeps failing is set aside, and for how long. One
+    mechanism for routing's cooldowns and pools' ejection (``pool.health.Health``)."""
+
+    failures: int = Field(3, ge=1)  # this many failures...
+    window: float = Field(30.0, gt=0)  # ...within this many seconds...
+    seconds: float = Field(10.0, gt=0)  # ...set it aside this long, doubling on each repeat...
+    max_seconds: float = Field(300.0, gt=0)  # ...up to this
+
+
 class FileConfig(_Strict):
     defaults: Defaults = Defaults()
     models: dict[str, ModelEntry] = {}
     upstreams: dict[str, Upstream] = {}
     groups: dict[str, Group] = {}
     aliases: dict[str, str] = {}  # another name for a model: "chat" = "smollm2:135m"
+    routers: dict[str, dict[str, Any]] = {}  # [routers.NAME]: see router.tables
+    cooldown: Cooldown = Cooldown()
     cache: CacheSettings = CacheSettings()
 
     @model_validator(mode="after")
@@ -152,9 +205,33 @@ class FileConfig(_Strict):
                 raise ValueError(f"models.{name}: no [groups.{entry.group}] table")
         return self
 
+    @model_validator(mode="after")
+    def _names_are_consistent(self) -> FileConfig:
+        from enginehouse.config_names import check_names
+
+        check_names(self)
+        return self
+
+    @property
+    def alias_map(self) -> dict[str, str]:
+        """Every alias, from ``[aliases]`` and the entries' own ``aliases`` lists."""
+        out = dict(self.aliases)
+        for key, entry in self.models.items():
+            out.update((alias, key) for alias in entry.aliases)
+        return out
+
+    def canonical(self, name: str) -> str:
+        """``name`` with aliases followed to the end (the file was checked for cycles)."""
+        aliases = self.alias_map
+        for _ in range(len(aliases) + 1):
+            if name not in aliases:
+                return name
+            name = aliases[name]
+        return name
+
     def entry(self, name: str) -> ModelEntry | None:
-        """The entry for ``name`` (an alias is followed once)."""
-        return self.models.get(name) or self.models.get(self.aliases.get(name, ""))
+        """The entry for ``name`` (aliases followed)."""
+        return self.models.get(name) or self.models.get(self.canonical(name))
 
     def exclusive_group(self, name: str) -> str | None:
         entry = self.entry(name)
@@ -191,7 +268,11 @@ def parse_config_text(text: str, path: Path | str = "enginehouse.toml") -> FileC
         error = exc.errors()[0]
         keys = [str(k) for k in error["loc"]]
         message = error["msg"].removeprefix("Value error, ")
-        if not keys and (found := re.match(r"models\.(\S+?): ", message)):
+        cause = (error.get("ctx") or {}).get("error")
+        if isinstance(cause, KeyedValueError):
+            keys = cause.keys if cause.absolute else keys + cause.keys
+            message = str(cause)
+        elif not keys and (found := re.match(r"models\.(\S+?): ", message)):
             keys = ["models", found.group(1)]
         if error["type"] == "extra_forbidden":
             message = "unknown key"
@@ -229,7 +310,11 @@ def _line_of(text: str, keys: list[str]) -> int | None:
         if best:
             return best
     key = re.compile(rf"^\s*{re.escape(keys[-1])}\s*=")
-    return next((n for n, line in enumerate(lines, 1) if key.match(line)), None)
+    found = next((n for n, line in enumerate(lines, 1) if key.match(line)), None)
+    if found is None:  # a table written only through its sub-tables: [routers.r.routes.x]
+        sub = re.compile(header(keys).pattern.rstrip("\\]") + r"\s*\.")
+        found = next((n for n, line in enumerate(lines, 1) if sub.match(line)), None)
+    return found
 
 
 def entry_dict(entry: ModelEntry) -> dict[str, Any]:

@@ -4,7 +4,8 @@
     ├── InvalidRequest                    400  bad input from a client or the command line
     │   ├── InvalidName                   400  a model name that is malformed or would escape the store
     │   ├── InvalidDigest                 400  not ``sha256:<64 hex>``
-    │   └── InvalidModelFile              400  not a GGUF file, truncated, or otherwise unreadable
+    │   ├── InvalidModelFile              400  not a GGUF file, truncated, or otherwise unreadable
+    │   └── ContextOverflow               400  the prompt is longer than the model's context
     ├── Unauthorized                      401  an API key is configured and the request lacks it
     ├── RequestTooLarge                   413  the body is over the configured limit
     ├── ModelNotFound                     404  no such model (names the closest known ones)
@@ -17,6 +18,8 @@
     │   └── RunnerStartFailed             502  carries the last lines of the runner's log
     ├── ServerBusy                        503  queue full: try again after ``retry_after`` seconds
     ├── InsufficientMemory                507  the model cannot fit in the memory budget, ever
+    ├── AllCandidatesFailed               503  routing tried every candidate; lists each and why
+    ├── LoopDetected                      508  a request came back to a node it already passed
     └── UpstreamUnavailable               502  a remote engine could not be reached
 
 Handlers never format errors themselves: they call :func:`ollama_error_body` or
@@ -53,6 +56,10 @@ class InvalidDigest(InvalidRequest):
 
 class InvalidModelFile(InvalidRequest):
     pass
+
+
+class ContextOverflow(InvalidRequest):
+    """The engine counted the prompt with the model's tokenizer and it does not fit the context."""
 
 
 class Unauthorized(EnginehouseError):
@@ -123,6 +130,19 @@ class UpstreamUnavailable(EnginehouseError):
     status = 502
 
 
+class AllCandidatesFailed(EnginehouseError):
+    status = 503
+
+    def __init__(self, message: str, tried: list[tuple[str, str]], retry_after: float = 1.0) -> None:
+        super().__init__(message, tried=tried)
+        self.tried = tried  # (candidate, why) in the order tried
+        self.retry_after = retry_after
+
+
+class LoopDetected(EnginehouseError):
+    status = 508
+
+
 def http_status(exc: BaseException) -> int:
     return exc.status if isinstance(exc, EnginehouseError) else 500
 
@@ -148,6 +168,10 @@ def openai_error_body(exc: BaseException) -> dict[str, Any]:
         code = "server_busy"
     elif isinstance(exc, Unauthorized):
         code = "invalid_api_key"
+    elif isinstance(exc, ContextOverflow):
+        code = "context_length_exceeded"
+    elif isinstance(exc, AllCandidatesFailed):
+        code = "all_candidates_failed"
     return {
         "error": {
             "message": public_message(exc),

@@ -94,6 +94,26 @@ class Metrics:
             registry=r,
         )
 
+        self.route_decisions = Counter(
+            "enginehouse_route_decisions",
+            "Routing decisions, by router, route, classifier tier and the model chosen first.",
+            ["router", "route", "tier", "model"],
+            registry=r,
+        )
+        self.route_seconds = Histogram(
+            "enginehouse_route_decision_seconds",
+            "Time a router took to decide (classification and candidate costs).",
+            ["router", "tier"],
+            buckets=(0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.035, 0.05, 0.1, 0.25),
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "enginehouse_fallbacks",
+            "Candidates that could not answer and were passed over, by model and reason.",
+            ["model", "reason"],
+            registry=r,
+        )
+
     def attach(self, scheduler: Scheduler) -> None:
         """Report the scheduler's table at scrape time and observe its loads."""
         self.registry.register(SchedulerCollector(scheduler))
@@ -216,3 +236,23 @@ class SchedulerCollector(Collector):
             measured.add_metric([key], m.measured)
             restarts.add_metric([key], info.restarts)
         yield from (in_flight, slots, loaded, estimated, measured, restarts)
+
+
+class HealthCollector(Collector):
+    """Targets (models, upstreams, replicas) set aside after failures, read when scraped."""
+
+    def __init__(self, health: Any) -> None:
+        self.health = health
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        until = GaugeMetricFamily(
+            "enginehouse_cooled_down_until_seconds",
+            "Unix time until which a failing target is set aside (present only while it is).",
+            labels=["target"],
+        )
+        for key, state in self.health.cooled().items():
+            until.add_metric([key], state.cooled_until or 0)
+        yield until

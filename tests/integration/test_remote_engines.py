@@ -119,7 +119,7 @@ def test_remote_models_are_listed_on_both_doors(oc: ollama.Client, oai: openai.O
     assert MODEL in tags  # the local store model, not shadowed by the one discovered at "second"
     ids = {m.id: m.owned_by for m in oai.models.list().data}
     assert ids["far-smol"] == "second" and ids["lab-smol"] == "lab" and ids["smol-lab"] == "lab"
-    assert oai.models.retrieve("far").id == "far-smol"  # an alias
+    assert oai.models.retrieve("far").id == "far"  # an alias answers with its own name
 
 
 def test_ollama_upstream_chat_and_generate_pass_through(oc: ollama.Client, second: BackgroundServer) -> None:
@@ -127,7 +127,7 @@ def test_ollama_upstream_chat_and_generate_pass_through(oc: ollama.Client, secon
     assert reply.model == "far-smol"  # renamed back from the upstream's name
     assert reply.message.content and reply.eval_count > 0  # the upstream's own metrics
     parts = list(oc.chat(model="far", messages=HI, options=GREEDY, stream=True))
-    assert len(parts) > 2 and parts[-1].done and all(p.model == "far-smol" for p in parts)
+    assert len(parts) > 2 and parts[-1].done and all(p.model == "far" for p in parts)  # the name asked for
     assert "".join(p.message.content for p in parts) == reply.message.content  # greedy: same answer
     gen = oc.generate(model="far-smol", prompt="The capital of France is", options=GREEDY)
     assert gen.response and gen.done

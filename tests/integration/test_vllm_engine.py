@@ -155,7 +155,7 @@ gpu_memory_utilization = 0.5
         answer = oc.chat(
             model="qwen", messages=[{"role": "user", "content": "Say hi"}], options={"num_predict": 4}
         )
-        assert answer.done and answer.model == "qwen-hf"
+        assert answer.done and answer.model == "qwen"  # an alias answers with the name asked for
         oai = openai.OpenAI(base_url=srv.base_url + "/v1", api_key="unused")
         assert "qwen-hf" in [m.id for m in oai.models.list().data]
         chunks = list(

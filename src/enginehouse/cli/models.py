@@ -247,8 +247,12 @@ def pull(config: Config, name: str, insecure: bool) -> None:
 
 
 @click.command()
-@click.option("--all", "everything", is_flag=True,
-              help="Also remove files younger than an hour (only when no pull or import is running).")
+@click.option(
+    "--all",
+    "everything",
+    is_flag=True,
+    help="Also remove files younger than an hour (only when no pull or import is running).",
+)
 @click.pass_obj
 def prune(config: Config, everything: bool) -> None:
     """Remove blobs no model uses, and leftover temporary and partial-download files."""

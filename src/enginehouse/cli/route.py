@@ -12,7 +12,6 @@ import asyncio
 import json
 import sys
 import time
-import tomllib
 from typing import Any
 
 import click
@@ -22,19 +21,10 @@ from enginehouse.errors import EnginehouseError
 
 
 def router_tables(config: Config) -> dict[str, Any]:
-    """The config file's ``[routers.*]`` tables, read directly.
+    """The config file's ``[routers.*]`` tables (the file is validated: errors name file:line: key)."""
+    from enginehouse.config_file import load_config_file
 
-    TODO(lead): once config_file.FileConfig parses ``routers``, take them from load_config_file.
-    """
-    path = config.config_path
-    if path is None:
-        return {}
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise EnginehouseError(f"cannot read routers from {path}: {exc}") from None
-    routers = data.get("routers", {})
-    return routers if isinstance(routers, dict) else {}
+    return dict(load_config_file(config.config_path).routers)
 
 
 def first_in_store(config: Config, candidates: tuple[str, ...]) -> str | None:
@@ -83,11 +73,8 @@ async def classify_locally(
 
 
 def ask_server(base_url: str, router_name: str, prompt: str, system: str | None) -> dict[str, Any]:
-    """POST /api/route on a running server.
-
-    TODO(lead): the gateway's /api/route endpoint: body {"router", "prompt", "system"}, answer
-    Decision.to_dict() plus "chosen" (the candidate it would serve) and "embed_model".
-    """
+    """POST /api/route on a running server: its decision, with each candidate's cost there (what is
+    loaded, what a load would evict) and the order it would try them in."""
     import httpx
 
     body = {"router": router_name, "prompt": prompt, "system": system}
@@ -109,14 +96,23 @@ def print_decision(d: dict[str, Any]) -> None:
         ("route", f"{d['route']}  (router {d['router']}, tier {d['tier']})"),
         ("candidates", f"{', '.join(d['candidates']) or '-'}  (prefer {d['prefer']})"),
         ("chosen", chosen),
-        ("why", d["reason"]),
+        ("why", d["reason"] + (f"; {d['why']}" if d.get("why") else "")),
         ("scores", scores),
     ]
+    if d.get("order"):  # from a server: what it would try, in order, and what each costs there
+        rows.append(("order", ", ".join(d["order"])))
+        for name, c in (d.get("costs") or {}).items():
+            state = "loaded" if c["loaded"] else "not loaded"
+            evicts = f", evicts {', '.join(c['evicts'])}" if c.get("evicts") else ""
+            rows.append(("cost", f"{name}: {state}, ~{c['cost_s']:.2f} s{evicts}"))
+        for s in d.get("skipped") or []:
+            rows.append(("skipped", f"{s['candidate']}: {s['why']}"))
     if d["tier"] != "keyword" and d.get("keyword_scores"):
         rows.append(("keywords", "  ".join(f"{k} {v:g}" for k, v in d["keyword_scores"].items())))
     setup = d.get("setup") or {}
     extra = ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.2f}s" for k, v in setup.items())
-    rows.append(("time", f"{d['elapsed_ms']:.3f} ms" + (f"  (not counted: {extra})" if extra else "")))
+    elapsed = d.get("decision_ms", d["elapsed_ms"])
+    rows.append(("time", f"{elapsed:.3f} ms" + (f"  (not counted: {extra})" if extra else "")))
     for key, value in rows:
         click.echo(f"{key:<11}{value}")
 

@@ -197,13 +197,15 @@ def run(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.pass_obj
 def ps(config: Config, as_json: bool) -> None:
-    """List the models loaded in the running server."""
+    """List the models loaded in the running server, and the models, upstreams and replicas set aside
+    after repeated failures (until when, and why). --json prints the loaded models only."""
     try:
         resp = httpx.get(f"{config.base_url}/api/ps", timeout=10)
     except httpx.HTTPError as exc:
         raise EnginehouseError(f"no server at {config.base_url}: {exc}") from exc
     _check(resp)
     models = resp.json()["models"]
+    cooled = resp.json().get("cooled_down") or []
     if as_json:
         click.echo(json.dumps(models, indent=2))
         return
@@ -218,6 +220,10 @@ def ps(config: Config, as_json: bool) -> None:
             f"{m['name']:<28}{m.get('engine', ''):<14}{m.get('state', ''):<10}"
             f"{m.get('context_length', 0):<9}{m.get('in_flight', 0):<11}{until}"
         )
+    if cooled:
+        click.echo("\nCOOLED DOWN (failing; tried again after the time shown)")
+        for c in cooled:
+            click.echo(f"{c['name']:<28}until {c['until']}  {c['reason']}")
 
 
 @click.command()

@@ -14,7 +14,6 @@ computed from the free VRAM when the machine has an NVIDIA GPU and the build can
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import secrets
@@ -29,11 +28,10 @@ from enginehouse.config_file import EMPTY, FileConfig, ModelEntry
 from enginehouse.engines.base import Engine, RunnerSpec
 from enginehouse.engines.llama_install import require_llama_server
 from enginehouse.engines.llama_server import LlamaServerEngine, LlamaServerSettings
-from enginehouse.errors import EngineNotInstalled, InvalidName, InvalidRequest
+from enginehouse.errors import EngineNotInstalled, InvalidRequest
 from enginehouse.sched.memory import MemoryEstimate, estimate_runner
 from enginehouse.store import ModelRecord, Store
 from enginehouse.store.gguf_info import GGUFInfo, read_gguf_info
-from enginehouse.store.names import ModelName
 
 if TYPE_CHECKING:
     from enginehouse.engines.choose import InstalledEngine
@@ -72,24 +70,14 @@ class EngineFactory:
         self._hardware = hardware
         self._installed = installed
         self._detect = detect
-        self._by_source: dict[str, ModelEntry] | None = None
 
     # ---- the model's entry ----------------------------------------------------------------------
     def entry_for(self, record: ModelRecord) -> ModelEntry:
         if isinstance(record, ExternalRecord):
             return record.entry
-        name = record.name.display
-        return self.file_config.entry(name) or self._source_entries().get(name) or ModelEntry()
-
-    def _source_entries(self) -> dict[str, ModelEntry]:
-        """Entries whose ``source`` is a store name, by that model's display name."""
-        if self._by_source is None:
-            self._by_source = {}
-            for entry in self.file_config.models.values():
-                if entry.source:
-                    with contextlib.suppress(InvalidName):  # a path: not a store name
-                        self._by_source.setdefault(ModelName.parse(entry.source).display, entry)
-        return self._by_source
+        # An entry whose source is a store model answers under the entry's name (catalog: a named
+        # instance), so the name finds the entry.
+        return self.file_config.entry(record.name.display) or ModelEntry()
 
     def num_parallel_for(self, record: ModelRecord) -> int:
         """Slots: the model's entry, then the file's defaults, then ENGINEHOUSE_NUM_PARALLEL."""

@@ -48,7 +48,7 @@ from enginehouse.errors import InvalidRequest
 Embed = Callable[[list[str]], Awaitable[Sequence[Any]]]
 TIERS = ("keyword", "embedding", "default")
 ABSTAIN = "(abstain)"  # the key of the abstain examples' score in Decision.scores
-PREFER = ("order", "loaded", "least-busy")
+PREFER = ("latency", "quality")
 
 _PIECE = re.compile(r"\w+|[^\w\s]")
 _ESCAPE = re.compile(r"\\.")
@@ -87,8 +87,10 @@ class Rule:
 class Route:
     """A kind of request and the models that serve it, best first.
 
-    ``prefer`` tells the gateway how to pick among ``candidates``: ``order`` (the first that can be
-    served), ``loaded`` (a candidate already loaded before one that must load), ``least-busy``.
+    ``prefer`` tells the gateway how to pick among ``candidates``: ``latency`` (the cheapest that can
+    serve: loaded with a free slot costs nothing, an unloaded one its load time and what it would
+    evict) or ``quality`` (the first that can serve, even if it must load). ``fallbacks`` are tried
+    after every candidate failed.
     """
 
     name: str
@@ -96,7 +98,8 @@ class Route:
     examples: tuple[str, ...] = ()
     rules: tuple[Rule, ...] = ()
     candidates: tuple[str, ...] = ()
-    prefer: str = "order"
+    prefer: str = "latency"
+    fallbacks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

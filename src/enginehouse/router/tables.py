@@ -25,7 +25,7 @@ _ROUTER_KEYS = {
     "routes", "default", "threshold", "keyword_min", "keyword_ratio", "top_k", "system_weight",
     "max_tokens", "min_words", "abstain_examples",
 }  # fmt: skip
-_ROUTE_KEYS = {"description", "examples", "keywords", "rules", "candidates", "prefer"}
+_ROUTE_KEYS = {"description", "examples", "keywords", "rules", "candidates", "prefer", "fallbacks"}
 
 
 def _rules(value: Any, where: str) -> tuple[Rule, ...]:
@@ -64,6 +64,8 @@ def route_from_table(name: str, table: Mapping[str, Any], base: Route | None = N
         changes["rules"] = kws + _rules(table.get("rules", []), f"route {name!r} rules")
     if "candidates" in table:
         changes["candidates"] = _strings(table["candidates"], f"route {name!r} candidates")
+    if "fallbacks" in table:
+        changes["fallbacks"] = _strings(table["fallbacks"], f"route {name!r} fallbacks")
     if "prefer" in table:
         changes["prefer"] = str(table["prefer"])
     return replace(route, name=name, **changes)

@@ -19,7 +19,7 @@ from enginehouse.config_file import EMPTY, FileConfig, ModelEntry
 from enginehouse.engines.base import Engine, RunnerSpec
 from enginehouse.errors import EnginehouseError, InsufficientMemory, ServerBusy
 from enginehouse.sched.admission import Admission
-from enginehouse.sched.eviction import Candidate, Fits, NeverFits, evict_for
+from enginehouse.sched.eviction import Candidate, Fits, NeverFits, Wait, evict_for
 from enginehouse.sched.memory import EstimateCorrector, MemoryBudget, MemoryEstimate, measure_rss
 from enginehouse.store import ModelRecord, Store
 
@@ -69,6 +69,34 @@ class LoadedModel:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """What serving a model would cost now, without doing it (the router's cost model)."""
+
+    key: str
+    loaded: bool
+    free_slots: int  # loaded: slots not in use (0 when every slot is busy)
+    load_seconds: float  # not loaded: its last load time, or an estimate from its size
+    evicts: tuple[str, ...] = ()  # runners a load would stop
+    waits_for: tuple[str, ...] = ()  # busy runners a load would wait for
+    fits: bool = True
+    reason: str = ""  # why it cannot fit
+
+    @property
+    def cost(self) -> float:
+        """Seconds of delay, roughly: a free slot costs nothing; a busy one a queue turn; a load its
+        time plus the reload time of what it evicts (they will be asked for again)."""
+        if self.loaded:
+            return 0.0 if self.free_slots else QUEUE_TURN_S
+        return self.load_seconds
+
+
+#: Seconds a request waiting for a busy slot is assumed to cost (one short answer).
+QUEUE_TURN_S = 0.5
+#: Load-time estimate for a model never loaded here: start-up plus reading the file at this rate.
+START_S, READ_BYTES_PER_S = 0.5, 1 << 30
+
+
+@dataclass(frozen=True)
 class Lease:
     model: LoadedModel
     load_duration: float  # seconds this request waited for a load (0 when the model was warm)
@@ -105,6 +133,7 @@ class Scheduler:
         self.file_config = file_config  # per-model keep_alive, pins and exclusive groups
         self.admission = Admission(policy, fairness_s)
         self.loads = 0  # runners started since start-up (swaps, for benchmarks and metrics)
+        self.load_seconds: dict[str, float] = {}  # each runner key's last load time
         self.on_load: Callable[[str, str, float], None] | None = None  # (key, engine kind, seconds)
         self._loaded: dict[str, LoadedModel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -262,12 +291,51 @@ class Scheduler:
                     )
                     self._loaded[key] = model
                     self.loads += 1
+                    self.load_seconds[key] = model.load_duration
                     if self.on_load is not None:
                         self.on_load(key, engine.kind, model.load_duration)
                 log.info("loaded %s in %.2fs (%s)", key, model.load_duration, engine.base_url)
             else:
                 await model.engine.ensure_ready(self.load_timeout)
             return model
+
+    def placement(self, name: str, spec: RunnerSpec | None = None) -> Placement:
+        """What serving ``name`` with ``spec`` would cost now: free slots if loaded, else its load
+        time and what the load would evict, or that it cannot fit. No I/O beyond name resolution."""
+        spec = spec or RunnerSpec()
+        record = self.resolve(name)
+        key = spec.key(record.name.display)
+        model = self._loaded.get(key)
+        if model is not None and model.serves(record, spec):
+            return Placement(key, True, max(0, model.slots - model.in_flight), 0.0)
+        load = self.load_seconds.get(key, START_S + record.size / READ_BYTES_PER_S)
+        raw = self.estimator(record, spec) if self.budget and self.estimator else None
+        estimate = self.corrector.correct(record.model_digest, raw) if raw is not None else 0
+        plan = self._room_plan(key, record, estimate, raw is not None)
+        if isinstance(plan, NeverFits):
+            return Placement(key, False, 0, load, fits=False, reason=plan.message)
+        if isinstance(plan, Fits):
+            again = sum(self.load_seconds.get(k, START_S) for k in plan.evict)
+            return Placement(key, False, 0, load + again, evicts=tuple(plan.evict))
+        return Placement(key, False, 0, load + QUEUE_TURN_S, waits_for=tuple(plan.wait_for))
+
+    def _room_plan(self, key: str, record: ModelRecord, estimate: int, budgeted: bool) -> object:
+        """The eviction policy's answer for loading ``key`` now (Fits, Wait or NeverFits)."""
+        loaded = [
+            self._candidate(
+                m.spec.key(m.name),
+                m.name,
+                max(m.estimate, m.resident()) if budgeted else 0,
+                in_flight=m.in_flight,
+                pinned=math.isinf(m.keep_alive) or self.entry(m.name).pinned,
+                last_used=m.last_used,
+            )
+            for k, m in self._loaded.items()
+            if k != key
+        ]
+        budget = self.budget.available(c.estimate for c in loaded) if self.budget and budgeted else 1 << 62
+        target = self._candidate(key, record.name.display, estimate, last_used=time.time())
+        return evict_for(target, loaded, budget)
 
     async def _make_room(self, key: str, record: ModelRecord, spec: RunnerSpec, arrived: float) -> int:
         """Stop idle models until the new runner fits the budget and its exclusive group; wait (up to
@@ -277,25 +345,7 @@ class Scheduler:
         estimate = self.corrector.correct(record.model_digest, raw) if raw is not None else 0
         deadline = time.monotonic() + self.load_timeout
         while True:
-            others = [m for k, m in self._loaded.items() if k != key]
-            loaded = [
-                self._candidate(
-                    m.spec.key(m.name),
-                    m.name,
-                    max(m.estimate, m.resident()) if raw is not None else 0,
-                    in_flight=m.in_flight,
-                    pinned=math.isinf(m.keep_alive) or self.entry(m.name).pinned,
-                    last_used=m.last_used,
-                )
-                for m in others
-            ]
-            budget = (
-                self.budget.available(c.estimate for c in loaded)
-                if self.budget and raw is not None
-                else 1 << 62
-            )
-            target = self._candidate(key, record.name.display, estimate, last_used=time.time())
-            plan = evict_for(target, loaded, budget)
+            plan = self._room_plan(key, record, estimate, raw is not None)
             if isinstance(plan, NeverFits):
                 detail = f" (estimate: {raw.describe()})" if raw is not None else ""
                 raise InsufficientMemory(plan.message + detail)
@@ -306,6 +356,7 @@ class Scheduler:
                 if raw is not None:
                     self._pending_memory[key] = raw
                 return estimate
+            assert isinstance(plan, Wait)
             if time.monotonic() > deadline:
                 raise ServerBusy(f"{plan.message}; gave up after {self.load_timeout:.0f}s", retry_after=5)
             self.admission.waiting(key, arrived, plan.wait_for)

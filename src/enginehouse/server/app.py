@@ -20,8 +20,10 @@ from enginehouse.cache import ResponseCache, redact
 from enginehouse.catalog import Catalog
 from enginehouse.config import Config
 from enginehouse.config_file import load_config_file
+from enginehouse.config_names import check_references
 from enginehouse.engines.factory import EngineFactory
 from enginehouse.errors import (
+    AllCandidatesFailed,
     EnginehouseError,
     InvalidRequest,
     ServerBusy,
@@ -30,7 +32,7 @@ from enginehouse.errors import (
     ollama_error_body,
     openai_error_body,
 )
-from enginehouse.metrics import Metrics
+from enginehouse.metrics import HealthCollector, Metrics
 from enginehouse.sched.keep_alive import parse_keep_alive
 from enginehouse.sched.memory import MemoryBudget, MiB
 from enginehouse.sched.scheduler import Scheduler
@@ -91,7 +93,9 @@ async def error_middleware(request: web.Request, handler):  # type: ignore[no-un
         error, status = RuntimeError(), 500
     body = openai_error_body(error) if openai else ollama_error_body(error)
     headers = (
-        {"Retry-After": str(max(1, round(error.retry_after)))} if isinstance(error, ServerBusy) else None
+        {"Retry-After": str(max(1, round(error.retry_after)))}
+        if isinstance(error, ServerBusy | AllCandidatesFailed)
+        else None
     )
     if request.method == "HEAD":
         return web.Response(status=status, headers=headers)
@@ -137,7 +141,17 @@ def build_gateway(config: Config) -> Gateway:
     cache = ResponseCache(settings) if settings.enabled else None
     if cache is not None:
         metrics.registry.register(CacheCollector(cache))
-    return Gateway(config, store, scheduler, Upstream(), file_config, catalog, metrics, cache)
+    gateway = Gateway(config, store, scheduler, Upstream(), file_config, catalog, metrics, cache)
+    metrics.registry.register(HealthCollector(gateway.dispatch.health))
+    return gateway
+
+
+def _exists(catalog: Catalog, name: str) -> bool:
+    try:
+        catalog.resolve(name)
+        return True
+    except EnginehouseError:
+        return bool(catalog.discoverable)  # an upstream may list it once discovery ran
 
 
 def create_app(config: Config, gateway: Gateway | None = None) -> web.Application:
@@ -155,6 +169,8 @@ def create_app(config: Config, gateway: Gateway | None = None) -> web.Applicatio
         record = ensure_bundled(gw.store)
         if record is not None:
             log.info("bundled model %s is available", record.name.display)
+        # Names the file uses that nothing serves: refused now, with file:line, not at the first request.
+        check_references(config.config_path, gw.file_config, lambda name: _exists(gw.catalog, name))
         await gw.scheduler.start()
         if gw.cache is not None:
             await gw.cache.start()  # a wrong Redis password stops start-up here, with the URL
@@ -164,6 +180,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> web.Applicatio
     async def on_cleanup(app: web.Application) -> None:
         for task in background:
             task.cancel()
+        await gw.dispatch.close()
         await gw.scheduler.close()
         await gw.upstream.close()
         if gw.cache is not None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import orjson
 from aiohttp import web
@@ -20,6 +22,9 @@ from enginehouse.sched.scheduler import Scheduler
 from enginehouse.server.upstream import Upstream
 from enginehouse.store import ModelRecord, Store
 
+if TYPE_CHECKING:
+    from enginehouse.routing.dispatch import Dispatcher
+
 log = logging.getLogger("enginehouse.server")
 
 
@@ -33,10 +38,17 @@ class Gateway:
     catalog: Catalog = None  # type: ignore[assignment]  # names -> records; built from the store if None
     metrics: Metrics = field(default_factory=Metrics)
     cache: ResponseCache | None = None  # None: off
+    dispatch: Dispatcher = None  # type: ignore[assignment]  # routing; built from the rest if None
 
     def __post_init__(self) -> None:
         if self.catalog is None:
             self.catalog = Catalog(self.store, self.file_config)
+        if self.dispatch is None:
+            from enginehouse.routing.dispatch import Dispatcher
+
+            self.dispatch = Dispatcher(
+                self.catalog, self.scheduler, self.file_config, self.config, self.metrics
+            )
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -73,11 +85,18 @@ async def read_json(request: web.Request) -> dict:
     return data
 
 
+#: Set by a door when an engine failed after the first byte (its message): routing counts it against
+#: the model's health, since the client already has its (explicit) error.
+FAILED_MID_STREAM = web.RequestKey("enginehouse.failed_mid_stream", str)
+
 EXTRA_HEADERS = web.RequestKey("enginehouse.headers", dict)  # headers a handler wants on its response
 
 
 def note_header(request: web.Request, name: str, value: str) -> None:
-    """Add a header to this request's response, streamed or not (set at ``on_response_prepare``)."""
+    """Add a header to this request's response, streamed or not (set at ``on_response_prepare``).
+    The value may carry a client's model name: anything but printable ASCII is percent-encoded."""
+    if not value.isascii() or not value.isprintable():
+        value = quote(value, safe=" !#$&'()*+,/:;=?@[]~")
     request.setdefault(EXTRA_HEADERS, {})[name] = value
 
 
@@ -94,7 +113,5 @@ def clamp_num_ctx(request: web.Request, record: ModelRecord, num_ctx: int | None
     log.warning(
         "%s: num_ctx %d is above the trained context %d; clamped", record.name.display, num_ctx, trained
     )
-    note_header(
-        request, "X-Enginehouse-Num-Ctx", f"{trained}; asked {num_ctx}, above the trained context"
-    )
+    note_header(request, "X-Enginehouse-Num-Ctx", f"{trained}; asked {num_ctx}, above the trained context")
     return trained

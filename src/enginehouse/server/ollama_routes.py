@@ -38,7 +38,7 @@ from enginehouse.engines.factory import gguf_info_for
 from enginehouse.errors import EnginehouseError, InvalidRequest
 from enginehouse.sched.keep_alive import parse_keep_alive
 from enginehouse.sched.scheduler import LoadedModel
-from enginehouse.server.app_state import GATEWAY, clamp_num_ctx, json_response, read_json
+from enginehouse.server.app_state import FAILED_MID_STREAM, GATEWAY, clamp_num_ctx, json_response, read_json
 from enginehouse.server.caching import answer_cached, open_stream
 from enginehouse.server.observe import note_model, observe_ollama
 from enginehouse.server.passthrough import ollama_passthrough, speaks_ollama
@@ -74,20 +74,26 @@ async def tags(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     store = gw.store
     await gw.catalog.refresh()  # upstreams' models: a no-op while the cache is fresh
-    models = [
-        {
-            "name": r.name.display,
-            "model": r.name.display,
-            "modified_at": _rfc3339(r.modified_at),
-            "size": r.size,
-            "digest": _digest_hex(r),
-            "details": details(r),
-        }
-        for r in store.list_models()
-    ]
+    models = [_store_tag(r) for r in store.list_models()]
     listed = {m["name"] for m in models}
     models += [_external_tag(r) for r in gw.catalog.external_models() if r.name.display not in listed]
+    listed = {m["name"] for m in models}
+    for name, record in gw.catalog.named_entries():  # named instances and aliases
+        if name not in listed:
+            tag = _external_tag(record) if isinstance(record, ExternalRecord) else _store_tag(record)
+            models.append({**tag, "name": name, "model": name})
     return json_response({"models": models})
+
+
+def _store_tag(r: ModelRecord) -> dict[str, Any]:
+    return {
+        "name": r.name.display,
+        "model": r.name.display,
+        "modified_at": _rfc3339(r.modified_at),
+        "size": r.size,
+        "digest": _digest_hex(r),
+        "details": details(r),
+    }
 
 
 def _external_tag(r: ExternalRecord) -> dict[str, Any]:
@@ -202,7 +208,16 @@ def _ps_entry(m: LoadedModel) -> dict[str, Any]:
 
 
 async def ps(request: web.Request) -> web.Response:
-    return json_response({"models": [_ps_entry(m) for m in request.app[GATEWAY].scheduler.ps()]})
+    gw = request.app[GATEWAY]
+    cooled = [
+        {
+            "name": key,
+            "until": _rfc3339(datetime.fromtimestamp(st.cooled_until or 0, UTC)),
+            "reason": st.reason,
+        }
+        for key, st in gw.dispatch.health.cooled().items()
+    ]  # an extra field: Ollama's clients ignore it
+    return json_response({"models": [_ps_entry(m) for m in gw.scheduler.ps()], "cooled_down": cooled})
 
 
 async def copy(request: web.Request) -> web.Response:
@@ -222,18 +237,18 @@ async def delete(request: web.Request) -> web.Response:
 
 
 async def _load_or_unload(
-    request: web.Request, model: str, keep_alive: float | None, kind: str
+    request: web.Request, model: str, keep_alive: float | None, kind: str, asked: str
 ) -> web.Response:
     """An empty prompt loads the model; with ``keep_alive: 0`` it unloads it (Ollama's contract)."""
     gw = request.app[GATEWAY]
     if keep_alive == 0:
         record = gw.catalog.resolve(model)
         await gw.scheduler.unload(record.name.display)
-        reason, name = "unload", record.name.display
+        reason = "unload"
     else:
-        lease = await gw.scheduler.load(model, keep_alive)
-        reason, name = "load", lease.model.name
-    line: dict[str, Any] = {"model": name, "created_at": now_rfc3339()}
+        await gw.scheduler.load(model, keep_alive)
+        reason = "load"
+    line: dict[str, Any] = {"model": asked, "created_at": now_rfc3339()}
     if kind == "chat":
         line["message"] = {"role": "assistant", "content": ""}
     else:
@@ -242,41 +257,65 @@ async def _load_or_unload(
     return json_response(line)
 
 
+async def _plan(request: web.Request, asked: str, system: str, text: str, options: Options | None, **kw: Any):  # type: ignore[no-untyped-def]
+    """The routing plan for ``asked`` (a model, alias or router); the text is read only by routers."""
+    gw = request.app[GATEWAY]
+    await gw.catalog.ensure_known(asked)  # free unless upstream discovery is due
+    num_ctx = options.num_ctx if options is not None else None
+    if not gw.dispatch.is_router(asked):
+        system, text = "", ""
+    return await gw.dispatch.plan(asked, system=system, text=text, num_ctx=num_ctx, **kw)
+
+
+def _chat_text(req: ChatRequest) -> tuple[str, str]:
+    system = "\n".join(m.content or "" for m in req.messages if m.role == "system")
+    user = next((m.content or "" for m in reversed(req.messages) if m.role == "user"), "")
+    return system, user
+
+
 async def chat(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     started = time.monotonic()
     data = await read_json(request)
     req = ChatRequest.model_validate(data)
     keep_alive = parse_keep_alive(req.keep_alive)
-    if speaks_ollama(record := await gw.catalog.lookup(req.model)):
-        return await ollama_passthrough(request, data, "/api/chat")
-    if not req.messages:
-        return await _load_or_unload(request, req.model, keep_alive, "chat")
-    require_capabilities(
-        record, tools=bool(req.tools), think=bool(req.think), images=any(m.images for m in req.messages)
-    )
-    template = go_template(record.template)
-    # A Go template's tool calls come back as raw text, written the template's way: split them out.
-    calls = tool_format(template) if template and req.tools else None
-    # Ollama's API has no tool_choice: the model's entry may force calls (see entry_tool_choice).
-    choice = gw.scheduler.entry(record.name.display).tool_choice
-    forced = calls is not None and entry_tool_choice(choice, req.messages[-1].role) == "required"
+    plan = await _plan(request, req.model, *_chat_text(req), req.options)
 
-    def body_for(served: str) -> tuple[str, dict[str, Any]]:
-        if template:
-            force = calls if forced else None
-            body = rendered_chat_body(req, served, record.params, record.system, template, force)
-            return "/v1/completions", body
-        return "/v1/chat/completions", chat_body(req, served, record.params, record.system)
+    async def attempt(name: str) -> web.StreamResponse:
+        record = gw.catalog.resolve(name)
+        if speaks_ollama(record):
+            return await ollama_passthrough(request, data, "/api/chat", name)
+        if not req.messages:
+            return await _load_or_unload(request, name, keep_alive, "chat", req.model)
+        require_capabilities(
+            record, tools=bool(req.tools), think=bool(req.think), images=any(m.images for m in req.messages)
+        )
+        template = go_template(record.template)
+        # A Go template's tool calls come back as raw text, written the template's way: split them out.
+        calls = tool_format(template) if template and req.tools else None
+        # Ollama's API has no tool_choice: the model's entry may force calls (see entry_tool_choice).
+        choice = gw.scheduler.entry(record.name.display).tool_choice
+        forced = calls is not None and entry_tool_choice(choice, req.messages[-1].role) == "required"
 
-    return await answer_cached(
-        request,
-        "ollama",
-        "/api/chat",
-        data,
-        record,
-        lambda: _generate(request, req, record, keep_alive, "chat", started, body_for, calls, forced),
-    )
+        def body_for(served: str) -> tuple[str, dict[str, Any]]:
+            if template:
+                force = calls if forced else None
+                body = rendered_chat_body(req, served, record.params, record.system, template, force)
+                return "/v1/completions", body
+            return "/v1/chat/completions", chat_body(req, served, record.params, record.system)
+
+        return await answer_cached(
+            request,
+            "ollama",
+            "/api/chat",
+            data,
+            record,
+            lambda: _generate(
+                request, req, name, record, keep_alive, "chat", started, body_for, calls, forced
+            ),
+        )
+
+    return await gw.dispatch.run(request, plan, attempt)
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
@@ -285,37 +324,46 @@ async def generate(request: web.Request) -> web.StreamResponse:
     data = await read_json(request)
     req = GenerateRequest.model_validate(data)
     keep_alive = parse_keep_alive(req.keep_alive)
-    if speaks_ollama(record := await gw.catalog.lookup(req.model)):
-        return await ollama_passthrough(request, data, "/api/generate")
-    if not req.prompt and not req.suffix:
-        return await _load_or_unload(request, req.model, keep_alive, "generate")
-    require_capabilities(record, think=bool(req.think), insert=bool(req.suffix), images=bool(req.images))
-    template = None if req.raw else (req.template or go_template(record.template))
     if req.template and is_jinja(req.template):
         raise InvalidRequest("a per-request template must be an Ollama (Go) template")
-    if template:
-        parse_template(template)  # a bad template is the client's error, before any model loads
+    if req.template and not req.raw:
+        parse_template(req.template)  # a bad template is the client's error, before any model loads
+    plan = await _plan(request, req.model, req.system or "", req.prompt or "", req.options)
 
-    def body_for(served: str) -> tuple[str, dict[str, Any]]:
+    async def attempt(name: str) -> web.StreamResponse:
+        record = gw.catalog.resolve(name)
+        if speaks_ollama(record):
+            return await ollama_passthrough(request, data, "/api/generate", name)
+        if not req.prompt and not req.suffix:
+            return await _load_or_unload(request, name, keep_alive, "generate", req.model)
+        require_capabilities(record, think=bool(req.think), insert=bool(req.suffix), images=bool(req.images))
+        template = None if req.raw else (req.template or go_template(record.template))
         if template:
-            return "/v1/completions", rendered_generate_body(
-                req, served, record.params, record.system, template
-            )
-        return generate_body(req, served, record.params, record.system)
+            parse_template(template)
 
-    return await answer_cached(
-        request,
-        "ollama",
-        "/api/generate",
-        data,
-        record,
-        lambda: _generate(request, req, record, keep_alive, "generate", started, body_for),
-    )
+        def body_for(served: str) -> tuple[str, dict[str, Any]]:
+            if template:
+                return "/v1/completions", rendered_generate_body(
+                    req, served, record.params, record.system, template
+                )
+            return generate_body(req, served, record.params, record.system)
+
+        return await answer_cached(
+            request,
+            "ollama",
+            "/api/generate",
+            data,
+            record,
+            lambda: _generate(request, req, name, record, keep_alive, "generate", started, body_for),
+        )
+
+    return await gw.dispatch.run(request, plan, attempt)
 
 
 async def _generate(
     request: web.Request,
     req: ChatRequest | GenerateRequest,
+    name: str,
     record: ModelRecord,
     keep_alive: float | None,
     kind: str,
@@ -326,11 +374,11 @@ async def _generate(
 ) -> web.StreamResponse:
     """Hold the model's runner for one request: build the engine body, relay the answer in Ollama's shape."""
     spec = runner_spec(request, req.options, record)
-    async with request.app[GATEWAY].scheduler.acquire(req.model, keep_alive, spec) as lease:
+    async with request.app[GATEWAY].scheduler.acquire(name, keep_alive, spec) as lease:
         note_model(request, lease)
         path, body = body_for(lease.model.engine.served_model)
         translator = OllamaStream(
-            lease.model.name,
+            req.model,  # the name the client asked for (an alias, a router); the header says who answered
             kind,
             started=started,
             load_duration=lease.load_duration,
@@ -346,15 +394,15 @@ async def _generate(
 
 async def _embed(
     request: web.Request, model: str, inputs: list[str], options: Options | None, keep_alive: float | None
-) -> tuple[str, list[list[float]], int, float]:
-    """Embeddings from the model's embedding runner: (model name, vectors, prompt tokens, load seconds)."""
+) -> tuple[list[list[float]], int, float]:
+    """Embeddings from the model's embedding runner: (vectors, prompt tokens, load seconds)."""
     gw = request.app[GATEWAY]
     record = gw.catalog.resolve(model)
     spec = runner_spec(request, options, record, embedding=True)
     async with gw.scheduler.acquire(model, keep_alive, spec) as lease:
         note_model(request, lease)
         if not inputs:
-            return lease.model.name, [], 0, lease.load_duration
+            return [], 0, lease.load_duration
         engine = lease.model.engine
         data = await gw.upstream.post_json(
             f"{engine.base_url}/v1/embeddings",
@@ -363,7 +411,7 @@ async def _embed(
         )
         vectors = [d["embedding"] for d in sorted(data["data"], key=lambda d: d.get("index", 0))]
         tokens = int((data.get("usage") or {}).get("prompt_tokens", 0))
-        return lease.model.name, vectors, tokens, lease.load_duration
+        return vectors, tokens, lease.load_duration
 
 
 def _truncate_dimensions(vectors: list[list[float]], dimensions: int) -> list[list[float]]:
@@ -376,45 +424,57 @@ def _truncate_dimensions(vectors: list[list[float]], dimensions: int) -> list[li
     return out
 
 
-async def embed(request: web.Request) -> web.Response:
+async def embed(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
     started = time.monotonic()
     data = await read_json(request)
     req = EmbedRequest.model_validate(data)
-    if speaks_ollama(await request.app[GATEWAY].catalog.lookup(req.model)):
-        return await ollama_passthrough(request, data, "/api/embed")
     inputs = [req.input] if isinstance(req.input, str) else list(req.input)
     inputs = [] if inputs == [""] else inputs
+    plan = await _plan(request, req.model, "", inputs[0] if inputs else "", req.options, embedding=True)
 
-    async def answer() -> web.StreamResponse:
-        name, vectors, tokens, load = await _embed(
-            request, req.model, inputs, req.options, parse_keep_alive(req.keep_alive)
-        )
-        if req.dimensions:
-            vectors = _truncate_dimensions(vectors, req.dimensions)
-        return json_response(
-            {
-                "model": name,
-                "embeddings": vectors,
-                "total_duration": int((time.monotonic() - started) * 1e9),
-                "load_duration": int(load * 1e9),
-                "prompt_eval_count": tokens,
-            }
-        )
+    async def attempt(name: str) -> web.StreamResponse:
+        record = gw.catalog.resolve(name)
+        if speaks_ollama(record):
+            return await ollama_passthrough(request, data, "/api/embed", name)
 
-    if not inputs:  # a load, not an answer
-        return await answer()
-    record = request.app[GATEWAY].catalog.resolve(req.model)
-    return await answer_cached(request, "ollama", "/api/embed", data, record, answer)
+        async def answer() -> web.StreamResponse:
+            vectors, tokens, load = await _embed(
+                request, name, inputs, req.options, parse_keep_alive(req.keep_alive)
+            )
+            if req.dimensions:
+                vectors = _truncate_dimensions(vectors, req.dimensions)
+            return json_response(
+                {
+                    "model": req.model,
+                    "embeddings": vectors,
+                    "total_duration": int((time.monotonic() - started) * 1e9),
+                    "load_duration": int(load * 1e9),
+                    "prompt_eval_count": tokens,
+                }
+            )
+
+        if not inputs:  # a load, not an answer
+            return await answer()
+        return await answer_cached(request, "ollama", "/api/embed", data, record, answer)
+
+    return await gw.dispatch.run(request, plan, attempt)
 
 
-async def embeddings(request: web.Request) -> web.Response:
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
     data = await read_json(request)
     req = EmbeddingsRequest.model_validate(data)
-    if speaks_ollama(await request.app[GATEWAY].catalog.lookup(req.model)):
-        return await ollama_passthrough(request, data, "/api/embeddings")
     inputs = [req.prompt] if req.prompt else []
-    _, vectors, _, _ = await _embed(request, req.model, inputs, req.options, parse_keep_alive(req.keep_alive))
-    return json_response({"embedding": vectors[0] if vectors else []})
+    plan = await _plan(request, req.model, "", req.prompt or "", req.options, embedding=True)
+
+    async def attempt(name: str) -> web.StreamResponse:
+        if speaks_ollama(gw.catalog.resolve(name)):
+            return await ollama_passthrough(request, data, "/api/embeddings", name)
+        vectors, _, _ = await _embed(request, name, inputs, req.options, parse_keep_alive(req.keep_alive))
+        return json_response({"embedding": vectors[0] if vectors else []})
+
+    return await gw.dispatch.run(request, plan, attempt)
 
 
 async def _relay(
@@ -443,6 +503,7 @@ async def _relay(
             for line in translator.final():
                 await out.write(orjson.dumps(line) + b"\n")
         except EnginehouseError as exc:  # after the first byte the status is sent: report in-band
+            request[FAILED_MID_STREAM] = exc.message
             await out.write(orjson.dumps({"error": exc.message}) + b"\n")
         await out.write_eof()
         return out
@@ -474,8 +535,25 @@ async def _show_external(request: web.Request, record: ExternalRecord) -> web.Re
     )
 
 
+async def route(request: web.Request) -> web.Response:
+    """``POST /api/route``: what a router (or a model name) would do with a prompt, without generating:
+    the route, the classifier's scores, each candidate's cost, the order and why."""
+    gw = request.app[GATEWAY]
+    data = await read_json(request)
+    asked = data.get("router") or data.get("model") or "auto"
+    prompt, system = data.get("prompt"), data.get("system") or ""
+    if not isinstance(asked, str) or not isinstance(prompt, str) or not isinstance(system, str):
+        raise InvalidRequest("expected {'router': str, 'prompt': str, 'system': str (optional)}")
+    await gw.catalog.ensure_known(asked)
+    if not gw.dispatch.is_router(asked):
+        gw.catalog.resolve(asked)  # an unknown name is a 404 naming the closest ones
+    plan = await gw.dispatch.plan(asked, system=system, text=prompt)
+    return json_response(plan.to_dict())
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
+    r.add_post("/api/route", route)
     r.add_get("/api/tags", tags)
     r.add_post("/api/show", show)
     r.add_get("/api/ps", ps)

@@ -16,7 +16,7 @@ from aiohttp import web
 from enginehouse.api.rendered_chat import ChatChunks, completion_body
 from enginehouse.errors import EnginehouseError, openai_error_body
 from enginehouse.sched.scheduler import Lease
-from enginehouse.server.app_state import GATEWAY, json_response
+from enginehouse.server.app_state import FAILED_MID_STREAM, GATEWAY, json_response
 from enginehouse.server.caching import open_stream
 from enginehouse.server.observe import record_openai
 from enginehouse.server.upstream import raise_for_engine, sse_events
@@ -27,14 +27,14 @@ def _sse(obj: dict[str, Any]) -> bytes:
 
 
 async def rendered_chat(
-    request: web.Request, lease: Lease, data: dict[str, Any], template: str, started: float
+    request: web.Request, lease: Lease, data: dict[str, Any], template: str, started: float, asked: str
 ) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     engine = lease.model.engine
     choice = gw.scheduler.entry(lease.model.name).tool_choice
     body, fmt, forced = completion_body(data, engine.served_model, template, None, choice)
     options = data.get("stream_options") or {}
-    chunks = ChatChunks(lease.model.name, fmt, forced, bool(options.get("include_usage")))
+    chunks = ChatChunks(asked, fmt, forced, bool(options.get("include_usage")))
     sent = time.monotonic()
     resp = await gw.upstream.post(engine.base_url + "/v1/completions", body, engine.request_headers)
     first: float | None = None
@@ -56,6 +56,7 @@ async def rendered_chat(
             await out.write(b"".join(_sse(c) for c in chunks.final()) + b"data: [DONE]\n\n")
             _record(request, lease, chunks, started, sent, first)
         except EnginehouseError as exc:  # sse_events reports a broken engine stream as RunnerError
+            request[FAILED_MID_STREAM] = exc.message
             await out.write(_sse(openai_error_body(exc)))
         await out.write_eof()
         return out

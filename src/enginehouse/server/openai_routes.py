@@ -7,6 +7,7 @@ name the engine's served model) and the engine's bytes are streamed back untouch
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -21,7 +22,7 @@ from enginehouse.api.openai import ChatCompletionRequest, CompletionRequest, Emb
 from enginehouse.catalog import is_gguf
 from enginehouse.engines.base import RunnerSpec
 from enginehouse.errors import RunnerError, openai_error_body
-from enginehouse.server.app_state import GATEWAY, clamp_num_ctx, json_response, read_json
+from enginehouse.server.app_state import FAILED_MID_STREAM, GATEWAY, clamp_num_ctx, json_response, read_json
 from enginehouse.server.caching import answer_cached, open_stream
 from enginehouse.server.observe import note_model, observe_openai
 from enginehouse.server.openai_rendered import rendered_chat
@@ -48,6 +49,11 @@ async def models(request: web.Request) -> web.Response:
             created = int(r.modified_at.timestamp())
             owner = r.upstream_name or r.engine
             data.append({"id": r.name.display, "object": "model", "created": created, "owned_by": owner})
+    listed = {m["id"] for m in data}
+    for name, r in gw.catalog.named_entries():  # named instances and aliases
+        if name not in listed:
+            created = int(r.modified_at.timestamp())
+            data.append({"id": name, "object": "model", "created": created, "owned_by": r.name.namespace})
     return json_response({"object": "list", "data": data})
 
 
@@ -92,15 +98,39 @@ def apply_model_defaults(data: dict[str, Any], record: ModelRecord, path: str) -
 
 
 async def model(request: web.Request) -> web.Response:
-    record = await request.app[GATEWAY].catalog.lookup(request.match_info["model"])
+    gw = request.app[GATEWAY]
+    asked = request.match_info["model"]
+    record = await gw.catalog.lookup(asked)
     return json_response(
         {
-            "id": record.name.display,
+            "id": asked if gw.catalog.is_alias(asked) else record.name.display,
             "object": "model",
             "created": int(record.modified_at.timestamp()),
             "owned_by": record.name.namespace,
         }
     )
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: the text ones
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def routing_text(data: dict[str, Any], path: str) -> tuple[str, str]:
+    """(system prompt, last user turn) for a router to classify."""
+    if path == "/v1/chat/completions":
+        messages = [m for m in data.get("messages") or [] if isinstance(m, dict)]
+        system = "\n".join(
+            _text_of(m.get("content")) for m in messages if m.get("role") in ("system", "developer")
+        )
+        user = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
+        return system, user
+    value = data.get("prompt" if path == "/v1/completions" else "input")
+    first = value[0] if isinstance(value, list) and value else value
+    return "", first if isinstance(first, str) else ""
 
 
 async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
@@ -109,29 +139,47 @@ async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
     data = await read_json(request)
     as_sent = dict(data)  # the cache keys on the client's request, before normalising
     spec = normalise_request(data, path)
-    model = data["model"]
-    await gw.catalog.ensure_known(model)  # free unless upstream discovery is due
-    record = gw.catalog.resolve(model)
-    if spec.num_ctx is not None:
-        spec = replace(spec, num_ctx=clamp_num_ctx(request, record, spec.num_ctx))
-    return await answer_cached(
-        request, "openai", path, as_sent, record, lambda: _answer(request, path, data, spec, started)
+    asked = data["model"]
+    await gw.catalog.ensure_known(asked)  # free unless upstream discovery is due
+    system, text = routing_text(data, path) if gw.dispatch.is_router(asked) else ("", "")
+    plan = await gw.dispatch.plan(
+        asked, system=system, text=text, num_ctx=spec.num_ctx, embedding=spec.embedding
     )
+
+    async def attempt(name: str) -> web.StreamResponse:
+        record = gw.catalog.resolve(name)
+        run_spec = spec
+        if spec.num_ctx is not None:
+            run_spec = replace(spec, num_ctx=clamp_num_ctx(request, record, spec.num_ctx))
+        body = dict(data)  # each candidate gets its own copy: the engine's name and defaults go in
+        return await answer_cached(
+            request,
+            "openai",
+            path,
+            as_sent,
+            record,
+            lambda: _answer(request, path, body, name, run_spec, started),
+        )
+
+    return await gw.dispatch.run(request, plan, attempt)
 
 
 async def _answer(
-    request: web.Request, path: str, data: dict[str, Any], spec: RunnerSpec, started: float
+    request: web.Request, path: str, data: dict[str, Any], name: str, spec: RunnerSpec, started: float
 ) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     streaming = bool(data.get("stream"))
-    async with gw.scheduler.acquire(data["model"], None, spec) as lease:
+    asked = data["model"]
+    async with gw.scheduler.acquire(name, None, spec) as lease:
         note_model(request, lease)
         engine = lease.model.engine
         record = lease.model.record
         data["model"] = engine.served_model
         apply_model_defaults(data, record, path)
         if path == "/v1/chat/completions" and is_gguf(record) and (template := go_template(record.template)):
-            return await rendered_chat(request, lease, data, template, started)
+            return await rendered_chat(request, lease, data, template, started, asked)
+        # The answer names the model the client asked for (an alias, a router), not the engine's name.
+        rename = _renamer(engine.served_model, asked)
         sent = time.monotonic()
         resp = await gw.upstream.post(engine.base_url + path, data, engine.request_headers)
         try:
@@ -140,14 +188,16 @@ async def _answer(
             if not streaming:
                 body = await resp.read()
                 observe_openai(request, lease, started, sent, None, body)
-                return web.Response(body=body, headers={"Content-Type": content_type})
+                return web.Response(
+                    body=rename(body) if rename else body, headers={"Content-Type": content_type}
+                )
             out = open_stream(request, {"Content-Type": content_type, "Cache-Control": "no-cache"})
             await out.prepare(request)
             first: float | None = None
             prev = b""  # the engine's counts are in the last event before [DONE]
             try:
                 async for chunk in resp.content.iter_any():
-                    await out.write(chunk)
+                    await out.write(rename(chunk) if rename else chunk)
                     first = first or time.monotonic()
                     if chunk.endswith(b"data: [DONE]\n\n"):
                         observe_openai(request, lease, started, sent, first, prev[-4096:] + chunk)
@@ -155,6 +205,7 @@ async def _answer(
                     prev = chunk  # llama-server's end marker: do not wait for it to close the stream
             except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
                 error = RunnerError(f"the engine closed the stream early: {exc.__class__.__name__}")
+                request[FAILED_MID_STREAM] = error.message
                 await out.write(b"data: " + orjson.dumps(openai_error_body(error)) + b"\n\n")
             await out.write_eof()
             return out
@@ -166,6 +217,15 @@ async def _answer(
                 resp.close()
             else:
                 resp.release()
+
+
+def _renamer(served: str, asked: str) -> Callable[[bytes], bytes] | None:
+    """A byte replace of the ``model`` field, or None when the names agree (no per-chunk cost).
+    Engines write compact JSON (llama-server, vLLM), so the field has one spelling."""
+    if served == asked:
+        return None
+    old, new = b'"model":' + orjson.dumps(served), b'"model":' + orjson.dumps(asked)
+    return lambda chunk: chunk.replace(old, new)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
 import orjson
 from aiohttp import web
 
 from enginehouse.catalog import ExternalRecord
-from enginehouse.server.app_state import GATEWAY
+from enginehouse.errors import RunnerError
+from enginehouse.server.app_state import FAILED_MID_STREAM, GATEWAY
+from enginehouse.server.upstream import error_text
 from enginehouse.store import ModelRecord
 
 NDJSON = "application/x-ndjson"
@@ -23,18 +26,26 @@ def speaks_ollama(record: ModelRecord) -> bool:
     return isinstance(record, ExternalRecord) and record.engine == "ollama"
 
 
-async def ollama_passthrough(request: web.Request, data: dict[str, Any], path: str) -> web.StreamResponse:
+async def ollama_passthrough(
+    request: web.Request, data: dict[str, Any], path: str, name: str | None = None
+) -> web.StreamResponse:
     """Send an Ollama request to an Ollama upstream as it came (``model`` renamed to the upstream's name)
-    and stream its answer back, renaming ``model`` back; its errors keep their status and body."""
+    and stream its answer back, with ``model`` saying the name the client asked for. Its 4xx errors
+    keep their status and body; a 5xx before the first byte is a RunnerError (another candidate may
+    answer); a stream cut short ends with an ``{"error": ...}`` line."""
     gw = request.app[GATEWAY]
-    async with gw.scheduler.acquire(data["model"]) as lease:
-        client_name = lease.model.name  # aliases answer with the model's own name, as local models do
+    client_name = data["model"]
+    async with gw.scheduler.acquire(name or client_name) as lease:
         engine = lease.model.engine
         served = engine.served_model
         body = {**data, "model": served}
         resp = await gw.upstream.post(engine.base_url + path, body, engine.request_headers)
         try:
             content_type = resp.headers.get("Content-Type", NDJSON)
+            if resp.status >= 500:
+                raise RunnerError(
+                    f"{lease.model.name}: the upstream answered {resp.status}: {await error_text(resp)}"
+                )
             if resp.status != 200:
                 body_bytes = await resp.read()
                 return web.Response(
@@ -42,21 +53,25 @@ async def ollama_passthrough(request: web.Request, data: dict[str, Any], path: s
                 )
             out = web.StreamResponse(headers={"Content-Type": content_type})
             await out.prepare(request)
-            if served == client_name:
+            old, new = orjson.dumps(served), orjson.dumps(client_name)
+            old_field, new_field = b'"model":' + old, b'"model":' + new
+            pending = b""
+            try:
                 async for chunk in resp.content.iter_any():
-                    await out.write(chunk)
-            else:
-                old, new = orjson.dumps(served), orjson.dumps(client_name)
-                old_field, new_field = b'"model":' + old, b'"model":' + new
-                pending = b""
-                async for chunk in resp.content.iter_any():
+                    if served == client_name:
+                        await out.write(chunk)
+                        continue
                     pending += chunk
                     cut = pending.rfind(b"\n") + 1
                     if cut:
                         await out.write(pending[:cut].replace(old_field, new_field))
                         pending = pending[cut:]
-                if pending:
-                    await out.write(pending.replace(old_field, new_field))
+            except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
+                message = f"the upstream closed the stream early: {exc.__class__.__name__}"
+                request[FAILED_MID_STREAM] = message
+                await out.write(orjson.dumps({"error": message}) + b"\n")
+            if pending:
+                await out.write(pending.replace(old_field, new_field))
             await out.write_eof()
             return out
         finally:

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from enginehouse.errors import InvalidRequest, RunnerError, UpstreamUnavailable
+from enginehouse.errors import ContextOverflow, InvalidRequest, RunnerError, UpstreamUnavailable
 
 _STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
@@ -71,6 +71,8 @@ async def raise_for_engine(resp: aiohttp.ClientResponse) -> None:
     a RunnerError, with the engine's own message either way."""
     if resp.status != 200:
         message = await error_text(resp)
+        if resp.status == 400 and "context" in message and ("exceed" in message or "larger" in message):
+            raise ContextOverflow(message)  # llama-server's exceed_context_size_error, vLLM's too
         raise (InvalidRequest if resp.status == 400 else RunnerError)(message)
 
 

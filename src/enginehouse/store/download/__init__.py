@@ -43,4 +43,3 @@ __all__ = [
     "run_all",
     "tuning",
 ]
-

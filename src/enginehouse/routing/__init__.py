@@ -1,0 +1,1 @@
+"""Routing on the request path: plans (which models, in which order) and failover between them."""

@@ -1,0 +1,373 @@
+"""Routing on the request path: a :class:`Plan` for each request, then each candidate in turn until one
+answers.
+
+A candidate is passed over, and the next one tried, when it fails before the first byte reached the
+client: it cannot load (does not fit, its runner fails to start, no engine), its engine refuses the
+connection, answers 5xx or times out, its queue is full, or the prompt is longer than its context
+(counted by the engine with the model's own tokenizer). A model that is still loading is waited for
+(the scheduler's load timeout), not counted as a failure. After the first byte nothing is retried:
+the doors end the stream with an explicit error in their dialect and mark the request
+(:data:`FAILED_MID_STREAM`) so the failure still counts against the model's health.
+
+Engine failures (start, connection, 5xx, timeout) count in :class:`~enginehouse.pool.health.Health`:
+``[cooldown] failures`` of them within ``window`` seconds set the model aside for ``seconds``
+(doubling on each repeat), then one trial request decides. A request whose only candidate is cooled
+down gets 503 saying until when.
+
+Requests that name a model directly pay a dictionary look-up or two here, nothing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import difflib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from enginehouse.config_names import routers_of
+from enginehouse.engines.base import RunnerSpec
+from enginehouse.errors import (
+    AllCandidatesFailed,
+    ContextOverflow,
+    EnginehouseError,
+    EngineNotInstalled,
+    InsufficientMemory,
+    ModelNotFound,
+    RunnerError,
+    RunnerStartFailed,
+    ServerBusy,
+    UpstreamUnavailable,
+)
+from enginehouse.pool.health import Health
+from enginehouse.router.classify import Classifier, Router, word_count
+from enginehouse.routing.plan import Plan, describe, order_by_cost
+from enginehouse.sched.scheduler import Placement
+from enginehouse.server.app_state import FAILED_MID_STREAM, note_header
+
+if TYPE_CHECKING:
+    from enginehouse.catalog import Catalog
+    from enginehouse.config import Config
+    from enginehouse.config_file import FileConfig
+    from enginehouse.metrics import Metrics
+    from enginehouse.router.embedder import RunnerEmbedder
+    from enginehouse.sched.scheduler import Scheduler
+
+log = logging.getLogger("enginehouse.routing")
+
+#: Seconds the first embedding-tier decision waits for the router's embedding runner to start.
+EMBEDDER_START_TIMEOUT = 120.0
+
+
+def fallthrough(exc: BaseException) -> tuple[str, bool] | None:
+    """(short reason, counts against health) when another candidate may answer instead; None when
+    the error is the client's own and no other model would do better."""
+    if isinstance(exc, ContextOverflow):
+        return "context", False
+    if isinstance(exc, InsufficientMemory):
+        return "no-fit", False
+    if isinstance(exc, RunnerStartFailed):
+        return "start-failed", True
+    if isinstance(exc, UpstreamUnavailable):
+        return "unreachable", True
+    if isinstance(exc, RunnerError):
+        return "engine-error", True
+    if isinstance(exc, ServerBusy):
+        return "busy", False
+    if isinstance(exc, EngineNotInstalled):
+        return "no-engine", False
+    if isinstance(exc, ModelNotFound):
+        return "not-found", False
+    if isinstance(exc, TimeoutError):
+        return "timeout", True
+    return None
+
+
+def _until(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts or 0, UTC).strftime("%H:%M:%SZ")
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        catalog: Catalog,
+        scheduler: Scheduler,
+        file_config: FileConfig,
+        config: Config,
+        metrics: Metrics | None = None,
+        health: Health | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.scheduler = scheduler
+        self.file_config = file_config
+        self.config = config
+        self.metrics = metrics
+        cd = file_config.cooldown
+        self.health = health or Health(
+            failures=cd.failures, window=cd.window, cooldown=cd.seconds, max_cooldown=cd.max_seconds
+        )
+        self.routers: dict[str, Router] = routers_of(file_config)
+        self._classifiers: dict[str, Classifier] = {}
+        self._embedder: RunnerEmbedder | None = None
+        self._embedder_task: asyncio.Task[RunnerEmbedder | None] | None = None
+        self._embedder_engine: object | None = None
+
+    # ---- planning -----------------------------------------------------------------------------------
+    def is_router(self, name: str) -> bool:
+        return self.catalog.canonical(name) in self.routers
+
+    async def plan(
+        self,
+        asked: str,
+        *,
+        system: str = "",
+        text: str = "",
+        num_ctx: int | None = None,
+        embedding: bool = False,
+    ) -> Plan:
+        started = time.perf_counter()
+        name = self.catalog.canonical(asked)
+        router = self.routers.get(name)
+        spec = RunnerSpec(embedding=embedding, num_ctx=num_ctx)
+        if router is None:
+            self._known(asked, name)
+            first = self._instance_for(name, num_ctx) if num_ctx else name
+            plan = Plan(asked, self._with_fallbacks([first]))
+            if first != name:
+                plan.why = f"{first}: the smallest instance of {name} with num_ctx >= {num_ctx}"
+            plan.elapsed_ms = (time.perf_counter() - started) * 1000
+            return plan
+        clf = await self._classifier(router, system, text)
+        decision = await clf.classify(system or None, text)
+        route = router.route(decision.route)
+        plan = Plan(asked, (), router=router.name, decision=decision)
+        usable: list[tuple[str, Placement]] = []
+        for candidate in route.candidates:
+            try:
+                placement = self.scheduler.placement(candidate, spec)
+            except ModelNotFound:
+                plan.skipped.append((candidate, "not installed"))
+                continue
+            except EnginehouseError as exc:
+                plan.skipped.append((candidate, exc.message))
+                continue
+            if not placement.fits:
+                plan.skipped.append((candidate, f"cannot fit: {placement.reason}"))
+                continue
+            if not self.health.available(candidate):
+                state = self.health.state(candidate)
+                plan.skipped.append((candidate, f"cooled down until {_until(state and state.cooled_until)}"))
+                continue
+            plan.placements[candidate] = placement
+            usable.append((candidate, placement))
+        ordered = order_by_cost(usable, route.prefer)
+        names = [n for n, _ in ordered] + [f for f in route.fallbacks if f not in dict(ordered)]
+        plan.candidates = self._with_fallbacks(names)
+        if ordered:
+            chosen, placement = ordered[0]
+            rule = "the route's first usable candidate" if route.prefer == "quality" else "the cheapest"
+            plan.why = f"{describe(chosen, placement)}; {rule} (prefer {route.prefer})"
+        elif plan.candidates:
+            plan.why = "no candidate of the route is usable; its fallbacks"
+        else:
+            plan.why = "no candidate of the route is installed or usable"
+        plan.elapsed_ms = (time.perf_counter() - started) * 1000
+        log.info(
+            "%s/%s (%s, %.1f ms) -> %s: %s",
+            router.name,
+            decision.route,
+            decision.tier,
+            plan.elapsed_ms,
+            ", ".join(plan.candidates) or "no candidate",
+            plan.why,
+        )
+        if self.metrics is not None:
+            chosen_name = plan.candidates[0] if plan.candidates else ""
+            self.metrics.route_decisions.labels(router.name, decision.route, decision.tier, chosen_name).inc()
+            self.metrics.route_seconds.labels(router.name, decision.tier).observe(plan.elapsed_ms / 1000)
+        return plan
+
+    def _known(self, asked: str, name: str) -> None:
+        """ModelNotFound for a name nothing answers to, naming the closest models, aliases and routers."""
+        try:
+            self.catalog.resolve(name)
+        except ModelNotFound as exc:
+            names = [
+                *(r.name.display for r in self.catalog.store.list_models()),
+                *(r.name.display for r in self.catalog.external_models()),
+                *self.file_config.models,
+                *self.file_config.alias_map,
+                *self.routers,
+            ]
+            close = difflib.get_close_matches(asked, list(dict.fromkeys(names)), n=3, cutoff=0.5)
+            raise ModelNotFound(exc.name, close or exc.suggestions) from None
+
+    def _with_fallbacks(self, names: list[str]) -> tuple[str, ...]:
+        """Each name followed by its fallbacks, depth first, each model once."""
+        out: list[str] = []
+
+        def add(name: str) -> None:
+            target = self.catalog.canonical(name)
+            if target in out:
+                return
+            out.append(target)
+            entry = self.file_config.entry(target)
+            for fallback in entry.fallbacks if entry is not None else ():
+                add(fallback)
+
+        for name in names:
+            add(name)
+        return tuple(out)
+
+    def _instance_for(self, name: str, num_ctx: int) -> str:
+        """The smallest instance of ``name``'s model whose context holds ``num_ctx`` (a loaded one
+        first among equals), or ``name`` itself when none does or it has no other instance."""
+        instances = self.catalog.instances_of(name)
+        if len(instances) < 2:
+            return name
+        fitting: list[tuple[int, int, int, str]] = []
+        for i, inst in enumerate(instances):
+            ctx = self._context_of(inst)
+            if ctx is not None and ctx >= num_ctx:
+                loaded = self.scheduler.get(inst)
+                fitting.append((ctx, 0 if loaded else 1, i, inst))
+        return min(fitting)[3] if fitting else name
+
+    def _context_of(self, name: str) -> int | None:
+        loaded = self.scheduler.get(name)
+        if loaded is not None and loaded.ctx_per_slot:
+            return int(loaded.ctx_per_slot)
+        entry = self.file_config.entry(name)
+        try:
+            params = self.catalog.resolve(name).params
+        except EnginehouseError:
+            return None
+        return (
+            (entry.num_ctx if entry else None)
+            or params.get("num_ctx")
+            or self.file_config.defaults.num_ctx
+            or self.config.ctx_size
+        )
+
+    # ---- the embedding tier -------------------------------------------------------------------------
+    async def _classifier(self, router: Router, system: str, text: str) -> Classifier:
+        clf = self._classifiers.get(router.name)
+        if clf is None:
+            clf = self._classifiers[router.name] = Classifier(router)
+        if (
+            clf.embed is None
+            and clf.classify_keywords(system, text) is None
+            and word_count(text, router.min_words) >= router.min_words
+        ):
+            clf.embed = await self._ensure_embedder(router)
+        return clf
+
+    async def _ensure_embedder(self, router: Router) -> RunnerEmbedder | None:
+        if self._embedder_task is None:
+            self._embedder_task = asyncio.ensure_future(self._start_embedder())
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._embedder_task), EMBEDDER_START_TIMEOUT)
+        except TimeoutError:
+            log.warning("the router's embedding runner is not up yet: keyword tier and default routes only")
+            return None
+
+    async def _start_embedder(self) -> RunnerEmbedder | None:
+        """The router's private embedding runner (all-MiniLM-L6-v2, one slot, pinned for the server's
+        life). Without it the router still works: keyword tier, then the default route."""
+        from enginehouse.engines.llama_install import require_llama_server
+        from enginehouse.engines.llama_server import LlamaServerEngine
+        from enginehouse.router.embedder import (
+            EMBED_MODEL,
+            RunnerEmbedder,
+            ensure_embed_model,
+            prepare_cached,
+            runner_settings,
+        )
+
+        try:
+            binary = require_llama_server(self.config).path
+            store = self.catalog.store
+            path = await asyncio.to_thread(ensure_embed_model, self.config, store, EMBED_MODEL, log.info)
+            engine = LlamaServerEngine(
+                binary, runner_settings(path, EMBED_MODEL), log_dir=self.config.logs, ready_timeout=120.0
+            )
+            self._embedder_engine = engine
+            await engine.ensure_ready()
+            embedder = RunnerEmbedder(engine.base_url, EMBED_MODEL)
+            for name, router in self.routers.items():
+                clf = self._classifiers.setdefault(name, Classifier(router))
+                clf.embed = embedder
+                await prepare_cached(clf, self.config.cache / "router", EMBED_MODEL)
+            log.info("router embedding runner %s ready at %s", EMBED_MODEL, engine.base_url)
+            self._embedder = embedder
+            return embedder
+        except EnginehouseError as exc:
+            log.warning("routers classify by keywords only: %s", exc.message)
+            return None
+
+    async def close(self) -> None:
+        if self._embedder_task is not None:
+            self._embedder_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._embedder_task
+        if self._embedder is not None:
+            await self._embedder.close()
+        if self._embedder_engine is not None:
+            await self._embedder_engine.stop()  # type: ignore[attr-defined]
+
+    # ---- trying candidates --------------------------------------------------------------------------
+    async def run(
+        self,
+        request: web.Request,
+        plan: Plan,
+        attempt: Callable[[str], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        """``attempt(name)`` for each candidate until one answers; see the module's docstring."""
+        if plan.route_header:
+            note_header(request, "X-Enginehouse-Route", plan.route_header)
+        tried: list[tuple[str, str]] = []
+        last: BaseException | None = None
+        for name in plan.candidates:
+            if not self.health.available(name):
+                state = self.health.state(name)
+                until = _until(state and state.cooled_until)
+                tried.append((name, f"cooled down until {until} after: {state.reason if state else ''}"))
+                continue
+            note_header(request, "X-Enginehouse-Model", name)
+            if tried:
+                note_header(request, "X-Enginehouse-Fallback", ", ".join([*(t for t, _ in tried), name]))
+            self.health.begin(name)
+            try:
+                response = await attempt(name)
+            except (EnginehouseError, TimeoutError) as exc:
+                reason = fallthrough(exc)
+                if reason is None:
+                    raise
+                code, counts = reason
+                message = exc.message if isinstance(exc, EnginehouseError) else "timed out"
+                if counts:
+                    self.health.failure(name, message)
+                if self.metrics is not None:
+                    self.metrics.fallbacks.labels(name, code).inc()
+                tried.append((name, f"{code}: {message}"))
+                last = exc
+                if len(plan.candidates) > 1:
+                    log.warning("%s could not answer (%s): %s", name, code, message)
+                continue
+            if failed := request.get(FAILED_MID_STREAM):
+                self.health.failure(name, failed)
+            else:
+                self.health.success(name)
+            return response
+        if last is not None and len(tried) == 1 and len(plan.candidates) == 1:
+            raise last  # one candidate: its own error (404, 507, 502...), as without routing
+        if not plan.candidates:
+            skipped = "; ".join(f"{c} ({w})" for c, w in plan.skipped) or "none configured"
+            raise AllCandidatesFailed(f"no candidate can serve {plan.asked!r}: {skipped}", list(plan.skipped))
+        listing = "; ".join(f"{n} ({w})" for n, w in tried)
+        raise AllCandidatesFailed(f"every candidate for {plan.asked!r} failed: {listing}", tried)
