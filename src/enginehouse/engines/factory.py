@@ -163,8 +163,12 @@ class EngineFactory:
             ubatch_size=opts.ubatch_size,
             draft_model=self._draft_path(opts.draft_model) if opts.draft_model else None,
             jinja=opts.jinja is not False,
+            # Split over llama.cpp RPC workers: part of the weights and KV cache then live on those hosts,
+            # but the local memory estimate (_estimate) is left whole, so it errs on the safe side.
+            rpc=tuple(opts.rpc),
         )
-        if settings.n_gpu_layers is None:
+        # Not with RPC workers: the VRAM probe sees local GPUs only, llama.cpp's own --fit sees every device.
+        if settings.n_gpu_layers is None and not settings.rpc:
             settings = dataclasses.replace(settings, n_gpu_layers=self.auto_gpu_layers(record, settings))
         return settings
 

@@ -1,4 +1,4 @@
-"""Find or build llama.cpp's ``llama-server``.
+"""Find or build llama.cpp's ``llama-server`` (and its ``rpc-server``).
 
 No package registry ships a ``llama-server`` binary for every system, but PyPI does ship llama.cpp's
 source: the ``llama-cpp-python`` sdist vendors it under ``vendor/llama.cpp``. So the fallback that always
@@ -6,8 +6,12 @@ works is: fetch that pinned sdist from the package index, verify its sha256, ext
 llama.cpp, and build the ``llama-server`` target with cmake. The build directory is kept, so a rebuild
 after an interrupted build, or for a new enginehouse version with the same pin, is incremental.
 
+The build has llama.cpp's RPC backend on (``-DGGML_RPC=ON``): llama-server then takes ``--rpc host:port,...``
+and the same build makes ``rpc-server`` (upstream's ``ggml-rpc-server`` target), the worker that
+``enginehouse rpc-worker`` runs on other hosts so one model can be split across machines.
+
 Order of preference in :func:`find_llama_server`: the path named in config, a build recorded under the
-engines directory, a ``llama-server`` on PATH.
+engines directory, a ``llama-server`` on PATH. :func:`find_rpc_server` looks in the same places.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tarfile
 import time
@@ -48,7 +53,13 @@ BASE_CMAKE_FLAGS = (
     "-DBUILD_SHARED_LIBS=OFF",
     f"-DLLAMA_BUILD_COMMIT={LLAMA_CPP_COMMIT}",
     "-DLLAMA_BUILD_NUMBER=0",
+    "-DGGML_RPC=ON",  # llama-server's --rpc, and the rpc-server target (see build_id)
 )
+
+LLAMA_SERVER_TARGET = "llama-server"
+RPC_SERVER_TARGET = "ggml-rpc-server"  # tools/rpc in the vendored tree; built only with GGML_RPC=ON
+RPC_SERVER_NAME = "rpc-server"  # what we install it as, beside llama-server
+RPC_SERVER_NAMES = (RPC_SERVER_NAME, RPC_SERVER_TARGET)  # looked for beside a configured binary, on PATH
 
 # stage, completed, total (None when unknown)
 Progress = Callable[[str, float, float | None], None]
@@ -62,12 +73,21 @@ class LlamaServerBinary:
     build: dict | None = None  # the recorded build facts, for builds we made
 
 
+@dataclass(frozen=True)
+class RpcServerBinary:
+    path: Path
+    source: str  # "config" (beside ENGINEHOUSE_LLAMA_SERVER), "built", "path"
+    build: dict | None = None
+
+
 def _noop(stage: str, completed: float, total: float | None) -> None:
     pass
 
 
 def build_id(native: bool) -> str:
-    return f"{SDIST_VERSION}-cpu" + ("-native" if native else "")
+    """The flavour's directory name. "-rpc" marks builds made with GGML_RPC=ON: builds from before it
+    (``0.3.36-cpu``) have no ``--rpc`` and no rpc-server, so they are not picked up: one rebuild follows."""
+    return f"{SDIST_VERSION}-cpu-rpc" + ("-native" if native else "")
 
 
 def installed_dir(config: Config, native: bool | None = None) -> Path:
@@ -108,6 +128,56 @@ def find_llama_server(config: Config) -> LlamaServerBinary | None:
     if on_path:
         return LlamaServerBinary(Path(on_path), "path", binary_version(Path(on_path)))
     return None
+
+
+def find_rpc_server(config: Config) -> RpcServerBinary | None:
+    """The rpc-server to use, or None. Same order as :func:`find_llama_server`: beside the configured
+    llama-server (one build makes both), then a recorded build of ours, then PATH."""
+    if config.llama_server is not None:
+        for name in RPC_SERVER_NAMES:
+            beside = config.llama_server.parent / name
+            if _is_executable(beside):
+                return RpcServerBinary(beside, "config")
+    for native in dict.fromkeys((config.native_build, False, True)):
+        record = installed_dir(config, native) / "build.json"
+        binary = record.parent / RPC_SERVER_NAME
+        if record.is_file() and _is_executable(binary):
+            return RpcServerBinary(binary, "built", json.loads(record.read_text()))
+    for name in RPC_SERVER_NAMES:
+        if on_path := shutil.which(name):
+            return RpcServerBinary(Path(on_path), "path")
+    return None
+
+
+def require_rpc_server(config: Config) -> RpcServerBinary:
+    found = find_rpc_server(config)
+    if found is None:
+        raise EngineNotInstalled(
+            "rpc-server is not installed: run `enginehouse engines install llama-server` (builds "
+            "llama-server and rpc-server from source, about 7 minutes on 2 cores), or put an rpc-server "
+            "built with -DGGML_RPC=ON beside ENGINEHOUSE_LLAMA_SERVER or on PATH"
+        )
+    return found
+
+
+def supports_rpc(binary: Path) -> bool:
+    """Whether this llama-server was built with GGML_RPC=ON. Every build lists ``--rpc`` in its help, so
+    ask it to use a worker on a closed loopback port: an RPC build tries and fails to connect, any other
+    says "RPC not supported in this build"."""
+    with socket.socket() as s:  # a port nobody listens on: bound, never listened
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"127.0.0.1:{s.getsockname()[1]}"
+        try:
+            out = subprocess.run(
+                [str(binary), "--rpc", endpoint, "--version"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env={**os.environ, "GGML_NO_BACKTRACE": "1"},
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+    return f"Failed to connect to {endpoint}" in out.stdout + out.stderr
 
 
 def require_llama_server(config: Config) -> LlamaServerBinary:
@@ -214,7 +284,8 @@ _PERCENT = re.compile(r"^\[\s*(\d+)%\]")
 def build(
     config: Config, source: Path, *, native: bool, progress: Progress = _noop, jobs: int | None = None
 ) -> Path:
-    """Configure and build the llama-server target; return the built binary. Logs go to a file."""
+    """Configure and build the llama-server and rpc-server targets; return the built llama-server (the
+    rpc-server is :func:`built_rpc_server` beside it). Logs go to a file."""
     build_dir = config.cache / "build" / f"llama.cpp-{build_id(native)}"
     log_path = config.cache / "build" / f"llama.cpp-{build_id(native)}.log"
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -222,7 +293,19 @@ def build(
     jobs = jobs or os.cpu_count() or 2
     steps = [
         ("configure", ["cmake", "-S", str(source), "-B", str(build_dir), *flags]),
-        ("build", ["cmake", "--build", str(build_dir), "--target", "llama-server", "-j", str(jobs)]),
+        (
+            "build",
+            [
+                "cmake",
+                "--build",
+                str(build_dir),
+                "--target",
+                LLAMA_SERVER_TARGET,
+                RPC_SERVER_TARGET,
+                "-j",
+                str(jobs),
+            ],
+        ),
     ]
     if shutil.which("cmake") is None:
         raise EngineBuildFailed("cmake is not installed; install cmake and a C++ compiler, then retry")
@@ -242,17 +325,23 @@ def build(
                 tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
                 raise EngineBuildFailed(f"llama-server {stage} failed (log: {log_path}):\n{tail}")
             progress(stage, 100, 100)
-    return build_dir / "bin" / "llama-server"
+    return build_dir / "bin" / LLAMA_SERVER_TARGET
+
+
+def built_rpc_server(llama_server: Path) -> Path:
+    """Where :func:`build` leaves rpc-server: beside the llama-server it returned."""
+    return llama_server.parent / RPC_SERVER_TARGET
 
 
 def install(
     config: Config, *, native: bool | None = None, progress: Progress = _noop, force: bool = False
 ) -> LlamaServerBinary:
-    """Build llama-server from the pinned source unless an equal build is already installed."""
+    """Build llama-server and rpc-server from the pinned source unless an equal build is already installed."""
     native = config.native_build if native is None else native
     target = installed_dir(config, native)
     record = target / "build.json"
-    if record.is_file() and _is_executable(target / "llama-server") and not force:
+    complete = _is_executable(target / "llama-server") and _is_executable(target / RPC_SERVER_NAME)
+    if record.is_file() and complete and not force:
         facts = json.loads(record.read_text())
         return LlamaServerBinary(target / "llama-server", "built", facts.get("version", "unknown"), facts)
     started = time.monotonic()
@@ -260,9 +349,10 @@ def install(
     source = extract_source(config, sdist, progress)
     built = build(config, source, native=native, progress=progress)
     target.mkdir(parents=True, exist_ok=True)
-    tmp = target / "llama-server.tmp"
-    shutil.copy2(built, tmp)
-    os.replace(tmp, target / "llama-server")
+    for source_path, name in ((built_rpc_server(built), RPC_SERVER_NAME), (built, "llama-server")):
+        tmp = target / f"{name}.tmp"
+        shutil.copy2(source_path, tmp)
+        os.replace(tmp, target / name)
     facts = {
         "package": f"{SDIST_PACKAGE}=={SDIST_VERSION}",
         "sdist_sha256": SDIST_SHA256,
@@ -271,6 +361,7 @@ def install(
         "backend": "cpu",
         "cmake_flags": [*BASE_CMAKE_FLAGS, f"-DGGML_NATIVE={'ON' if native else 'OFF'}"],
         "version": binary_version(target / "llama-server"),
+        "rpc_server": RPC_SERVER_NAME,
         "build_seconds": round(time.monotonic() - started, 1),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -280,4 +371,13 @@ def install(
     return LlamaServerBinary(target / "llama-server", "built", facts["version"], facts)
 
 
-__all__ = ["LlamaServerBinary", "find_llama_server", "install", "require_llama_server"]
+__all__ = [
+    "LlamaServerBinary",
+    "RpcServerBinary",
+    "find_llama_server",
+    "find_rpc_server",
+    "install",
+    "require_llama_server",
+    "require_rpc_server",
+    "supports_rpc",
+]

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from enginehouse.engines.base import Engine, EngineInfo
-from enginehouse.process import ManagedProcess, RestartPolicy
+from enginehouse.engines.rpc_worker import check_workers_async, name_failed_workers
+from enginehouse.errors import RunnerStartFailed
+from enginehouse.process import ManagedProcess, RestartPolicy, State
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,9 @@ class LlamaServerSettings:
     ubatch_size: int | None = None
     draft_model: Path | None = None  # speculative decoding
     jinja: bool = True
+    # llama.cpp RPC workers ("host:port", each an `enginehouse rpc-worker`): --rpc splits the model's
+    # layers across them (and any local device) in proportion to the memory each reports free.
+    rpc: tuple[str, ...] = ()
 
     @property
     def ctx_total(self) -> int:
@@ -82,6 +87,8 @@ def build_argv(binary: Path, s: LlamaServerSettings, port: int) -> list[str]:
         argv += ["--ubatch-size", str(s.ubatch_size)]
     if s.draft_model is not None:
         argv += ["--model-draft", str(s.draft_model)]
+    if s.rpc:  # needs a llama-server built with GGML_RPC=ON; others exit "RPC not supported in this build"
+        argv += ["--rpc", ",".join(s.rpc)]
     return argv + list(s.extra_args)
 
 
@@ -108,6 +115,9 @@ class LlamaServerEngine(Engine):
             log_path=log_dir / log_name(settings.alias + ("-embedding" if settings.embedding else "")),
             ready_timeout=ready_timeout,
             restart=RestartPolicy(),
+            # On an abort llama.cpp otherwise attaches gdb, whose backtrace fills the log tail that start
+            # errors quote and pushes out the line that says what failed ("Failed to connect to HOST:PORT").
+            env={"GGML_NO_BACKTRACE": "1"},
         )
 
     @property
@@ -119,7 +129,20 @@ class LlamaServerEngine(Engine):
         return self.settings.alias
 
     async def ensure_ready(self, timeout: float | None = None) -> None:
-        await self.process.ensure_ready(timeout)
+        rpc = self.settings.rpc
+        if rpc and self.process.state in (State.STOPPED, State.FAILED):
+            # A worker that is down, busy with another llama-server, or behind a firewall that drops packets
+            # is named here in seconds; llama-server would abort without its name, or wait out the timeout.
+            await check_workers_async(rpc)
+        try:
+            await self.process.ensure_ready(timeout)
+        except RunnerStartFailed as exc:
+            if not rpc:
+                raise
+            named = await name_failed_workers(rpc, exc)  # e.g. one that vanished mid-load
+            if named is exc:
+                raise
+            raise named from exc
 
     async def stop(self) -> None:
         await self.process.stop()
