@@ -21,7 +21,9 @@ requests, p50/p95 TTFT; and the ratios quality/latency (swaps) and latency/all-w
 upstream refuses connections, with the model as its fallback; a model whose upstream answers 500
 before the first byte, with the same fallback. The cooldown is set out of reach so every request pays
 the failover (with the default cooldown, the 4th and later requests skip the failing model and pay
-nothing). Reported: p50 TTFT of each and the time failover adds (p50 difference to direct).
+nothing). Also a replica pool ``["dead", "local"]`` balanced round-robin: the requests that meet the
+refusing replica first. Reported: p50 TTFT of each and the time failover adds (p50 difference to
+direct).
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ def _router_toml(prefer: str) -> str:
     return models + "\n".join(lines)
 
 
-def _ttft(client: httpx.Client, base: str, model: str, prompt: str) -> float:
+def _ttft(client: httpx.Client, base: str, model: str, prompt: str, seen: list | None = None) -> float:
     body = {
         "model": model,
         "messages": [{"role": "user", "content": prompt}],
@@ -101,6 +103,8 @@ def _ttft(client: httpx.Client, base: str, model: str, prompt: str) -> float:
     with client.stream("POST", base + "/v1/chat/completions", json=body, timeout=300) as resp:
         if resp.status_code != 200:
             raise RuntimeError(f"{model}: {resp.status_code} {resp.read()[:300]!r}")
+        if seen is not None:
+            seen.append(resp.headers.get("x-enginehouse-fallback"))
         for line in resp.iter_lines():
             if first is None and '"content":"' in line:
                 first = time.perf_counter() - started
@@ -197,6 +201,10 @@ engine = "openai"
 upstream = "dead"
 remote_model = "x"
 fallbacks = ["{BUNDLED_NAME}"]
+[models.pooled]
+source = "{BUNDLED_NAME}"
+replicas = ["dead", "local"]
+balance = "round-robin"
 [models.failing]
 engine = "openai"
 upstream = "broken"
@@ -207,16 +215,22 @@ fallbacks = ["{BUNDLED_NAME}"]
     out: dict[str, float] = {}
     with BackgroundServer(_config(home, "error")) as srv, httpx.Client() as client:
         _ttft(client, srv.base_url, BUNDLED_NAME, "hi")  # warm
-        samples: dict[str, list[float]] = {"direct": [], "refusing": [], "failing": []}
-        for _ in range(n):  # interleaved: the machine's drift hits all three alike
-            for model in samples:
-                samples[model].append(
-                    _ttft(client, srv.base_url, model if model != "direct" else BUNDLED_NAME, "Hi")
-                )
+        _ttft(client, srv.base_url, "pooled", "hi")  # the pool's local runner: warm
+        samples: dict[str, list[float]] = {"direct": [], "refusing": [], "failing": [], "pool": []}
+        for _ in range(n):  # interleaved: the machine's drift hits all alike
+            for model in ("direct", "refusing", "failing"):
+                name = model if model != "direct" else BUNDLED_NAME
+                samples[model].append(_ttft(client, srv.base_url, name, "Hi"))
+            for _ in range(2):  # round-robin: one of the two meets the refusing replica first
+                seen: list = []
+                ttft = _ttft(client, srv.base_url, "pooled", "Hi", seen)
+                if seen[0]:
+                    samples["pool"].append(ttft)
     for model, values in samples.items():
         out[f"{model}_ttft_p50_ms"] = round(statistics.median(values) * 1000, 1)
     out["refused_adds_ms"] = round(out["refusing_ttft_p50_ms"] - out["direct_ttft_p50_ms"], 1)
     out["5xx_adds_ms"] = round(out["failing_ttft_p50_ms"] - out["direct_ttft_p50_ms"], 1)
+    out["pool_refused_replica_adds_ms"] = round(out["pool_ttft_p50_ms"] - out["direct_ttft_p50_ms"], 1)
     return out
 
 
@@ -255,7 +269,8 @@ def main() -> None:
         summary["failover"] = fo
         print(
             f"failover: direct p50 TTFT {fo['direct_ttft_p50_ms']} ms; refused connection adds "
-            f"{fo['refused_adds_ms']} ms; 500 before the first byte adds {fo['5xx_adds_ms']} ms"
+            f"{fo['refused_adds_ms']} ms; 500 before the first byte adds {fo['5xx_adds_ms']} ms; "
+            f"a pool's refusing replica adds {fo['pool_refused_replica_adds_ms']} ms"
         )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(summary, indent=2) + "\n")

@@ -109,6 +109,28 @@ CASES = [
         "'q3' is not one of",
     ),
     (
+        "a replica that is no upstream or node",
+        '[models.m]\nreplicas = ["local", "gpu-b"]\n',
+        2,
+        "models.m.replicas",
+        "replica 'gpu-b' is not 'local', an [upstreams.NAME] or a [[nodes]] name",
+    ),
+    (
+        "two nodes with one name",
+        '[[nodes]]\nurl = "http://10.0.0.2:11434"\nname = "b"\n'
+        '[[nodes]]\nurl = "http://10.0.0.3:11434"\nname = "b"\n',
+        None,
+        "nodes",
+        "node name 'b' is taken",
+    ),
+    (
+        "an RPC worker without a port",
+        '[models.m.llama_server]\nrpc = ["10.0.0.2"]\n',
+        2,
+        "models.m.llama_server.rpc",
+        "",
+    ),
+    (
         "num_ctx on a remote engine",
         '[upstreams.o]\nengine = "ollama"\nurl = "http://h"\n[models.m]\nengine = "ollama"\nupstream = "o"\n'
         "num_ctx = 4096\n",
@@ -127,7 +149,7 @@ def test_each_name_error_points_at_its_line(text: str, line: int, key: str, mess
         parse_config_text(text, "eh.toml")
     assert err.value.line == line and err.value.key == key, err.value.message
     assert message in err.value.message
-    assert err.value.message.startswith(f"eh.toml:{line}: {key}: ")
+    assert err.value.message.startswith(f"eh.toml{f':{line}' if line else ''}: {key}: ")
 
 
 GOOD = """
@@ -178,6 +200,17 @@ def test_check_references_names_file_line_and_key(tmp_path) -> None:  # type: ig
         check_references(path, parse_config_text(GOOD, path), {"smollm2:135m"}.__contains__)
     assert err.value.line == 4 and err.value.key == "models.smollm2:135m.fallbacks"
     assert "fallback 'backup' is not a model" in err.value.message
+
+
+def test_nodes_are_discovered_upstreams_and_replicas_may_name_them() -> None:
+    fc = parse_config_text(
+        '[[nodes]]\nurl = "http://127.0.0.2:11434"\n[[nodes]]\nname = "c"\nurl = "http://127.0.0.3:11434/"\n'
+        'api_key = "k"\n[models."smollm2:135m"]\nreplicas = ["local", "127.0.0.2:11434", "c"]\n'
+        'balance = "prefix"\n'
+    )
+    ups = fc.node_upstreams
+    assert set(ups) == {"127.0.0.2:11434", "c"} and ups["c"].url == "http://127.0.0.3:11434"
+    assert ups["c"].engine == "ollama" and ups["c"].api_key == "k" and ups["c"].models is None
 
 
 def test_a_route_candidate_that_does_not_exist() -> None:

@@ -309,7 +309,7 @@ def test_root_and_version(client: httpx.Client) -> None:
 
 def test_ps_is_empty(client: httpx.Client) -> None:
     resp = call(client, "GET", "/api/ps")
-    assert resp.status_code == 200 and resp.json() == {"models": [], "cooled_down": []}
+    assert resp.status_code == 200 and resp.json() == {"models": [], "cooled_down": [], "pools": []}
 
 
 # -- unknown routes ---------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ which engine serves them and where; :func:`is_gguf` tells the routes whether a r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -146,6 +147,19 @@ def external_record(
 Discover = Callable[[str, Upstream], Awaitable[list[dict[str, Any]]]]
 
 
+async def node_id(upstream: Upstream) -> str | None:
+    """An enginehouse node's id (its ``/api/version`` says ``node``), for the loop guard."""
+    from enginehouse.engines.openai_remote import auth_headers, get_json
+
+    with contextlib.suppress(EnginehouseError):
+        data = await get_json(
+            f"{upstream.url}/api/version", headers=auth_headers(upstream.api_key), timeout=DISCOVERY_TIMEOUT
+        )
+        node = data.get("node") if isinstance(data, dict) else None
+        return node if isinstance(node, str) else None
+    return None
+
+
 async def discover_upstream(name: str, upstream: Upstream) -> list[dict[str, Any]]:
     """The upstream's models: Ollama's ``/api/tags`` entries, or OpenAI's ``/v1/models`` data (each with
     ``name``)."""
@@ -174,7 +188,10 @@ class Catalog:
         self._discover = discover
         self._clock = clock
         self._declared = self._declare(file_config)
-        self._discoverable = {n: u for n, u in file_config.upstreams.items() if u.models is None}
+        self._upstreams = {**file_config.upstreams, **file_config.node_upstreams}
+        self._discoverable = {n: u for n, u in self._upstreams.items() if u.models is None}
+        self._members: dict[str, ExternalRecord] = {}
+        self.node_ids: dict[str, str] = {}  # [[nodes]] name -> the node's id (loop guard)
         self._discovered: dict[str, ExternalRecord] = {}
         self._by_upstream: dict[str, list[ExternalRecord]] = {}
         self._refreshed_at: float | None = None
@@ -227,9 +244,11 @@ class Catalog:
     def resolve(self, name: str) -> ModelRecord:
         """The record for ``name``; no I/O beyond the store's own (cached) manifest read."""
         name = self.canonical(name)
-        found = self._declared.get(name)
+        found = self._declared.get(name) or self._members.get(name)
         if found is not None:
             return found
+        if "@" in name and (member := self._member(name)) is not None:
+            return member
         entry = self.file_config.models.get(name)
         if entry is not None and entry.source and _looks_like_path(entry.source):
             return self._declare_late(name, entry)
@@ -244,6 +263,41 @@ class Catalog:
             # A named instance: its own runner, entry and name over the source's blob (no copy).
             return replace(record, name=ExternalName(name, record.name.namespace))  # type: ignore[arg-type]
         return record
+
+    # ---- replica pools ------------------------------------------------------------------------------
+    def _member(self, name: str) -> ExternalRecord | None:
+        """``MODEL@UPSTREAM``: the model as served by that upstream or node (a pool member)."""
+        model, _, where = name.rpartition("@")
+        up = self._upstreams.get(where)
+        if not model or up is None:
+            return None
+        entry = self.file_config.models.get(model)
+        remote = (entry.remote_model or model) if entry is not None else model
+        member = external_record(name, up.engine, upstream_name=where, upstream=up, remote_model=remote)
+        self._members[name] = member
+        return member
+
+    def pool_members(self, name: str) -> list[str]:
+        """The pool that serves ``name``, as candidate names (``name`` itself for this node's runner,
+        ``name@NODE`` for the others), or [] when it is not pooled: an entry's ``replicas``; else,
+        with [[nodes]], this node (when it has the model itself) and each node that lists it."""
+        name = self.canonical(name)
+        entry = self.file_config.models.get(name)
+        if entry is not None and entry.replicas:
+            return [name if r == "local" else f"{name}@{r}" for r in entry.replicas]
+        nodes = [n.key for n in self.file_config.nodes]
+        listing = [n for n in nodes if any(r.remote_model == name for r in self._by_upstream.get(n, ()))]
+        if not listing:
+            return []
+        members = [f"{name}@{n}" for n in listing]
+        with contextlib.suppress(EnginehouseError):
+            if self._is_local(self.resolve(name)):
+                members.insert(0, name)
+        return members
+
+    @staticmethod
+    def _is_local(record: ModelRecord) -> bool:
+        return not isinstance(record, ExternalRecord) or not record.remote
 
     def instances_of(self, name: str) -> list[str]:
         """``name`` and every entry that runs the same model file (named instances), ``name`` first."""
@@ -346,9 +400,12 @@ class Catalog:
             if not (force or self._stale()):
                 return
             ups = self.discoverable
-            results = await asyncio.gather(
-                *(self._discover(n, u) for n, u in ups.items()), return_exceptions=True
+            nodes = self.file_config.node_upstreams
+            results, ids = await asyncio.gather(
+                asyncio.gather(*(self._discover(n, u) for n, u in ups.items()), return_exceptions=True),
+                asyncio.gather(*(node_id(u) for u in nodes.values())),
             )
+            self.node_ids.update((n, i) for n, i in zip(nodes, ids, strict=True) if i)
             for (up_name, up), result in zip(ups.items(), results, strict=True):
                 if isinstance(result, BaseException):
                     message = result.message if isinstance(result, EnginehouseError) else repr(result)

@@ -70,6 +70,17 @@ class LlamaServerOptions(_Strict):
     # --rpc: llama.cpp RPC workers ("host:port", started by `enginehouse rpc-worker`) to split the model over
     rpc: tuple[str, ...] = ()
 
+    @field_validator("rpc")
+    @classmethod
+    def _rpc_workers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """ "host:port" as llama-server's --rpc takes them (IPv4 address or host name, port 1-65535)."""
+        from enginehouse.engines.rpc_worker import parse_endpoint  # the one set of rules
+
+        workers = tuple("{}:{}".format(*parse_endpoint(item)) for item in value)
+        if len(set(workers)) != len(workers):
+            raise ValueError("an RPC worker is listed twice")
+        return workers
+
 
 class VllmOptions(_Strict):
     """``vllm serve`` flags a model entry may set."""
@@ -101,6 +112,9 @@ class ModelEntry(_Strict):
     vllm: VllmOptions = VllmOptions()
     aliases: tuple[str, ...] = ()  # other names clients may use for this entry ("gpt-4o-mini")
     fallbacks: tuple[str, ...] = ()  # tried in order when this model cannot answer (see routing)
+    # A pool: "local" (this node's runner) and [upstreams.NAME] / [[nodes]] names that serve the model
+    replicas: tuple[str, ...] = ()
+    balance: Literal["least-outstanding", "round-robin", "prefix"] | None = None  # default: [pools]
 
     @field_validator("keep_alive")
     @classmethod
@@ -165,6 +179,31 @@ class Upstream(_Strict):
         return value.rstrip("/")
 
 
+class Node(_Strict):
+    """Another enginehouse: the models its ``/api/tags`` lists join this node's pools of the same name."""
+
+    url: str
+    name: str | None = None  # default: the URL's host:port
+    api_key: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        return Upstream._http_url(value)
+
+    @property
+    def key(self) -> str:
+        return self.name or self.url.split("://", 1)[1].split("/", 1)[0]
+
+
+class Pools(_Strict):
+    """Defaults for replica pools."""
+
+    balance: Literal["least-outstanding", "round-robin", "prefix"] = "least-outstanding"
+    probe_interval: float = Field(5.0, gt=0)  # seconds between active health probes of remote replicas
+    probe_timeout: float = Field(2.0, gt=0)
+
+
 class Group(_Strict):
     exclusive: bool = True
 
@@ -194,6 +233,8 @@ class FileConfig(_Strict):
     aliases: dict[str, str] = {}  # another name for a model: "chat" = "smollm2:135m"
     routers: dict[str, dict[str, Any]] = {}  # [routers.NAME]: see router.tables
     cooldown: Cooldown = Cooldown()
+    nodes: tuple[Node, ...] = ()  # [[nodes]]
+    pools: Pools = Pools()
     cache: CacheSettings = CacheSettings()
 
     @model_validator(mode="after")
@@ -204,6 +245,24 @@ class FileConfig(_Strict):
             if entry.group and entry.group not in self.groups:
                 raise ValueError(f"models.{name}: no [groups.{entry.group}] table")
         return self
+
+    @model_validator(mode="after")
+    def _replicas_exist(self) -> FileConfig:
+        nodes = [n.key for n in self.nodes]
+        for i, key in enumerate(nodes):
+            if key in self.upstreams or key in nodes[:i] or key == "local":
+                raise KeyedValueError(["nodes"], f"node name {key!r} is taken", absolute=True)
+        for name, entry in self.models.items():
+            for replica in entry.replicas:
+                if replica != "local" and replica not in self.upstreams and replica not in nodes:
+                    why = f"replica {replica!r} is not 'local', an [upstreams.NAME] or a [[nodes]] name"
+                    raise KeyedValueError(["models", name, "replicas"], why, absolute=True)
+        return self
+
+    @property
+    def node_upstreams(self) -> dict[str, Upstream]:
+        """[[nodes]] as upstreams: enginehouse speaks Ollama's API, models discovered."""
+        return {n.key: Upstream(engine="ollama", url=n.url, api_key=n.api_key) for n in self.nodes}
 
     @model_validator(mode="after")
     def _names_are_consistent(self) -> FileConfig:

@@ -241,4 +241,35 @@ def stop(config: Config, model: str) -> None:
     click.echo(f"stopped {model}")
 
 
-COMMANDS = (serve, run, ps, stop)
+@click.command()
+@click.argument("node")
+@click.option("--undo", is_flag=True, help="Take the node back into its pools.")
+@click.option(
+    "--timeout", default=300.0, show_default=True, help="Seconds to wait for its requests in flight."
+)
+@click.pass_obj
+def drain(config: Config, node: str, undo: bool, timeout: float) -> None:
+    """Stop sending new pool work to NODE (a [[nodes]] or [upstreams] name; "local" for this
+    server's own runners) and wait for its requests in flight to finish. Requests already running
+    there complete; new ones go to the pool's other replicas."""
+    try:
+        resp = httpx.post(
+            f"{config.base_url}/api/drain",
+            json={"node": node, "undo": undo, "timeout": timeout},
+            timeout=timeout + 30,
+        )
+    except httpx.HTTPError as exc:
+        raise EnginehouseError(f"no server at {config.base_url}: {exc}") from exc
+    _check(resp)
+    answer = resp.json()
+    if undo:
+        click.echo(f"{node} takes pool work again")
+    elif answer["in_flight"]:
+        click.echo(
+            f"{node} takes no new work; {answer['in_flight']} requests still in flight after {timeout:g}s"
+        )
+    else:
+        click.echo(f"{node} drained: no new work, nothing in flight")
+
+
+COMMANDS = (serve, run, ps, stop, drain)

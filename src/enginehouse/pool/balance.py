@@ -115,6 +115,12 @@ class Balancer:
         if self.strategy == "prefix" and prompt:
             self._remember(replica.name, block_keys(prompt, self.prefix_block))
 
+    def remember(self, replica: Replica, prompt: str | None) -> None:
+        """Only the affinity half of :meth:`start`: for callers that count in-flight requests and
+        report health themselves (the gateway's scheduler and dispatcher)."""
+        if self.strategy == "prefix" and prompt:
+            self._remember(replica.name, block_keys(prompt, self.prefix_block))
+
     def finish(self, replica: Replica, ok: bool, reason: str = "") -> None:
         replica.in_flight = max(0, replica.in_flight - 1)
         if self.health is None:

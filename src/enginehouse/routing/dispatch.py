@@ -38,12 +38,14 @@ from enginehouse.errors import (
     EnginehouseError,
     EngineNotInstalled,
     InsufficientMemory,
+    LoopDetected,
     ModelNotFound,
     RunnerError,
     RunnerStartFailed,
     ServerBusy,
     UpstreamUnavailable,
 )
+from enginehouse.pool.balance import Balancer, Replica
 from enginehouse.pool.health import Health
 from enginehouse.router.classify import Classifier, Router, word_count
 from enginehouse.routing.plan import Plan, describe, order_by_cost
@@ -62,6 +64,8 @@ log = logging.getLogger("enginehouse.routing")
 
 #: Seconds the first embedding-tier decision waits for the router's embedding runner to start.
 EMBEDDER_START_TIMEOUT = 120.0
+#: A request that passed this many nodes is refused (the loop guard's backstop).
+MAX_HOPS = 8
 
 
 def fallthrough(exc: BaseException) -> tuple[str, bool] | None:
@@ -92,6 +96,16 @@ def _until(ts: float | None) -> str:
     return datetime.fromtimestamp(ts or 0, UTC).strftime("%H:%M:%SZ")
 
 
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def node_of(member: str) -> str:
+    """The node a pool member runs on: ``MODEL@NODE`` -> NODE; anything else is this node's, "local"."""
+    model, at, node = member.rpartition("@")
+    return node if at and model else "local"
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -116,6 +130,9 @@ class Dispatcher:
         self._embedder: RunnerEmbedder | None = None
         self._embedder_task: asyncio.Task[RunnerEmbedder | None] | None = None
         self._embedder_engine: object | None = None
+        self.node_id = ""  # this gateway's, for the loop guard (set by the gateway)
+        self.draining: set[str] = set()  # nodes ("local" for this one) that take no new pool work
+        self._balancers: dict[str, Balancer] = {}
 
     # ---- planning -----------------------------------------------------------------------------------
     def is_router(self, name: str) -> bool:
@@ -129,15 +146,23 @@ class Dispatcher:
         text: str = "",
         num_ctx: int | None = None,
         embedding: bool = False,
+        prompt: Callable[[], str] | None = None,
+        via: str = "",
     ) -> Plan:
+        """The candidates for ``asked``. ``prompt`` gives the request's whole text, read only by a
+        pool balancing on prefixes; ``via`` is the request's X-Enginehouse-Via (the loop guard)."""
         started = time.perf_counter()
+        if via:
+            self._guard_loop(via)
         name = self.catalog.canonical(asked)
         router = self.routers.get(name)
         spec = RunnerSpec(embedding=embedding, num_ctx=num_ctx)
         if router is None:
-            self._known(asked, name)
+            if not self.catalog.pool_members(name):
+                self._known(asked, name)
             first = self._instance_for(name, num_ctx) if num_ctx else name
-            plan = Plan(asked, self._with_fallbacks([first]))
+            plan = Plan(asked, (), prompt=prompt, via=via)
+            plan.candidates = self._with_fallbacks([first], plan)
             if first != name:
                 plan.why = f"{first}: the smallest instance of {name} with num_ctx >= {num_ctx}"
             plan.elapsed_ms = (time.perf_counter() - started) * 1000
@@ -145,7 +170,7 @@ class Dispatcher:
         clf = await self._classifier(router, system, text)
         decision = await clf.classify(system or None, text)
         route = router.route(decision.route)
-        plan = Plan(asked, (), router=router.name, decision=decision)
+        plan = Plan(asked, (), router=router.name, decision=decision, prompt=prompt, via=via)
         usable: list[tuple[str, Placement]] = []
         for candidate in route.candidates:
             try:
@@ -167,7 +192,7 @@ class Dispatcher:
             usable.append((candidate, placement))
         ordered = order_by_cost(usable, route.prefer)
         names = [n for n, _ in ordered] + [f for f in route.fallbacks if f not in dict(ordered)]
-        plan.candidates = self._with_fallbacks(names)
+        plan.candidates = self._with_fallbacks(names, plan)
         if ordered:
             chosen, placement = ordered[0]
             rule = "the route's first usable candidate" if route.prefer == "quality" else "the cheapest"
@@ -207,15 +232,19 @@ class Dispatcher:
             close = difflib.get_close_matches(asked, list(dict.fromkeys(names)), n=3, cutoff=0.5)
             raise ModelNotFound(exc.name, close or exc.suggestions) from None
 
-    def _with_fallbacks(self, names: list[str]) -> tuple[str, ...]:
-        """Each name followed by its fallbacks, depth first, each model once."""
+    def _with_fallbacks(self, names: list[str], plan: Plan) -> tuple[str, ...]:
+        """Each name (a pool: its members, in the balancer's order) followed by its fallbacks, depth
+        first, each model once."""
         out: list[str] = []
+        seen: set[str] = set()
 
         def add(name: str) -> None:
             target = self.catalog.canonical(name)
-            if target in out:
+            if target in seen:
                 return
-            out.append(target)
+            seen.add(target)
+            members = self._pool_order(target, plan)
+            out.extend(m for m in (members or [target]) if m not in out)
             entry = self.file_config.entry(target)
             for fallback in entry.fallbacks if entry is not None else ():
                 add(fallback)
@@ -223,6 +252,77 @@ class Dispatcher:
         for name in names:
             add(name)
         return tuple(out)
+
+    # ---- replica pools ------------------------------------------------------------------------------
+    def _pool_order(self, name: str, plan: Plan) -> list[str] | None:
+        """The pool's members in the order to try them (None: ``name`` is not pooled). Draining ones
+        are left out; cooled-down ones come last, so that a request they would have taken reads why."""
+        members = self.catalog.pool_members(name)
+        if not members:
+            return None
+        prompt_fn, via = plan.prompt, plan.via
+        passed = set(via.split(",")) if via else set()
+        members = [m for m in members if self.catalog.node_ids.get(node_of(m), "") not in passed]
+        balancer = self._balancer(name, members)
+        for replica in balancer.replicas:  # the scheduler's counts are the truth: sync before choosing
+            loaded = self.scheduler.get(replica.name)
+            replica.in_flight = loaded.in_flight if loaded is not None else 0
+            replica.slots = loaded.slots if loaded is not None else 1
+            replica.draining = node_of(replica.name) in self.draining
+        text = prompt_fn() if prompt_fn is not None and balancer.strategy == "prefix" else None
+        order = [r.name for r in balancer.order(text)]
+        cooled = [r.name for r in balancer.replicas if not r.draining and r.name not in order]
+        for member in order[:1]:  # the first is sent now: it will hold the prompt's prefix
+            replica = next(r for r in balancer.replicas if r.name == member)
+            plan.on_attempt[member] = lambda r=replica: balancer.remember(r, text)
+        return order + cooled
+
+    def _balancer(self, name: str, members: list[str]) -> Balancer:
+        found = self._balancers.get(name)
+        if found is not None and [r.name for r in found.replicas] == members:
+            return found
+        entry = self.file_config.entry(name)
+        strategy = (entry.balance if entry is not None else None) or self.file_config.pools.balance
+        balancer = Balancer([Replica(m) for m in members], strategy, health=self.health)
+        self._balancers[name] = balancer
+        return balancer
+
+    def pools(self) -> list[dict[str, object]]:
+        """Each pool seen so far, for ``ps``."""
+        out: list[dict[str, object]] = []
+        for name, balancer in self._balancers.items():
+            replicas = []
+            for r in balancer.replicas:
+                loaded = self.scheduler.get(r.name)
+                state = self.health.state(r.name)
+                replicas.append(
+                    {
+                        "name": r.name,
+                        "node": node_of(r.name),
+                        "in_flight": loaded.in_flight if loaded is not None else 0,
+                        "draining": node_of(r.name) in self.draining,
+                        "cooled_until": _iso(state.cooled_until) if state and state.cooled_until else None,
+                    }
+                )
+            out.append({"model": name, "balance": balancer.strategy, "replicas": replicas})
+        return out
+
+    def in_flight_on(self, node: str) -> int:
+        """Requests in flight on the pool members at ``node`` ("local": this node's own)."""
+        total = 0
+        for balancer in self._balancers.values():
+            for r in balancer.replicas:
+                loaded = self.scheduler.get(r.name)
+                if node_of(r.name) == node and loaded is not None:
+                    total += loaded.in_flight
+        return total
+
+    def _guard_loop(self, via: str) -> None:
+        passed = via.split(",")
+        if self.node_id in passed:
+            raise LoopDetected(f"loop detected: this request already passed this node ({self.node_id})")
+        if len(passed) >= MAX_HOPS:
+            raise LoopDetected(f"loop detected: the request passed {len(passed)} nodes")
 
     def _instance_for(self, name: str, num_ctx: int) -> str:
         """The smallest instance of ``name``'s model whose context holds ``num_ctx`` (a loaded one
@@ -339,6 +439,8 @@ class Dispatcher:
                 tried.append((name, f"cooled down until {until} after: {state.reason if state else ''}"))
                 continue
             note_header(request, "X-Enginehouse-Model", name)
+            if (remember := plan.on_attempt.get(name)) is not None:
+                remember()
             if tried:
                 note_header(request, "X-Enginehouse-Fallback", ", ".join([*(t for t, _ in tried), name]))
             self.health.begin(name)

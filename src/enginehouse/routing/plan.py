@@ -16,6 +16,7 @@ A name a client sends becomes candidates like this:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,9 @@ class Plan:
     why: str = ""  # why the first candidate
     placements: dict[str, Placement] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (candidate, why not)
+    on_attempt: dict[str, Callable[[], None]] = field(default_factory=dict)  # pool affinity bookkeeping
+    prompt: Callable[[], str] | None = None  # the request's whole text, for prefix-aware pools
+    via: str = ""  # X-Enginehouse-Via: the nodes the request passed
     elapsed_ms: float = 0.0
 
     @property

@@ -107,7 +107,8 @@ async def root(request: web.Request) -> web.Response:
 
 
 async def version(request: web.Request) -> web.Response:
-    return json_response({"version": __version__})
+    # "node": this gateway's id, which other nodes learn for the loop guard (Ollama clients ignore it)
+    return json_response({"version": __version__, "node": request.app[GATEWAY].node_id})
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -146,6 +147,38 @@ def build_gateway(config: Config) -> Gateway:
     return gateway
 
 
+async def probe_replicas(gw: Gateway) -> None:
+    """Active health probes of remote pool members: a member whose node does not answer its
+    ``/api/version`` (or ``/v1/models``) in time is set aside at once; one that answers while its
+    cooldown has run out is re-admitted without waiting for a request to try it."""
+    from enginehouse.engines.openai_remote import auth_headers, get_json
+
+    settings = gw.file_config.pools
+    while True:
+        await asyncio.sleep(settings.probe_interval)
+        for pool in gw.dispatch.pools():
+            for replica in pool["replicas"]:  # type: ignore[attr-defined]
+                name = replica["name"]
+                try:
+                    record = gw.catalog.resolve(name)
+                except EnginehouseError:
+                    continue
+                up = getattr(record, "upstream", None)
+                if up is None:
+                    continue  # this node's own runner: the scheduler restarts it
+                path = "/api/version" if up.engine == "ollama" else "/v1/models"
+                try:
+                    await get_json(
+                        up.url + path, headers=auth_headers(up.api_key), timeout=settings.probe_timeout
+                    )
+                except EnginehouseError as exc:
+                    gw.dispatch.health.eject(name, f"health probe failed: {exc.message}")
+                    continue
+                state = gw.dispatch.health.state(name)
+                if state is not None and state.probing:
+                    gw.dispatch.health.success(name)
+
+
 def _exists(catalog: Catalog, name: str) -> bool:
     try:
         catalog.resolve(name)
@@ -176,6 +209,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> web.Applicatio
             await gw.cache.start()  # a wrong Redis password stops start-up here, with the URL
             log.info("response cache: %s", redact(gw.cache.settings.url))
         background.add(asyncio.ensure_future(gw.catalog.refresh()))  # upstreams' models, off the path
+        background.add(asyncio.ensure_future(probe_replicas(gw)))
 
     async def on_cleanup(app: web.Application) -> None:
         for task in background:

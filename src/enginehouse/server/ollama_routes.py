@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -36,9 +38,18 @@ from enginehouse.catalog import ExternalRecord, is_gguf
 from enginehouse.engines.base import RunnerSpec
 from enginehouse.engines.factory import gguf_info_for
 from enginehouse.errors import EnginehouseError, InvalidRequest
+from enginehouse.pool.balance import chat_prompt
 from enginehouse.sched.keep_alive import parse_keep_alive
 from enginehouse.sched.scheduler import LoadedModel
-from enginehouse.server.app_state import FAILED_MID_STREAM, GATEWAY, clamp_num_ctx, json_response, read_json
+from enginehouse.server.app_state import (
+    FAILED_MID_STREAM,
+    GATEWAY,
+    VIA,
+    clamp_num_ctx,
+    engine_headers,
+    json_response,
+    read_json,
+)
 from enginehouse.server.caching import answer_cached, open_stream
 from enginehouse.server.observe import note_model, observe_ollama
 from enginehouse.server.passthrough import ollama_passthrough, speaks_ollama
@@ -47,6 +58,7 @@ from enginehouse.store import ModelRecord
 from enginehouse.store.modelfile import modelfile_for
 
 NDJSON = "application/x-ndjson"
+log = logging.getLogger("enginehouse.server")
 
 
 def _rfc3339(dt: datetime) -> str:
@@ -209,15 +221,42 @@ def _ps_entry(m: LoadedModel) -> dict[str, Any]:
 
 async def ps(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    cooled = [
+    cooled = [  # extra fields: Ollama's clients ignore them
         {
             "name": key,
             "until": _rfc3339(datetime.fromtimestamp(st.cooled_until or 0, UTC)),
             "reason": st.reason,
         }
         for key, st in gw.dispatch.health.cooled().items()
-    ]  # an extra field: Ollama's clients ignore it
-    return json_response({"models": [_ps_entry(m) for m in gw.scheduler.ps()], "cooled_down": cooled})
+    ]
+    models = [_ps_entry(m) for m in gw.scheduler.ps()]
+    return json_response({"models": models, "cooled_down": cooled, "pools": gw.dispatch.pools()})
+
+
+async def drain(request: web.Request) -> web.Response:
+    """``POST /api/drain {"node": NAME}``: no new pool work for the replicas on NAME ("local": this
+    node's own runners); answers once their requests in flight have finished (or after ``timeout``
+    seconds, with the count left). ``"undo": true`` takes them back."""
+    gw = request.app[GATEWAY]
+    data = await read_json(request)
+    node, undo, timeout = data.get("node"), data.get("undo", False), data.get("timeout", 300)
+    if not isinstance(node, str) or not node or not isinstance(undo, bool):
+        raise InvalidRequest("expected {'node': str, 'undo': bool (optional), 'timeout': seconds (optional)}")
+    if not isinstance(timeout, int | float) or timeout < 0:
+        raise InvalidRequest("'timeout' must be a number of seconds >= 0")
+    known = {"local", *(n.key for n in gw.file_config.nodes), *gw.file_config.upstreams}
+    if node not in known:
+        raise InvalidRequest(f"no node {node!r}; nodes: {', '.join(sorted(known))}")
+    if undo:
+        gw.dispatch.draining.discard(node)
+        log.info("node %s takes pool work again", node)
+        return json_response({"node": node, "draining": False, "in_flight": gw.dispatch.in_flight_on(node)})
+    gw.dispatch.draining.add(node)
+    log.info("draining node %s: no new pool work; waiting for its requests in flight", node)
+    deadline = time.monotonic() + timeout
+    while (left := gw.dispatch.in_flight_on(node)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return json_response({"node": node, "draining": True, "in_flight": left})
 
 
 async def copy(request: web.Request) -> web.Response:
@@ -264,7 +303,8 @@ async def _plan(request: web.Request, asked: str, system: str, text: str, option
     num_ctx = options.num_ctx if options is not None else None
     if not gw.dispatch.is_router(asked):
         system, text = "", ""
-    return await gw.dispatch.plan(asked, system=system, text=text, num_ctx=num_ctx, **kw)
+    via = request.headers.get(VIA, "")
+    return await gw.dispatch.plan(asked, system=system, text=text, num_ctx=num_ctx, via=via, **kw)
 
 
 def _chat_text(req: ChatRequest) -> tuple[str, str]:
@@ -279,7 +319,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
     data = await read_json(request)
     req = ChatRequest.model_validate(data)
     keep_alive = parse_keep_alive(req.keep_alive)
-    plan = await _plan(request, req.model, *_chat_text(req), req.options)
+    prompt = lambda: chat_prompt(data.get("messages") or [])  # noqa: E731  (read by prefix-aware pools only)
+    plan = await _plan(request, req.model, *_chat_text(req), req.options, prompt=prompt)
 
     async def attempt(name: str) -> web.StreamResponse:
         record = gw.catalog.resolve(name)
@@ -328,7 +369,10 @@ async def generate(request: web.Request) -> web.StreamResponse:
         raise InvalidRequest("a per-request template must be an Ollama (Go) template")
     if req.template and not req.raw:
         parse_template(req.template)  # a bad template is the client's error, before any model loads
-    plan = await _plan(request, req.model, req.system or "", req.prompt or "", req.options)
+    text = (req.system or "") + "\n" + (req.prompt or "")
+    plan = await _plan(
+        request, req.model, req.system or "", req.prompt or "", req.options, prompt=lambda: text
+    )
 
     async def attempt(name: str) -> web.StreamResponse:
         record = gw.catalog.resolve(name)
@@ -386,7 +430,7 @@ async def _generate(
             forced=forced,
         )
         engine = lease.model.engine
-        url, headers = engine.base_url + path, engine.request_headers
+        url, headers = engine.base_url + path, engine_headers(request, engine)
         response = await _relay(request, url, body, translator, req.stream, headers)
         observe_ollama(request, lease, translator, started)
         return response
@@ -407,7 +451,7 @@ async def _embed(
         data = await gw.upstream.post_json(
             f"{engine.base_url}/v1/embeddings",
             {"model": engine.served_model, "input": inputs},
-            engine.request_headers,
+            engine_headers(request, engine),
         )
         vectors = [d["embedding"] for d in sorted(data["data"], key=lambda d: d.get("index", 0))]
         tokens = int((data.get("usage") or {}).get("prompt_tokens", 0))
@@ -554,6 +598,7 @@ async def route(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_post("/api/route", route)
+    r.add_post("/api/drain", drain)
     r.add_get("/api/tags", tags)
     r.add_post("/api/show", show)
     r.add_get("/api/ps", ps)

@@ -16,7 +16,7 @@ from aiohttp import web
 from enginehouse.api.rendered_chat import ChatChunks, completion_body
 from enginehouse.errors import EnginehouseError, openai_error_body
 from enginehouse.sched.scheduler import Lease
-from enginehouse.server.app_state import FAILED_MID_STREAM, GATEWAY, json_response
+from enginehouse.server.app_state import FAILED_MID_STREAM, GATEWAY, engine_headers, json_response
 from enginehouse.server.caching import open_stream
 from enginehouse.server.observe import record_openai
 from enginehouse.server.upstream import raise_for_engine, sse_events
@@ -36,7 +36,7 @@ async def rendered_chat(
     options = data.get("stream_options") or {}
     chunks = ChatChunks(asked, fmt, forced, bool(options.get("include_usage")))
     sent = time.monotonic()
-    resp = await gw.upstream.post(engine.base_url + "/v1/completions", body, engine.request_headers)
+    resp = await gw.upstream.post(engine.base_url + "/v1/completions", body, engine_headers(request, engine))
     first: float | None = None
     try:
         await raise_for_engine(resp)

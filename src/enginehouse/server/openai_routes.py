@@ -22,7 +22,16 @@ from enginehouse.api.openai import ChatCompletionRequest, CompletionRequest, Emb
 from enginehouse.catalog import is_gguf
 from enginehouse.engines.base import RunnerSpec
 from enginehouse.errors import RunnerError, openai_error_body
-from enginehouse.server.app_state import FAILED_MID_STREAM, GATEWAY, clamp_num_ctx, json_response, read_json
+from enginehouse.pool.balance import chat_prompt
+from enginehouse.server.app_state import (
+    FAILED_MID_STREAM,
+    GATEWAY,
+    VIA,
+    clamp_num_ctx,
+    engine_headers,
+    json_response,
+    read_json,
+)
 from enginehouse.server.caching import answer_cached, open_stream
 from enginehouse.server.observe import note_model, observe_openai
 from enginehouse.server.openai_rendered import rendered_chat
@@ -133,6 +142,14 @@ def routing_text(data: dict[str, Any], path: str) -> tuple[str, str]:
     return "", first if isinstance(first, str) else ""
 
 
+def affinity_text(data: dict[str, Any], path: str) -> str:
+    """The request's whole text, for a pool that balances on shared prefixes."""
+    if path == "/v1/chat/completions":
+        return chat_prompt([m for m in data.get("messages") or [] if isinstance(m, dict)])
+    value = data.get("prompt" if path == "/v1/completions" else "input")
+    return value if isinstance(value, str) else str(value)
+
+
 async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
     started = time.monotonic()
     gw = request.app[GATEWAY]
@@ -143,7 +160,13 @@ async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
     await gw.catalog.ensure_known(asked)  # free unless upstream discovery is due
     system, text = routing_text(data, path) if gw.dispatch.is_router(asked) else ("", "")
     plan = await gw.dispatch.plan(
-        asked, system=system, text=text, num_ctx=spec.num_ctx, embedding=spec.embedding
+        asked,
+        system=system,
+        text=text,
+        num_ctx=spec.num_ctx,
+        embedding=spec.embedding,
+        prompt=lambda: affinity_text(data, path),
+        via=request.headers.get(VIA, ""),
     )
 
     async def attempt(name: str) -> web.StreamResponse:
@@ -181,7 +204,7 @@ async def _answer(
         # The answer names the model the client asked for (an alias, a router), not the engine's name.
         rename = _renamer(engine.served_model, asked)
         sent = time.monotonic()
-        resp = await gw.upstream.post(engine.base_url + path, data, engine.request_headers)
+        resp = await gw.upstream.post(engine.base_url + path, data, engine_headers(request, engine))
         try:
             await raise_for_engine(resp)
             content_type = resp.headers.get("Content-Type", "application/json")

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from enginehouse.catalog import ExternalRecord
 from enginehouse.errors import RunnerError
-from enginehouse.server.app_state import FAILED_MID_STREAM, GATEWAY
+from enginehouse.server.app_state import FAILED_MID_STREAM, GATEWAY, engine_headers
 from enginehouse.server.upstream import error_text
 from enginehouse.store import ModelRecord
 
@@ -39,7 +39,7 @@ async def ollama_passthrough(
         engine = lease.model.engine
         served = engine.served_model
         body = {**data, "model": served}
-        resp = await gw.upstream.post(engine.base_url + path, body, engine.request_headers)
+        resp = await gw.upstream.post(engine.base_url + path, body, engine_headers(request, engine))
         try:
             content_type = resp.headers.get("Content-Type", NDJSON)
             if resp.status >= 500:
