@@ -256,3 +256,29 @@ class HealthCollector(Collector):
         for key, state in self.health.cooled().items():
             until.add_metric([key], state.cooled_until or 0)
         yield until
+
+
+class PoolCollector(Collector):
+    """Replica pools: requests in flight per replica, and which are drained by hand."""
+
+    def __init__(self, dispatch: Any) -> None:
+        self.dispatch = dispatch
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        in_flight = GaugeMetricFamily(
+            "enginehouse_replica_in_flight",
+            "Requests in flight per pool replica.",
+            labels=["pool", "replica"],
+        )
+        draining = GaugeMetricFamily(
+            "enginehouse_replica_draining", "1 while a replica takes no new work.", labels=["pool", "replica"]
+        )
+        for pool in self.dispatch.pools():
+            for r in pool["replicas"]:
+                in_flight.add_metric([pool["model"], r["name"]], r["in_flight"])
+                draining.add_metric([pool["model"], r["name"]], 1 if r["draining"] else 0)
+        yield in_flight
+        yield draining

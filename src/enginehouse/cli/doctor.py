@@ -171,7 +171,45 @@ def build_report(
         },
         "settings": {"ctx_per_slot": config.ctx_size, "num_parallel": config.num_parallel},
         "models": [model_row(config, r, hw, installed, budget) for r in store.list_models()],
+        "nodes": node_rows(config),
+        "server": server_state(config),
     }
+
+
+def node_rows(config: Config, timeout: float = 2.0) -> list[dict[str, Any]]:
+    """Each [[nodes]] and [upstreams] entry of enginehouse.toml, asked once whether it answers."""
+    import httpx
+
+    from enginehouse.config_file import load_config_file
+
+    fc = load_config_file(config.config_path)
+    rows = []
+    for name, up in {**fc.upstreams, **fc.node_upstreams}.items():
+        kind = "node" if name in fc.node_upstreams else up.engine
+        path = "/api/version" if up.engine == "ollama" else "/v1/models"
+        headers = {"Authorization": f"Bearer {up.api_key}"} if up.api_key else {}
+        try:
+            resp = httpx.get(up.url + path, headers=headers, timeout=timeout)
+            ok = resp.status_code == 200
+            detail = f"answers {path}" if ok else f"{path} answered {resp.status_code}"
+            if ok and kind == "node":
+                data = resp.json()
+                detail = f"enginehouse {data.get('version', '?')}, node {data.get('node', '?')}"
+        except (httpx.HTTPError, ValueError) as exc:
+            ok, detail = False, f"{exc.__class__.__name__}: {exc}"
+        rows.append({"name": name, "kind": kind, "url": up.url, "ok": ok, "detail": detail})
+    return rows
+
+
+def server_state(config: Config) -> dict[str, Any] | None:
+    """The running server's pools and what it has set aside (None when no server answers)."""
+    import httpx
+
+    try:
+        data = httpx.get(f"{config.base_url}/api/ps", timeout=2).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    return {"pools": data.get("pools", []), "cooled_down": data.get("cooled_down", [])}
 
 
 @click.command("doctor")
@@ -247,6 +285,31 @@ def render(report: dict[str, Any], console: Console) -> None:
     if not report["models"]:
         models.add_row("(no models)", "", "", "", "", "")
     console.print(models)
+    if report.get("nodes"):
+        console.print()
+        nodes = Table(title="Nodes and upstreams", box=None, header_style="bold", title_justify="left")
+        for col in ("NAME", "KIND", "URL", "STATE"):
+            nodes.add_column(col, overflow="fold")
+        for n in report["nodes"]:
+            nodes.add_row(n["name"], n["kind"], n["url"], ("ok: " if n["ok"] else "DOWN: ") + n["detail"])
+        console.print(nodes)
+    server = report.get("server")
+    if server and (server["pools"] or server["cooled_down"]):
+        console.print()
+        pools = Table(title="The running server's pools", box=None, header_style="bold", title_justify="left")
+        for col in ("REPLICA", "IN FLIGHT", "STATE"):
+            pools.add_column(col, overflow="fold")
+        for pool in server["pools"]:
+            for r in pool["replicas"]:
+                state = (
+                    "draining"
+                    if r["draining"]
+                    else ("cooled until " + r["cooled_until"] if r["cooled_until"] else "ok")
+                )
+                pools.add_row(r["name"], str(r["in_flight"]), state)
+        for c in server["cooled_down"]:
+            pools.add_row(c["name"], "-", f"cooled until {c['until']}: {c['reason']}")
+        console.print(pools)
 
 
 COMMANDS = (doctor,)

@@ -32,7 +32,7 @@ from enginehouse.errors import (
     ollama_error_body,
     openai_error_body,
 )
-from enginehouse.metrics import HealthCollector, Metrics
+from enginehouse.metrics import HealthCollector, Metrics, PoolCollector
 from enginehouse.sched.keep_alive import parse_keep_alive
 from enginehouse.sched.memory import MemoryBudget, MiB
 from enginehouse.sched.scheduler import Scheduler
@@ -144,6 +144,7 @@ def build_gateway(config: Config) -> Gateway:
         metrics.registry.register(CacheCollector(cache))
     gateway = Gateway(config, store, scheduler, Upstream(), file_config, catalog, metrics, cache)
     metrics.registry.register(HealthCollector(gateway.dispatch.health))
+    metrics.registry.register(PoolCollector(gateway.dispatch))
     return gateway
 
 
