@@ -206,6 +206,14 @@ SETTINGS: tuple[Setting, ...] = (
         float,
     ),
     Setting(
+        "router_threads",
+        "ENGINEHOUSE_ROUTER_THREADS",
+        "1",
+        "Threads of the routers' embedding runner. 1 is steady on a small machine shared with a "
+        "generating runner; 2 halves an idle machine's decision time (docs/routing.md).",
+        int,
+    ),
+    Setting(
         "sched_policy",
         "ENGINEHOUSE_SCHED_POLICY",
         "batch",
@@ -261,6 +269,7 @@ class Config:
     max_body_mib: int = 64
     config_file: Path | None = None
     fairness_s: float = 10.0
+    router_threads: int = 1
     sched_policy: str = "batch"
     response_cache: str = ""
     response_cache_mib: float = 0.0

@@ -93,3 +93,25 @@ def test_cli_route_runs_the_embedding_tier(home: Config) -> None:
     d = json.loads(out.stdout)
     assert (d["route"], d["tier"], d["embed_model"]) == ("math", "embedding", EMBED_MODEL)
     assert "runner_start_s" in d["setup"] and d["elapsed_ms"] > 0
+
+
+def test_the_gateway_routes_auto_through_its_own_embedding_runner(home: Config) -> None:
+    """`model: "auto"` on the gateway: its pinned embedding runner classifies what keywords leave."""
+    import httpx
+
+    from enginehouse.server.runtime import BackgroundServer
+    from tests.conftest import MODEL
+
+    with BackgroundServer(home) as srv:
+        prompt, route = CLEAR[1]
+        resp = httpx.post(
+            srv.base_url + "/v1/chat/completions",
+            json={"model": "auto", "messages": [{"role": "user", "content": prompt}], "max_tokens": 4},
+            timeout=300,
+        )
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["x-enginehouse-route"] == f"auto/{route} (embedding)"
+        assert resp.headers["x-enginehouse-model"] == MODEL and resp.json()["model"] == "auto"
+        decision = httpx.post(srv.base_url + "/api/route", json={"prompt": CLEAR[3][0]}, timeout=60).json()
+        assert (decision["route"], decision["tier"], decision["chosen"]) == ("general", "embedding", MODEL)
+        assert decision["decision_ms"] < 1000

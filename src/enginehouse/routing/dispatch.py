@@ -394,7 +394,10 @@ class Dispatcher:
             store = self.catalog.store
             path = await asyncio.to_thread(ensure_embed_model, self.config, store, EMBED_MODEL, log.info)
             engine = LlamaServerEngine(
-                binary, runner_settings(path, EMBED_MODEL), log_dir=self.config.logs, ready_timeout=120.0
+                binary,
+                runner_settings(path, EMBED_MODEL, max(1, self.config.router_threads)),
+                log_dir=self.config.logs,
+                ready_timeout=120.0,
             )
             self._embedder_engine = engine
             await engine.ensure_ready()
