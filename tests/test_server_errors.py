@@ -379,7 +379,7 @@ def test_missing_llama_server_openai(client: httpx.Client, path: str, body: dict
 
 def test_missing_llama_server_leaves_nothing_loaded(client: httpx.Client, home: Path) -> None:
     ollama_error(call(client, "POST", "/api/chat", json={"model": MODEL, "messages": USER}), 503)
-    assert call(client, "GET", "/api/ps").json() ["models"] == []
+    assert call(client, "GET", "/api/ps").json()["models"] == []
     assert not (home.parent / "engines").exists()
     logs = home / "logs"
     assert not logs.exists() or not any(logs.iterdir())  # no runner was ever started

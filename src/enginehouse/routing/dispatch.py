@@ -87,6 +87,8 @@ def fallthrough(exc: BaseException) -> tuple[str, bool] | None:
         return "no-engine", False
     if isinstance(exc, ModelNotFound):
         return "not-found", False
+    if isinstance(exc, LoopDetected):  # that node already has the request: not its failure
+        return "loop", False
     if isinstance(exc, TimeoutError):
         return "timeout", True
     return None
@@ -244,7 +246,7 @@ class Dispatcher:
                 return
             seen.add(target)
             members = self._pool_order(target, plan)
-            out.extend(m for m in (members or [target]) if m not in out)
+            out.extend(m for m in (members if members is not None else [target]) if m not in out)
             entry = self.file_config.entry(target)
             for fallback in entry.fallbacks if entry is not None else ():
                 add(fallback)
@@ -256,26 +258,23 @@ class Dispatcher:
     # ---- replica pools ------------------------------------------------------------------------------
     def _pool_order(self, name: str, plan: Plan) -> list[str] | None:
         """The pool's members in the order to try them (None: ``name`` is not pooled). Draining ones
-        are left out; cooled-down ones come last, so that a request they would have taken reads why."""
+        and those on nodes the request already passed are left out; cooled-down ones come last, so
+        that a request they would have taken reads why."""
         members = self.catalog.pool_members(name)
         if not members:
             return None
-        prompt_fn, via = plan.prompt, plan.via
-        passed = set(via.split(",")) if via else set()
-        members = [m for m in members if self.catalog.node_ids.get(node_of(m), "") not in passed]
         balancer = self._balancer(name, members)
-        for replica in balancer.replicas:  # the scheduler's counts are the truth: sync before choosing
-            loaded = self.scheduler.get(replica.name)
-            replica.in_flight = loaded.in_flight if loaded is not None else 0
-            replica.slots = loaded.slots if loaded is not None else 1
+        passed = set(plan.via.split(",")) if plan.via else set()
+        exclude = {m for m in members if self.catalog.node_ids.get(node_of(m), "") in passed}
+        for replica in balancer.replicas:  # slots stay 1: a remote replica's are unknown until used
             replica.draining = node_of(replica.name) in self.draining
-        text = prompt_fn() if prompt_fn is not None and balancer.strategy == "prefix" else None
-        order = [r.name for r in balancer.order(text)]
-        cooled = [r.name for r in balancer.replicas if not r.draining and r.name not in order]
-        for member in order[:1]:  # the first is sent now: it will hold the prompt's prefix
-            replica = next(r for r in balancer.replicas if r.name == member)
-            plan.on_attempt[member] = lambda r=replica: balancer.remember(r, text)
-        return order + cooled
+        text = plan.prompt() if plan.prompt is not None and balancer.strategy == "prefix" else None
+        order = [r.name for r in balancer.order(text, exclude)]
+        cooled = [r.name for r in balancer.replicas if r.name not in order and r.name not in exclude]
+        for replica in balancer.replicas:
+            if replica.name in order:
+                plan.replicas[replica.name] = (balancer, replica, text)
+        return order + [c for c in cooled if not next(r for r in balancer.replicas if r.name == c).draining]
 
     def _balancer(self, name: str, members: list[str]) -> Balancer:
         found = self._balancers.get(name)
@@ -293,13 +292,12 @@ class Dispatcher:
         for name, balancer in self._balancers.items():
             replicas = []
             for r in balancer.replicas:
-                loaded = self.scheduler.get(r.name)
                 state = self.health.state(r.name)
                 replicas.append(
                     {
                         "name": r.name,
                         "node": node_of(r.name),
-                        "in_flight": loaded.in_flight if loaded is not None else 0,
+                        "in_flight": r.in_flight,
                         "draining": node_of(r.name) in self.draining,
                         "cooled_until": _iso(state.cooled_until) if state and state.cooled_until else None,
                     }
@@ -311,10 +309,7 @@ class Dispatcher:
         """Requests in flight on the pool members at ``node`` ("local": this node's own)."""
         total = 0
         for balancer in self._balancers.values():
-            for r in balancer.replicas:
-                loaded = self.scheduler.get(r.name)
-                if node_of(r.name) == node and loaded is not None:
-                    total += loaded.in_flight
+            total += sum(r.in_flight for r in balancer.replicas if node_of(r.name) == node)
         return total
 
     def _guard_loop(self, via: str) -> None:
@@ -442,8 +437,11 @@ class Dispatcher:
                 tried.append((name, f"cooled down until {until} after: {state.reason if state else ''}"))
                 continue
             note_header(request, "X-Enginehouse-Model", name)
-            if (remember := plan.on_attempt.get(name)) is not None:
-                remember()
+            pooled = plan.replicas.get(name)
+            if pooled is not None:  # counted from the pick, not from the engine's lease
+                balancer, replica, text = pooled
+                balancer.remember(replica, text)
+                replica.in_flight += 1
             if tried:
                 note_header(request, "X-Enginehouse-Fallback", ", ".join([*(t for t, _ in tried), name]))
             self.health.begin(name)
@@ -464,6 +462,9 @@ class Dispatcher:
                 if len(plan.candidates) > 1:
                     log.warning("%s could not answer (%s): %s", name, code, message)
                 continue
+            finally:
+                if pooled is not None:
+                    pooled[1].in_flight -= 1
             if failed := request.get(FAILED_MID_STREAM):
                 self.health.failure(name, failed)
             else:

@@ -33,7 +33,8 @@ class Plan:
     why: str = ""  # why the first candidate
     placements: dict[str, Placement] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (candidate, why not)
-    on_attempt: dict[str, Callable[[], None]] = field(default_factory=dict)  # pool affinity bookkeeping
+    # pool members -> (balancer, replica, prompt text): in-flight counts and prefix affinity
+    replicas: dict[str, tuple[Any, Any, str | None]] = field(default_factory=dict)
     prompt: Callable[[], str] | None = None  # the request's whole text, for prefix-aware pools
     via: str = ""  # X-Enginehouse-Via: the nodes the request passed
     elapsed_ms: float = 0.0

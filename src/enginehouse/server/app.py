@@ -8,8 +8,12 @@ reaches a client: unexpected exceptions are logged here and answered as a plain 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
+import os
+import re
+import uuid
 
 import aiohttp
 from aiohttp import web
@@ -142,10 +146,30 @@ def build_gateway(config: Config) -> Gateway:
     cache = ResponseCache(settings) if settings.enabled else None
     if cache is not None:
         metrics.registry.register(CacheCollector(cache))
-    gateway = Gateway(config, store, scheduler, Upstream(), file_config, catalog, metrics, cache)
+    gateway = Gateway(
+        config, store, scheduler, Upstream(), file_config, catalog, metrics, cache, node_id=node_id(config)
+    )
     metrics.registry.register(HealthCollector(gateway.dispatch.health))
     metrics.registry.register(PoolCollector(gateway.dispatch))
     return gateway
+
+
+def node_id(config: Config) -> str:
+    """This node's id, kept in HOME/node-id so that other nodes know it again after a restart."""
+    path = config.home / "node-id"
+    try:
+        found = path.read_text().strip()
+        if re.fullmatch(r"[0-9a-f]{12}", found):
+            return found
+    except OSError:
+        pass
+    new = uuid.uuid4().hex[:12]
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(new + "\n")
+        os.replace(tmp, path)
+    return new
 
 
 async def probe_replicas(gw: Gateway) -> None:

@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 
 from enginehouse.catalog import ExternalRecord
-from enginehouse.errors import RunnerError
+from enginehouse.errors import LoopDetected, RunnerError
 from enginehouse.server.app_state import FAILED_MID_STREAM, GATEWAY, engine_headers
 from enginehouse.server.upstream import error_text
 from enginehouse.store import ModelRecord
@@ -42,6 +42,8 @@ async def ollama_passthrough(
         resp = await gw.upstream.post(engine.base_url + path, body, engine_headers(request, engine))
         try:
             content_type = resp.headers.get("Content-Type", NDJSON)
+            if resp.status == 508:
+                raise LoopDetected(f"{lease.model.name}: {await error_text(resp)}")
             if resp.status >= 500:
                 raise RunnerError(
                     f"{lease.model.name}: the upstream answered {resp.status}: {await error_text(resp)}"

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from enginehouse.errors import ContextOverflow, InvalidRequest, RunnerError, UpstreamUnavailable
+from enginehouse.errors import ContextOverflow, InvalidRequest, LoopDetected, RunnerError, UpstreamUnavailable
 
 _STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
@@ -73,6 +73,8 @@ async def raise_for_engine(resp: aiohttp.ClientResponse) -> None:
         message = await error_text(resp)
         if resp.status == 400 and "context" in message and ("exceed" in message or "larger" in message):
             raise ContextOverflow(message)  # llama-server's exceed_context_size_error, vLLM's too
+        if resp.status == 508:
+            raise LoopDetected(message)  # another node: the request already passed it
         raise (InvalidRequest if resp.status == 400 else RunnerError)(message)
 
 
