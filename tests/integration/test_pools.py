@@ -12,6 +12,7 @@ request that comes back to a node it already passed, and routes around a node al
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -31,10 +32,13 @@ import ollama
 import openai
 import orjson
 import pytest
+from aiohttp import web
 
+from enginehouse.cli.doctor import node_rows
 from enginehouse.server.runtime import BackgroundServer
 from tests.conftest import MODEL, make_config
 from tests.fakes.slow_openai import VIA, SlowUpstreams
+from tests.fakes.threaded import ThreadedApps
 
 pytestmark = pytest.mark.slow
 
@@ -529,3 +533,49 @@ def test_loop_guard_knows_a_restarted_node_by_its_new_id(
     assert [ask(front, routed, headers={VIA: b_id}) for _ in range(3)] == [AT_C] * 3
     assert routed.fallbacks == [None] * 3, routed.fallbacks
     assert AT_B not in {c["name"] for c in httpx.get(front.base_url + "/api/ps").json()["cooled_down"]}
+
+
+class Junk(ThreadedApps):
+    """Not an enginehouse: a web page on every path, and one path that never answers."""
+
+    thread_name = "junk-node"
+
+    async def page(self, request: web.Request) -> web.Response:
+        return web.Response(text="<html>router admin</html>", content_type="text/html")
+
+    async def hang(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(60)
+        return web.Response(text="late")
+
+    async def start_async(self) -> None:
+        junk, slow_app = web.Application(), web.Application()
+        junk.router.add_route("*", "/{tail:.*}", self.page)
+        slow_app.router.add_route("*", "/{tail:.*}", self.hang)
+        self.junk_port, self.slow_port = await self.serve((junk, 0), (slow_app, 0))
+
+
+def test_a_node_that_is_no_enginehouse_or_too_slow_is_named_not_hung(
+    tmp_path: Path, llama_server_bin: Path
+) -> None:
+    fake = Junk().start()
+    try:
+        home = tmp_path / "home"
+        home.mkdir()
+        (home / "enginehouse.toml").write_text(
+            f'[[nodes]]\nname = "junk"\nurl = "http://127.0.0.1:{fake.junk_port}"\n'
+            f'[[nodes]]\nname = "sloth"\nurl = "http://127.0.0.1:{fake.slow_port}"\n'
+            '[models.far]\nreplicas = ["junk"]\n[models.slow]\nreplicas = ["sloth"]\n'
+        )
+        with BackgroundServer(make_config(home, llama_server_bin)) as srv:
+            chat = {"model": "far", "messages": HI, "stream": False}
+            r = httpx.post(srv.base_url + "/api/chat", json=chat, timeout=60)
+            assert r.status_code == 502 and "'junk'" in r.json()["error"], r.text
+            assert "did not answer JSON" in r.json()["error"]
+            started = time.monotonic()
+            r = httpx.post(srv.base_url + "/v1/chat/completions", json={**chat, "model": "slow"}, timeout=60)
+            assert r.status_code == 502 and "'sloth'" in r.json()["error"]["message"], r.text
+            assert time.monotonic() - started < 30  # the upstream check's own timeout, not the client's
+            doctor_rows = {row["name"]: row for row in node_rows(srv.config, timeout=1)}
+            assert doctor_rows["junk"]["ok"] is False and doctor_rows["sloth"]["ok"] is False
+    finally:
+        fake.stop()
