@@ -68,29 +68,28 @@ EMBEDDER_START_TIMEOUT = 120.0
 MAX_HOPS = 8
 
 
+#: Errors after which another candidate may answer: (type, short reason, counts against health).
+#: Order matters: RunnerStartFailed is a RunnerError; the first match wins.
+FALLTHROUGH: tuple[tuple[type[BaseException], str, bool], ...] = (
+    (ContextOverflow, "context", False),
+    (InsufficientMemory, "no-fit", False),
+    (RunnerStartFailed, "start-failed", True),
+    (UpstreamUnavailable, "unreachable", True),
+    (RunnerError, "engine-error", True),
+    (ServerBusy, "busy", False),
+    (EngineNotInstalled, "no-engine", False),
+    (ModelNotFound, "not-found", False),
+    (LoopDetected, "loop", False),  # that node already has the request: not its failure
+    (TimeoutError, "timeout", True),
+)
+
+
 def fallthrough(exc: BaseException) -> tuple[str, bool] | None:
     """(short reason, counts against health) when another candidate may answer instead; None when
     the error is the client's own and no other model would do better."""
-    if isinstance(exc, ContextOverflow):
-        return "context", False
-    if isinstance(exc, InsufficientMemory):
-        return "no-fit", False
-    if isinstance(exc, RunnerStartFailed):
-        return "start-failed", True
-    if isinstance(exc, UpstreamUnavailable):
-        return "unreachable", True
-    if isinstance(exc, RunnerError):
-        return "engine-error", True
-    if isinstance(exc, ServerBusy):
-        return "busy", False
-    if isinstance(exc, EngineNotInstalled):
-        return "no-engine", False
-    if isinstance(exc, ModelNotFound):
-        return "not-found", False
-    if isinstance(exc, LoopDetected):  # that node already has the request: not its failure
-        return "loop", False
-    if isinstance(exc, TimeoutError):
-        return "timeout", True
+    for kind, reason, counts in FALLTHROUGH:
+        if isinstance(exc, kind):
+            return reason, counts
     return None
 
 
