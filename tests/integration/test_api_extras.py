@@ -139,8 +139,10 @@ def test_queue_full_gives_503_with_retry_after_on_both_doors(server_config: Conf
     with BackgroundServer(config) as srv:
         long = {
             "model": MODEL,
-            "messages": [{"role": "user", "content": "Count to a thousand."}],
-            "options": {"num_predict": 400},
+            # Greedy, this answer is 279 tokens long ("Count to a thousand." stops after 28 greedy
+            # tokens and, sampled, sometimes before the second request arrives).
+            "messages": [{"role": "user", "content": "Count from 1 to 1000, one number per line."}],
+            "options": {"num_predict": 400, "temperature": 0, "seed": 1},
         }
 
         async def scenario() -> None:
