@@ -17,8 +17,9 @@ from enginehouse.errors import (
     UpstreamUnavailable,
     openai_error_body,
 )
-from enginehouse.routing.dispatch import fallthrough, node_of
+from enginehouse.routing.dispatch import fallthrough
 from enginehouse.routing.plan import describe, order_by_cost
+from enginehouse.routing.pools import node_of
 from enginehouse.sched.scheduler import Placement
 
 

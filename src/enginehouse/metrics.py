@@ -276,7 +276,7 @@ class PoolCollector(Collector):
         draining = GaugeMetricFamily(
             "enginehouse_replica_draining", "1 while a replica takes no new work.", labels=["pool", "replica"]
         )
-        for pool in self.dispatch.pools():
+        for pool in self.dispatch.pool.snapshot():
             for r in pool["replicas"]:
                 in_flight.add_metric([pool["model"], r["name"]], r["in_flight"])
                 draining.add_metric([pool["model"], r["name"]], 1 if r["draining"] else 0)

@@ -19,8 +19,6 @@ Requests that name a model directly pay a dictionary look-up or two here, nothin
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import difflib
 import logging
 import time
@@ -45,10 +43,11 @@ from enginehouse.errors import (
     ServerBusy,
     UpstreamUnavailable,
 )
-from enginehouse.pool.balance import Balancer, Replica
 from enginehouse.pool.health import Health
 from enginehouse.router.classify import Classifier, Router, word_count
+from enginehouse.routing.embedding import RouterEmbedding
 from enginehouse.routing.plan import Plan, describe, order_by_cost
+from enginehouse.routing.pools import Pools
 from enginehouse.sched.scheduler import Placement
 from enginehouse.server.app_state import FAILED_MID_STREAM, note_header
 
@@ -57,13 +56,10 @@ if TYPE_CHECKING:
     from enginehouse.config import Config
     from enginehouse.config_file import FileConfig
     from enginehouse.metrics import Metrics
-    from enginehouse.router.embedder import RunnerEmbedder
     from enginehouse.sched.scheduler import Scheduler
 
 log = logging.getLogger("enginehouse.routing")
 
-#: Seconds the first embedding-tier decision waits for the router's embedding runner to start.
-EMBEDDER_START_TIMEOUT = 120.0
 #: A request that passed this many nodes is refused (the loop guard's backstop).
 MAX_HOPS = 8
 
@@ -97,16 +93,6 @@ def _until(ts: float | None) -> str:
     return datetime.fromtimestamp(ts or 0, UTC).strftime("%H:%M:%SZ")
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
-
-
-def node_of(member: str) -> str:
-    """The node a pool member runs on: ``MODEL@NODE`` -> NODE; anything else is this node's, "local"."""
-    model, at, node = member.rpartition("@")
-    return node if at and model else "local"
-
-
 class Dispatcher:
     def __init__(
         self,
@@ -128,12 +114,9 @@ class Dispatcher:
         )
         self.routers: dict[str, Router] = routers_of(file_config)
         self._classifiers: dict[str, Classifier] = {}
-        self._embedder: RunnerEmbedder | None = None
-        self._embedder_task: asyncio.Task[RunnerEmbedder | None] | None = None
-        self._embedder_engine: object | None = None
+        self.embedding = RouterEmbedding(config, catalog.store, self._classifiers, self.routers)
+        self.pool = Pools(catalog, file_config, self.health)
         self.node_id = ""  # this gateway's, for the loop guard (set by the gateway)
-        self.draining: set[str] = set()  # nodes ("local" for this one) that take no new pool work
-        self._balancers: dict[str, Balancer] = {}
 
     # ---- planning -----------------------------------------------------------------------------------
     def is_router(self, name: str) -> bool:
@@ -244,7 +227,7 @@ class Dispatcher:
             if target in seen:
                 return
             seen.add(target)
-            members = self._pool_order(target, plan)
+            members = self.pool.order(target, plan)
             out.extend(m for m in (members if members is not None else [target]) if m not in out)
             entry = self.file_config.entry(target)
             for fallback in entry.fallbacks if entry is not None else ():
@@ -253,63 +236,6 @@ class Dispatcher:
         for name in names:
             add(name)
         return tuple(out)
-
-    # ---- replica pools ------------------------------------------------------------------------------
-    def _pool_order(self, name: str, plan: Plan) -> list[str] | None:
-        """The pool's members in the order to try them (None: ``name`` is not pooled). Draining ones
-        and those on nodes the request already passed are left out; cooled-down ones come last, so
-        that a request they would have taken reads why."""
-        members = self.catalog.pool_members(name)
-        if not members:
-            return None
-        balancer = self._balancer(name, members)
-        passed = set(plan.via.split(",")) if plan.via else set()
-        exclude = {m for m in members if self.catalog.node_ids.get(node_of(m), "") in passed}
-        for replica in balancer.replicas:  # slots stay 1: a remote replica's are unknown until used
-            replica.draining = node_of(replica.name) in self.draining
-        text = plan.prompt() if plan.prompt is not None and balancer.strategy == "prefix" else None
-        order = [r.name for r in balancer.order(text, exclude)]
-        cooled = [r.name for r in balancer.replicas if r.name not in order and r.name not in exclude]
-        for replica in balancer.replicas:
-            if replica.name in order:
-                plan.replicas[replica.name] = (balancer, replica, text)
-        return order + [c for c in cooled if not next(r for r in balancer.replicas if r.name == c).draining]
-
-    def _balancer(self, name: str, members: list[str]) -> Balancer:
-        found = self._balancers.get(name)
-        if found is not None and [r.name for r in found.replicas] == members:
-            return found
-        entry = self.file_config.entry(name)
-        strategy = (entry.balance if entry is not None else None) or self.file_config.pools.balance
-        balancer = Balancer([Replica(m) for m in members], strategy, health=self.health)
-        self._balancers[name] = balancer
-        return balancer
-
-    def pools(self) -> list[dict[str, object]]:
-        """Each pool seen so far, for ``ps``."""
-        out: list[dict[str, object]] = []
-        for name, balancer in self._balancers.items():
-            replicas = []
-            for r in balancer.replicas:
-                state = self.health.state(r.name)
-                replicas.append(
-                    {
-                        "name": r.name,
-                        "node": node_of(r.name),
-                        "in_flight": r.in_flight,
-                        "draining": node_of(r.name) in self.draining,
-                        "cooled_until": _iso(state.cooled_until) if state and state.cooled_until else None,
-                    }
-                )
-            out.append({"model": name, "balance": balancer.strategy, "replicas": replicas})
-        return out
-
-    def in_flight_on(self, node: str) -> int:
-        """Requests in flight on the pool members at ``node`` ("local": this node's own)."""
-        total = 0
-        for balancer in self._balancers.values():
-            total += sum(r.in_flight for r in balancer.replicas if node_of(r.name) == node)
-        return total
 
     def _guard_loop(self, via: str) -> None:
         passed = via.split(",")
@@ -358,64 +284,11 @@ class Dispatcher:
             and clf.classify_keywords(system, text) is None
             and word_count(text, router.min_words) >= router.min_words
         ):
-            clf.embed = await self._ensure_embedder(router)
+            clf.embed = await self.embedding.ensure()
         return clf
 
-    async def _ensure_embedder(self, router: Router) -> RunnerEmbedder | None:
-        if self._embedder_task is None:
-            self._embedder_task = asyncio.ensure_future(self._start_embedder())
-        try:
-            return await asyncio.wait_for(asyncio.shield(self._embedder_task), EMBEDDER_START_TIMEOUT)
-        except TimeoutError:
-            log.warning("the router's embedding runner is not up yet: keyword tier and default routes only")
-            return None
-
-    async def _start_embedder(self) -> RunnerEmbedder | None:
-        """The router's private embedding runner (all-MiniLM-L6-v2, one slot, pinned for the server's
-        life). Without it the router still works: keyword tier, then the default route."""
-        from enginehouse.engines.llama_install import require_llama_server
-        from enginehouse.engines.llama_server import LlamaServerEngine
-        from enginehouse.router.embedder import (
-            EMBED_MODEL,
-            RunnerEmbedder,
-            ensure_embed_model,
-            prepare_cached,
-            runner_settings,
-        )
-
-        try:
-            binary = require_llama_server(self.config).path
-            store = self.catalog.store
-            path = await asyncio.to_thread(ensure_embed_model, self.config, store, EMBED_MODEL, log.info)
-            engine = LlamaServerEngine(
-                binary,
-                runner_settings(path, EMBED_MODEL, max(1, self.config.router_threads)),
-                log_dir=self.config.logs,
-                ready_timeout=120.0,
-            )
-            self._embedder_engine = engine
-            await engine.ensure_ready()
-            embedder = RunnerEmbedder(engine.base_url, EMBED_MODEL)
-            for name, router in self.routers.items():
-                clf = self._classifiers.setdefault(name, Classifier(router))
-                clf.embed = embedder
-                await prepare_cached(clf, self.config.cache / "router", EMBED_MODEL)
-            log.info("router embedding runner %s ready at %s", EMBED_MODEL, engine.base_url)
-            self._embedder = embedder
-            return embedder
-        except EnginehouseError as exc:
-            log.warning("routers classify by keywords only: %s", exc.message)
-            return None
-
     async def close(self) -> None:
-        if self._embedder_task is not None:
-            self._embedder_task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._embedder_task
-        if self._embedder is not None:
-            await self._embedder.close()
-        if self._embedder_engine is not None:
-            await self._embedder_engine.stop()  # type: ignore[attr-defined]
+        await self.embedding.close()
 
     # ---- trying candidates --------------------------------------------------------------------------
     async def run(

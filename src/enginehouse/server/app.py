@@ -181,7 +181,7 @@ async def probe_replicas(gw: Gateway) -> None:
     settings = gw.file_config.pools
     while True:
         await asyncio.sleep(settings.probe_interval)
-        for pool in gw.dispatch.pools():
+        for pool in gw.dispatch.pool.snapshot():
             for replica in pool["replicas"]:  # type: ignore[attr-defined]
                 name = replica["name"]
                 try:

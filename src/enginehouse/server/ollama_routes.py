@@ -230,7 +230,7 @@ async def ps(request: web.Request) -> web.Response:
         for key, st in gw.dispatch.health.cooled().items()
     ]
     models = [_ps_entry(m) for m in gw.scheduler.ps()]
-    return json_response({"models": models, "cooled_down": cooled, "pools": gw.dispatch.pools()})
+    return json_response({"models": models, "cooled_down": cooled, "pools": gw.dispatch.pool.snapshot()})
 
 
 async def drain(request: web.Request) -> web.Response:
@@ -248,13 +248,15 @@ async def drain(request: web.Request) -> web.Response:
     if node not in known:
         raise InvalidRequest(f"no node {node!r}; nodes: {', '.join(sorted(known))}")
     if undo:
-        gw.dispatch.draining.discard(node)
+        gw.dispatch.pool.draining.discard(node)
         log.info("node %s takes pool work again", node)
-        return json_response({"node": node, "draining": False, "in_flight": gw.dispatch.in_flight_on(node)})
-    gw.dispatch.draining.add(node)
+        return json_response(
+            {"node": node, "draining": False, "in_flight": gw.dispatch.pool.in_flight_on(node)}
+        )
+    gw.dispatch.pool.draining.add(node)
     log.info("draining node %s: no new pool work; waiting for its requests in flight", node)
     deadline = time.monotonic() + timeout
-    while (left := gw.dispatch.in_flight_on(node)) and time.monotonic() < deadline:
+    while (left := gw.dispatch.pool.in_flight_on(node)) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     return json_response({"node": node, "draining": True, "in_flight": left})
 
