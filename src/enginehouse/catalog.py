@@ -36,6 +36,7 @@ from typing import Any
 from enginehouse.config_file import EMPTY, FileConfig, ModelEntry, Upstream
 from enginehouse.errors import EnginehouseError, ModelNotFound, StoreError
 from enginehouse.store import ModelRecord, Store
+from enginehouse.store.names import ModelName
 
 log = logging.getLogger(__name__)
 
@@ -320,6 +321,19 @@ class Catalog:
     def _same_file(self, name: str, path: Path) -> bool:
         try:
             return self.resolve(name).model_path == path
+        except EnginehouseError:
+            return False
+
+    def known(self, name: str) -> bool:
+        """Whether ``name`` resolves, without building a not-found error (which lists the closest
+        names: a scan of the store). For routers, whose candidates are often not installed."""
+        name = self.canonical(name)
+        if name in self._declared or name in self._members or self.file_config.models.get(name):
+            return True
+        if "@" in name or self._find_discovered(name) is not None:
+            return True
+        try:
+            return self.store.find_manifest(ModelName.parse(name)) is not None
         except EnginehouseError:
             return False
 

@@ -44,7 +44,7 @@ from enginehouse.errors import (
     UpstreamUnavailable,
 )
 from enginehouse.pool.health import Health
-from enginehouse.router.classify import Classifier, Router, word_count
+from enginehouse.router.classify import Classifier, Decision, Router, word_count
 from enginehouse.routing.embedding import RouterEmbedding
 from enginehouse.routing.plan import Plan, describe, order_by_cost
 from enginehouse.routing.pools import Pools
@@ -151,12 +151,14 @@ class Dispatcher:
                 plan.why = f"{first}: the smallest instance of {name} with num_ctx >= {num_ctx}"
             plan.elapsed_ms = (time.perf_counter() - started) * 1000
             return plan
-        clf = await self._classifier(router, system, text)
-        decision = await clf.classify(system or None, text)
+        decision = await self._classify(router, system, text)
         route = router.route(decision.route)
         plan = Plan(asked, (), router=router.name, decision=decision, prompt=prompt, via=via)
         usable: list[tuple[str, Placement]] = []
         for candidate in route.candidates:
+            if not self.catalog.known(candidate):
+                plan.skipped.append((candidate, "not installed"))
+                continue
             try:
                 placement = self.scheduler.placement(candidate, spec)
             except ModelNotFound:
@@ -275,17 +277,19 @@ class Dispatcher:
         )
 
     # ---- the embedding tier -------------------------------------------------------------------------
-    async def _classifier(self, router: Router, system: str, text: str) -> Classifier:
+    async def _classify(self, router: Router, system: str, text: str) -> Decision:
+        """The keyword tier's decision when it has one; else the embedding tier's, starting the
+        embedding runner the first time one is needed."""
         clf = self._classifiers.get(router.name)
         if clf is None:
             clf = self._classifiers[router.name] = Classifier(router)
-        if (
-            clf.embed is None
-            and clf.classify_keywords(system, text) is None
-            and word_count(text, router.min_words) >= router.min_words
-        ):
-            clf.embed = await self.embedding.ensure()
-        return clf
+        if clf.embed is None:
+            decision = clf.classify_keywords(system, text)
+            if decision is not None:
+                return decision
+            if not self.embedding.settled and word_count(text, router.min_words) >= router.min_words:
+                clf.embed = await self.embedding.ensure()
+        return await clf.classify(system or None, text)
 
     async def close(self) -> None:
         await self.embedding.close()

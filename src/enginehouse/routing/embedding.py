@@ -37,6 +37,11 @@ class RouterEmbedding:
         self._task: asyncio.Task[RunnerEmbedder | None] | None = None
         self._engine: object | None = None
 
+    @property
+    def settled(self) -> bool:
+        """The runner was started, or could not be."""
+        return self._task is not None and self._task.done()
+
     async def ensure(self) -> RunnerEmbedder | None:
         if self._task is None:
             self._task = asyncio.ensure_future(self._start())
