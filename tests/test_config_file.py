@@ -125,3 +125,20 @@ def test_config_check_command(tmp_path: Path) -> None:
     good.write_text(MINIMAL)
     result = CliRunner().invoke(cli, ["config", "check"], env=env)
     assert result.exit_code == 0 and "ok (1 models" in result.output
+
+
+def test_config_check_finds_names_nothing_serves(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from enginehouse.cli.config_cmd import config as config_command
+    from enginehouse.cli.main import cli
+
+    cli.add_command(config_command)
+    env = {"ENGINEHOUSE_HOME": str(tmp_path)}  # an empty store: only the bundled model counts
+    path = tmp_path / "routes.toml"
+    path.write_text('[models.live]\nsource = "smollm2:135m"\nfallbacks = ["smollm2:135m", "ghost:7b"]\n')
+    result = CliRunner().invoke(cli, ["config", "check", str(path)], env=env)
+    assert result.exit_code == 1
+    assert f"{path}:3: models.live.fallbacks: fallback 'ghost:7b' is not a model" in result.output
+    path.write_text('[models.live]\nsource = "smollm2:135m"\nfallbacks = ["smollm2:135m"]\n')
+    assert CliRunner().invoke(cli, ["config", "check", str(path)], env=env).exit_code == 0

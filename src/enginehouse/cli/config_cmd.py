@@ -47,6 +47,14 @@ def check(cfg: Config, file: Path | None) -> None:
         click.echo(f"no config file: {cfg.home / 'enginehouse.toml'} does not exist (nothing to check)")
         return
     loaded = load_config_file(path)  # raises ConfigFileError: printed as one line, exit 1
+    # Names the file uses that nothing here serves (as the server checks at start-up).
+    from enginehouse.catalog import Catalog
+    from enginehouse.config_names import check_references
+    from enginehouse.server.app import _exists
+    from enginehouse.store import Store
+
+    catalog = Catalog(Store(cfg.models), loaded)
+    check_references(path, loaded, lambda name: _exists(catalog, name))
     click.echo(
         f"{path}: ok ({len(loaded.models)} models, {len(loaded.upstreams)} upstreams, "
         f"{len(loaded.groups)} groups, {len(loaded.aliases)} aliases)"

@@ -52,7 +52,7 @@ from enginehouse.server.caching import CacheCollector
 from enginehouse.server.observe import metrics_endpoint, metrics_middleware
 from enginehouse.server.openapi import build_openapi
 from enginehouse.server.upstream import Upstream
-from enginehouse.store import Store, ensure_bundled
+from enginehouse.store import BUNDLED_NAME, Store, bundled_model_file, ensure_bundled
 
 log = logging.getLogger("enginehouse.server")
 
@@ -205,11 +205,11 @@ async def probe_replicas(gw: Gateway) -> None:
 
 
 def _exists(catalog: Catalog, name: str) -> bool:
-    try:
-        catalog.resolve(name)
+    """Whether a name the config file uses is served: in the store (the bundled model counts before
+    its first start links it), declared, or possibly at an upstream whose models are discovered."""
+    if catalog.known(name):
         return True
-    except EnginehouseError:
-        return bool(catalog.discoverable)  # an upstream may list it once discovery ran
+    return bool(catalog.discoverable) or (name == BUNDLED_NAME and bundled_model_file() is not None)
 
 
 def create_app(config: Config, gateway: Gateway | None = None) -> web.Application:
