@@ -142,8 +142,6 @@ class Dispatcher:
         router = self.routers.get(name)
         spec = RunnerSpec(embedding=embedding, num_ctx=num_ctx)
         if router is None:
-            if not self.catalog.pool_members(name):
-                self._known(asked, name)
             first = self._instance_for(name, num_ctx) if num_ctx else name
             plan = Plan(asked, (), prompt=prompt, via=via)
             plan.candidates = self._with_fallbacks([first], plan)
@@ -203,20 +201,18 @@ class Dispatcher:
             self.metrics.route_seconds.labels(router.name, decision.tier).observe(plan.elapsed_ms / 1000)
         return plan
 
-    def _known(self, asked: str, name: str) -> None:
-        """ModelNotFound for a name nothing answers to, naming the closest models, aliases and routers."""
-        try:
-            self.catalog.resolve(name)
-        except ModelNotFound as exc:
-            names = [
-                *(r.name.display for r in self.catalog.store.list_models()),
-                *(r.name.display for r in self.catalog.external_models()),
-                *self.file_config.models,
-                *self.file_config.alias_map,
-                *self.routers,
-            ]
-            close = difflib.get_close_matches(asked, list(dict.fromkeys(names)), n=3, cutoff=0.5)
-            raise ModelNotFound(exc.name, close or exc.suggestions) from None
+    def _not_found(self, asked: str, exc: ModelNotFound) -> None:
+        """The 404 for a name nothing answers to, naming the closest models, aliases and routers
+        (resolved only here, on the error path: a known name pays for nothing)."""
+        names = [
+            *(r.name.display for r in self.catalog.store.list_models()),
+            *(r.name.display for r in self.catalog.external_models()),
+            *self.file_config.models,
+            *self.file_config.alias_map,
+            *self.routers,
+        ]
+        close = difflib.get_close_matches(asked, list(dict.fromkeys(names)), n=3, cutoff=0.5)
+        raise ModelNotFound(exc.name, close or exc.suggestions) from None
 
     def _with_fallbacks(self, names: list[str], plan: Plan) -> tuple[str, ...]:
         """Each name (a pool: its members, in the balancer's order) followed by its fallbacks, depth
@@ -347,6 +343,8 @@ class Dispatcher:
                 self.health.success(name)
             return response
         if last is not None and len(tried) == 1 and len(plan.candidates) == 1:
+            if isinstance(last, ModelNotFound) and plan.router is None:
+                self._not_found(plan.asked, last)
             raise last  # one candidate: its own error (404, 507, 502...), as without routing
         if not plan.candidates:
             skipped = "; ".join(f"{c} ({w})" for c, w in plan.skipped) or "none configured"
