@@ -150,12 +150,10 @@ Discover = Callable[[str, Upstream], Awaitable[list[dict[str, Any]]]]
 
 async def node_id(upstream: Upstream) -> str | None:
     """An enginehouse node's id (its ``/api/version`` says ``node``), for the loop guard."""
-    from enginehouse.engines.openai_remote import auth_headers, get_json
+    from enginehouse.engines.openai_remote import probe_upstream
 
     with contextlib.suppress(EnginehouseError):
-        data = await get_json(
-            f"{upstream.url}/api/version", headers=auth_headers(upstream.api_key), timeout=DISCOVERY_TIMEOUT
-        )
+        data = await probe_upstream(upstream, DISCOVERY_TIMEOUT)
         node = data.get("node") if isinstance(data, dict) else None
         return node if isinstance(node, str) else None
     return None

@@ -181,12 +181,13 @@ def node_rows(config: Config, timeout: float = 2.0) -> list[dict[str, Any]]:
     import httpx
 
     from enginehouse.config_file import load_config_file
+    from enginehouse.engines.openai_remote import HEALTH_PATHS
 
     fc = load_config_file(config.config_path)
     rows = []
     for name, up in {**fc.upstreams, **fc.node_upstreams}.items():
         kind = "node" if name in fc.node_upstreams else up.engine
-        path = "/api/version" if up.engine == "ollama" else "/v1/models"
+        path = HEALTH_PATHS[up.engine]
         headers = {"Authorization": f"Bearer {up.api_key}"} if up.api_key else {}
         try:
             resp = httpx.get(up.url + path, headers=headers, timeout=timeout)

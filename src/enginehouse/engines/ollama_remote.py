@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from enginehouse.engines.openai_remote import RemoteEngine, get_json
+from enginehouse.engines.openai_remote import HEALTH_PATHS, RemoteEngine, get_json
 
 
 async def list_ollama_models(url: str, *, timeout: float = 5.0) -> list[dict[str, Any]]:
@@ -23,4 +23,4 @@ async def list_ollama_models(url: str, *, timeout: float = 5.0) -> list[dict[str
 
 class OllamaRemoteEngine(RemoteEngine):
     kind = "ollama"
-    health_path = "/api/version"
+    health_path = HEALTH_PATHS["ollama"]

@@ -12,7 +12,7 @@ for the gateway to render, so chat always goes through the upstream's own chat t
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiohttp
 import orjson
@@ -20,8 +20,13 @@ import orjson
 from enginehouse.engines.base import Engine, EngineInfo
 from enginehouse.errors import UpstreamUnavailable
 
+if TYPE_CHECKING:
+    from enginehouse.config_file import Upstream
+
 #: Requests that may be in flight to one remote model before the gateway queues (the upstream batches).
 DEFAULT_REMOTE_PARALLEL = 64
+#: What answers when a remote server is up, by the API it speaks (an enginehouse node speaks Ollama's).
+HEALTH_PATHS = {"ollama": "/api/version", "openai": "/v1/models"}
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:
@@ -47,6 +52,12 @@ async def get_json(url: str, *, headers: dict[str, str] | None = None, timeout: 
         raise UpstreamUnavailable(f"GET {url} did not answer JSON: {exc}") from exc
 
 
+async def probe_upstream(upstream: Upstream, timeout: float) -> Any:
+    """GET the upstream's health path with its API key: its JSON, or UpstreamUnavailable saying why."""
+    url = upstream.url + HEALTH_PATHS[upstream.engine]
+    return await get_json(url, headers=auth_headers(upstream.api_key), timeout=timeout)
+
+
 async def list_openai_models(
     url: str, api_key: str | None = None, *, timeout: float = 5.0
 ) -> list[dict[str, Any]]:
@@ -59,7 +70,7 @@ async def list_openai_models(
 class RemoteEngine(Engine):
     """A model on a server enginehouse attaches to; nothing runs here."""
 
-    health_path: ClassVar[str] = "/v1/models"
+    health_path: ClassVar[str] = HEALTH_PATHS["openai"]
     capabilities = frozenset({"completion", "tools"})  # the upstream decides; the gateway refuses nothing
 
     def __init__(

@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from aiohttp import web
 
@@ -175,8 +175,8 @@ class Dispatcher:
             plan.placements[candidate] = placement
             usable.append((candidate, placement))
         ordered = order_by_cost(usable, route.prefer)
-        names = [n for n, _ in ordered] + [f for f in route.fallbacks if f not in dict(ordered)]
-        plan.candidates = self._with_fallbacks(names, plan)
+        # the route's fallbacks after its candidates; _with_fallbacks drops any name already there
+        plan.candidates = self._with_fallbacks([*(n for n, _ in ordered), *route.fallbacks], plan)
         if ordered:
             chosen, placement = ordered[0]
             rule = "the route's first usable candidate" if route.prefer == "quality" else "the cheapest"
@@ -201,7 +201,7 @@ class Dispatcher:
             self.metrics.route_seconds.labels(router.name, decision.tier).observe(plan.elapsed_ms / 1000)
         return plan
 
-    def _not_found(self, asked: str, exc: ModelNotFound) -> None:
+    def _not_found(self, asked: str, exc: ModelNotFound) -> NoReturn:
         """The 404 for a name nothing answers to, naming the closest models, aliases and routers
         (resolved only here, on the error path: a known name pays for nothing)."""
         names = [

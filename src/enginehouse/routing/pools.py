@@ -53,12 +53,17 @@ class Pools:
         for replica in balancer.replicas:  # slots stay 1: a remote replica's are unknown until used
             replica.draining = node_of(replica.name) in self.draining
         text = plan.prompt() if plan.prompt is not None and balancer.strategy == "prefix" else None
-        order = [r.name for r in balancer.order(text, exclude)]
-        cooled = [r.name for r in balancer.replicas if r.name not in order and r.name not in exclude]
-        for replica in balancer.replicas:
-            if replica.name in order:
-                plan.replicas[replica.name] = (balancer, replica, text)
-        return order + [c for c in cooled if not next(r for r in balancer.replicas if r.name == c).draining]
+        chosen = balancer.order(text, exclude)  # cooled-down, draining and excluded ones left out
+        for replica in chosen:
+            plan.replicas[replica.name] = (balancer, replica, text)
+        cooled = [
+            r for r in balancer.replicas if r not in chosen and r.name not in exclude and not r.draining
+        ]
+        return [r.name for r in (*chosen, *cooled)]
+
+    def members(self) -> list[str]:
+        """Every member of every pool seen so far (what the active probes visit)."""
+        return [r.name for balancer in self._balancers.values() for r in balancer.replicas]
 
     def _balancer(self, name: str, members: list[str]) -> Balancer:
         found = self._balancers.get(name)

@@ -19,7 +19,7 @@ from enginehouse.config_file import EMPTY, FileConfig, ModelEntry
 from enginehouse.engines.base import Engine, RunnerSpec
 from enginehouse.errors import EnginehouseError, InsufficientMemory, ServerBusy
 from enginehouse.sched.admission import Admission
-from enginehouse.sched.eviction import Candidate, Fits, NeverFits, Wait, evict_for
+from enginehouse.sched.eviction import Candidate, EvictionPlan, Fits, NeverFits, evict_for
 from enginehouse.sched.memory import EstimateCorrector, MemoryBudget, MemoryEstimate, measure_rss
 from enginehouse.store import ModelRecord, Store
 
@@ -319,7 +319,7 @@ class Scheduler:
             return Placement(key, False, 0, load + again, evicts=tuple(plan.evict))
         return Placement(key, False, 0, load + QUEUE_TURN_S, waits_for=tuple(plan.wait_for))
 
-    def _room_plan(self, key: str, record: ModelRecord, estimate: int, budgeted: bool) -> object:
+    def _room_plan(self, key: str, record: ModelRecord, estimate: int, budgeted: bool) -> EvictionPlan:
         """The eviction policy's answer for loading ``key`` now (Fits, Wait or NeverFits)."""
         loaded = [
             self._candidate(
@@ -356,7 +356,6 @@ class Scheduler:
                 if raw is not None:
                     self._pending_memory[key] = raw
                 return estimate
-            assert isinstance(plan, Wait)
             if time.monotonic() > deadline:
                 raise ServerBusy(f"{plan.message}; gave up after {self.load_timeout:.0f}s", retry_after=5)
             self.admission.waiting(key, arrived, plan.wait_for)

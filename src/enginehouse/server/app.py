@@ -176,32 +176,27 @@ async def probe_replicas(gw: Gateway) -> None:
     """Active health probes of remote pool members: a member whose node does not answer its
     ``/api/version`` (or ``/v1/models``) in time is set aside at once; one that answers while its
     cooldown has run out is re-admitted without waiting for a request to try it."""
-    from enginehouse.engines.openai_remote import auth_headers, get_json
+    from enginehouse.engines.openai_remote import probe_upstream
 
     settings = gw.file_config.pools
     while True:
         await asyncio.sleep(settings.probe_interval)
-        for pool in gw.dispatch.pool.snapshot():
-            for replica in pool["replicas"]:  # type: ignore[attr-defined]
-                name = replica["name"]
-                try:
-                    record = gw.catalog.resolve(name)
-                except EnginehouseError:
-                    continue
-                up = getattr(record, "upstream", None)
-                if up is None:
-                    continue  # this node's own runner: the scheduler restarts it
-                path = "/api/version" if up.engine == "ollama" else "/v1/models"
-                try:
-                    await get_json(
-                        up.url + path, headers=auth_headers(up.api_key), timeout=settings.probe_timeout
-                    )
-                except EnginehouseError as exc:
-                    gw.dispatch.health.eject(name, f"health probe failed: {exc.message}")
-                    continue
-                state = gw.dispatch.health.state(name)
-                if state is not None and state.probing:
-                    gw.dispatch.health.success(name)
+        for name in gw.dispatch.pool.members():
+            try:
+                record = gw.catalog.resolve(name)
+            except EnginehouseError:
+                continue
+            up = getattr(record, "upstream", None)
+            if up is None:
+                continue  # this node's own runner: the scheduler restarts it
+            try:
+                await probe_upstream(up, settings.probe_timeout)
+            except EnginehouseError as exc:
+                gw.dispatch.health.eject(name, f"health probe failed: {exc.message}")
+                continue
+            state = gw.dispatch.health.state(name)
+            if state is not None and state.probing:
+                gw.dispatch.health.success(name)
 
 
 def _exists(catalog: Catalog, name: str) -> bool:
