@@ -181,14 +181,14 @@ def node_rows(config: Config, timeout: float = 2.0) -> list[dict[str, Any]]:
     import httpx
 
     from enginehouse.config_file import load_config_file
-    from enginehouse.engines.openai_remote import HEALTH_PATHS
+    from enginehouse.engines.openai_remote import HEALTH_PATHS, auth_headers
 
     fc = load_config_file(config.config_path)
     rows = []
     for name, up in {**fc.upstreams, **fc.node_upstreams}.items():
         kind = "node" if name in fc.node_upstreams else up.engine
         path = HEALTH_PATHS[up.engine]
-        headers = {"Authorization": f"Bearer {up.api_key}"} if up.api_key else {}
+        headers = auth_headers(up.api_key)
         try:
             resp = httpx.get(up.url + path, headers=headers, timeout=timeout)
             ok = resp.status_code == 200
