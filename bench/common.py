@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,20 @@ def percentile(values: list[float], q: float) -> float:
     if len(values) == 1:
         return values[0]
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def bootstrap_ci(
+    n: int, stat: Callable[[list[int]], float], resamples: int = 2000, seed: int = 1
+) -> tuple[float, float]:
+    """95% percentile interval of `stat` over `resamples` draws of n units (rounds) with replacement.
+
+    `stat` gets the drawn indices rather than values, so that series paired by round (a door and direct)
+    are resampled together; the fixed seed makes a rerun on the same data print the same interval.
+    """
+    rng = random.Random(seed)
+    units = range(n)
+    values = sorted(stat(rng.choices(units, k=n)) for _ in range(resamples))
+    return values[round(0.025 * (resamples - 1))], values[round(0.975 * (resamples - 1))]
 
 
 def free_port() -> int:
@@ -101,9 +116,45 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _children(pid: int) -> Iterator[int]:
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        if int(fields[1]) == pid:
+            yield int(stat.parent.name)
+
+
+def runner_url(gateway_pid: int, timeout: float = 120) -> str:
+    """The URL of the llama-server runner that the gateway `gateway_pid` started, once its /health is 200.
+
+    Found from /proc: the child whose argv[0] ends in llama-server, and the value after its --port. The
+    gateway's /api/version answers before a preloaded runner is up, so this waits for both (Linux only).
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not Path(f"/proc/{gateway_pid}").exists():
+            raise RuntimeError(f"gateway {gateway_pid} exited before its runner started")
+        for child in _children(gateway_pid):
+            try:
+                argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv[0].decode().endswith("llama-server") and b"--port" in argv:
+                url = f"http://127.0.0.1:{int(argv[argv.index(b'--port') + 1])}"
+                asyncio.run(wait_ready(f"{url}/health", max(deadline - time.monotonic(), 1)))
+                return url
+        time.sleep(0.2)
+    raise TimeoutError(f"no llama-server child of {gateway_pid} within {timeout}s")
+
+
 @dataclass
 class Pair:
-    """A llama-server alone and an enginehouse gateway running the same model with the same settings."""
+    """An enginehouse gateway and a llama-server to compare it with, running the same model and settings.
+
+    The llama-server is a separate one by default, or the gateway's own runner (separate_direct=False).
+    """
 
     direct_url: str
     gateway_url: str
@@ -112,7 +163,9 @@ class Pair:
 
 
 @contextmanager
-def direct_and_gateway(*, ctx: int, parallel: int, params: dict) -> Iterator[Pair]:
+def direct_and_gateway(
+    *, ctx: int, parallel: int, params: dict, separate_direct: bool = True
+) -> Iterator[Pair]:
     user = Config.from_env()
     binary = require_llama_server(user).path
     gguf = bundled_model_file()
@@ -122,12 +175,18 @@ def direct_and_gateway(*, ctx: int, parallel: int, params: dict) -> Iterator[Pai
     # `enginehouse run` (which takes no sampling flags) generates what the HTTP paths generate.
     Store(home / "models").import_gguf(gguf, BENCH_MODEL, params=params)
     direct_port, gateway_port = free_port(), free_port()
-    settings = LlamaServerSettings(
-        gguf, BENCH_MODEL, ctx_per_slot=ctx, num_parallel=parallel, cache_ram_mib=user.cache_ram_mib
-    )
-    direct = subprocess.Popen(
-        build_argv(binary, settings, direct_port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    procs: list[subprocess.Popen[bytes]] = []
+    if separate_direct:
+        settings = LlamaServerSettings(
+            gguf, BENCH_MODEL, ctx_per_slot=ctx, num_parallel=parallel, cache_ram_mib=user.cache_ram_mib
+        )
+        procs.append(
+            subprocess.Popen(
+                build_argv(binary, settings, direct_port),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
     env = {
         **os.environ,
         "ENGINEHOUSE_HOME": str(home),
@@ -140,12 +199,17 @@ def direct_and_gateway(*, ctx: int, parallel: int, params: dict) -> Iterator[Pai
     gateway = subprocess.Popen(
         [sys.executable, "-m", "enginehouse", "serve", "--preload", BENCH_MODEL], env=env
     )
+    procs.insert(0, gateway)
     try:
-        asyncio.run(wait_ready(f"http://127.0.0.1:{direct_port}/health"))
         asyncio.run(wait_ready(f"http://127.0.0.1:{gateway_port}/api/version"))
-        yield Pair(f"http://127.0.0.1:{direct_port}", f"http://127.0.0.1:{gateway_port}", gateway.pid, env)
+        if separate_direct:
+            direct_url = f"http://127.0.0.1:{direct_port}"
+            asyncio.run(wait_ready(f"{direct_url}/health"))
+        else:
+            direct_url = runner_url(gateway.pid)
+        yield Pair(direct_url, f"http://127.0.0.1:{gateway_port}", gateway.pid, env)
     finally:
-        for proc in (gateway, direct):
+        for proc in procs:
             proc.terminate()
-        for proc in (gateway, direct):
+        for proc in procs:
             proc.wait(30)

@@ -1,16 +1,29 @@
-"""What the gateway adds: the same streamed requests straight to llama-server and through enginehouse.
+"""What the gateway adds: the same streamed requests straight to its llama-server runner and through it.
 
-    .venv/bin/python -m bench.gateway_overhead [--levels 1,8,32] [--rounds 3] [--tokens 128]
+    .venv/bin/python -m bench.gateway_overhead [--levels 1,8,32] [--rounds 5] [--tokens 128]
+        [--ttft-requests 300] [--ttft-tokens 8]
 
-At each concurrency level, each round sends `level` concurrent streamed chats to each path (order rotated
-every round) and waits for all of them:
-  direct      llama-server /v1/chat/completions (the baseline)
+Every path ends at one process: the llama-server runner that the gateway started for the model (found
+from /proc), so slots and prompt cache are shared and the only difference is the gateway hop:
+  direct      the runner's own /v1/chat/completions (the baseline)
   openai-api  enginehouse /v1/chat/completions (SSE bytes passed through)
   ollama-api  enginehouse /api/chat (each chunk translated to NDJSON)
-Each level starts with one excluded warm-up batch per path. Reported per level and path: p50/p95
-time to first token, aggregate output tokens/s (all tokens of a
-round over its wall time, median over rounds), their ratio and difference to direct, and the gateway's
-own CPU time per request (from /proc), which on a 2-core machine is taken from the engine.
+Sampling is the same on all: greedy (temperature 0, seed 1: sent by direct, Modelfile defaults on the
+doors) and the same max tokens in every body.
+
+TTFT phase, concurrency 1: --ttft-requests short streams (--ttft-tokens output tokens) per path, one at a
+time; each round sends one per path, order rotated. Reported: p50/p95 TTFT per path and, per door, the
+median of the per-round differences door - direct with a bootstrap 95% CI over rounds. Pairing within a
+round cancels the machine's drift, which is what makes a 1 ms difference measurable on a shared machine.
+
+Throughput phase, at each of --levels: one excluded warm-up batch per path, then --rounds rounds, each
+sending `level` concurrent streams of --tokens tokens per path (order rotated) and waiting for all.
+Reported: p50/p95 TTFT and the door's Δ p50 vs direct (bootstrap 95% CI over rounds), aggregate output
+tokens/s (all tokens of a round over its wall time, median over rounds), its ratio to direct's, the
+median of the per-round ratios with a bootstrap CI, and the gateway's own CPU time per request (from
+/proc), which on a 2-core machine is taken from the engine.
+
+Target: p50 TTFT through a door within 1 ms of direct; aggregate tokens/s >= 98% of direct.
 """
 
 from __future__ import annotations
@@ -22,94 +35,245 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
-from bench.common import BENCH_MODEL, PROMPT, ROOT, cpu_seconds, direct_and_gateway, one_stream, percentile
+from bench.common import (
+    BENCH_MODEL,
+    PROMPT,
+    ROOT,
+    Pair,
+    Sample,
+    bootstrap_ci,
+    cpu_seconds,
+    direct_and_gateway,
+    one_stream,
+    percentile,
+)
+
+PATHS = ("direct", "openai-api", "ollama-api")
+DOORS = PATHS[1:]
+TTFT_WARMUP_ROUNDS = 3
+TTFT_TARGET_MS = 1.0
+RATE_TARGET = 0.98
+
+Target = tuple[str, dict[str, Any]]  # URL and JSON body
 
 
-async def measure(pair, levels: list[int], rounds: int, tokens: int) -> dict:
-    chat = [{"role": "user", "content": PROMPT}]
-    openai_body = {"model": BENCH_MODEL, "messages": chat, "stream": True, "max_tokens": tokens}
-    paths = {
-        "direct": (f"{pair.direct_url}/v1/chat/completions", {**openai_body, "temperature": 0, "seed": 1}),
-        "openai-api": (f"{pair.gateway_url}/v1/chat/completions", openai_body),
-        "ollama-api": (
-            f"{pair.gateway_url}/api/chat",
-            {"model": BENCH_MODEL, "messages": chat, "stream": True},
+def targets(pair: Pair, tokens: int) -> dict[str, Target]:
+    base = {"model": BENCH_MODEL, "messages": [{"role": "user", "content": PROMPT}], "stream": True}
+    return {
+        # The doors take temperature and seed from the model's Modelfile; the bare runner has no such
+        # defaults, so direct sends them. Max tokens goes in every body: the Modelfile's num_predict is
+        # the throughput phase's, and the TTFT phase's requests must be as short on the doors.
+        "direct": (
+            f"{pair.direct_url}/v1/chat/completions",
+            {**base, "max_tokens": tokens, "temperature": 0, "seed": 1},
         ),
+        "openai-api": (f"{pair.gateway_url}/v1/chat/completions", {**base, "max_tokens": tokens}),
+        "ollama-api": (f"{pair.gateway_url}/api/chat", {**base, "options": {"num_predict": tokens}}),
     }
-    names = list(paths)
-    out: dict = {}
-    # No pooling: llama-server closes a connection after a stream without saying so, and a pooled one
-    # would fail the next request at random. A fresh loopback connection costs every path the same.
+
+
+def rotated(rnd: int) -> tuple[str, ...]:
+    """Path order of a round: each path goes first, second and last equally often."""
+    k = rnd % len(PATHS)
+    return PATHS[k:] + PATHS[:k]
+
+
+async def stream(session: aiohttp.ClientSession, target: Target, name: str) -> Sample:
+    url, body = target
+    return await one_stream(session, url, body, name == "ollama-api")
+
+
+def median_ci(values: list[float]) -> tuple[float, float]:
+    return bootstrap_ci(len(values), lambda idx: statistics.median([values[i] for i in idx]))
+
+
+def pooled_delta_ci(door: list[list[float]], direct: list[list[float]]) -> tuple[float, float]:
+    """CI of p50(door) - p50(direct), TTFTs pooled over the drawn rounds (the same rounds for both)."""
+
+    def stat(idx: list[int]) -> float:
+        return statistics.median([t for i in idx for t in door[i]]) - statistics.median(
+            [t for i in idx for t in direct[i]]
+        )
+
+    return bootstrap_ci(len(door), stat)
+
+
+def ms(ci: tuple[float, float]) -> list[float]:
+    return [ci[0] * 1000, ci[1] * 1000]
+
+
+async def ttft_phase(session: aiohttp.ClientSession, pair: Pair, requests: int, tokens: int) -> dict:
+    paths = targets(pair, tokens)
+    # Excluded warm-up: the first requests fill the slot's prompt cache and warm the gateway's code paths.
+    for rnd in range(TTFT_WARMUP_ROUNDS):
+        for name in rotated(rnd):
+            await stream(session, paths[name], name)
+    ttft: dict[str, list[float]] = {n: [] for n in PATHS}
+    cpu = dict.fromkeys(PATHS, 0.0)
+    for rnd in range(requests):
+        for name in rotated(rnd):
+            cpu_before = cpu_seconds(pair.gateway_pid)
+            ttft[name].append((await stream(session, paths[name], name)).ttft)
+            cpu[name] += cpu_seconds(pair.gateway_pid) - cpu_before
+        if (rnd + 1) % 50 == 0 or rnd + 1 == requests:
+            print(f"ttft: round {rnd + 1}/{requests}", file=sys.stderr)
+    out: dict[str, Any] = {"requests": requests, "tokens": tokens, "paths": {}}
+    for name in PATHS:
+        row = {
+            "ttft_p50_ms": percentile(ttft[name], 50) * 1000,
+            "ttft_p95_ms": percentile(ttft[name], 95) * 1000,
+            # Summed over the phase: one request is below the CPU clock's 10 ms tick.
+            "gateway_cpu_ms_per_request": cpu[name] / requests * 1000,
+        }
+        if name != "direct":
+            diffs = [d - b for d, b in zip(ttft[name], ttft["direct"], strict=True)]
+            row["paired_delta_median_ms"] = statistics.median(diffs) * 1000
+            row["paired_delta_ci95_ms"] = ms(median_ci(diffs))
+        out["paths"][name] = row
+    return out
+
+
+async def throughput_level(
+    session: aiohttp.ClientSession, pair: Pair, level: int, rounds: int, tokens: int
+) -> dict:
+    paths = targets(pair, tokens)
+    # Warm-up at every level, excluded: the runner's slots cache the prompt, and the first batch to reach
+    # it at a new width pays the prompt for every cold slot (a second or more). All paths share the one
+    # runner, so without this the first path to arrive pays for all.
+    for name in PATHS:
+        await asyncio.gather(*(stream(session, paths[name], name) for _ in range(level)))
+    ttfts: dict[str, list[list[float]]] = {n: [] for n in PATHS}  # per round
+    rates: dict[str, list[float]] = {n: [] for n in PATHS}
+    cpu: dict[str, list[float]] = {n: [] for n in PATHS}
+    for rnd in range(rounds):
+        for name in rotated(rnd):
+            cpu_before = cpu_seconds(pair.gateway_pid)
+            start = time.perf_counter()
+            batch = await asyncio.gather(*(stream(session, paths[name], name) for _ in range(level)))
+            wall = time.perf_counter() - start
+            cpu[name].append((cpu_seconds(pair.gateway_pid) - cpu_before) / level)
+            ttfts[name].append([s.ttft for s in batch])
+            rates[name].append(sum(s.tokens for s in batch) / wall)
+        print(f"level {level}: round {rnd + 1}/{rounds}", file=sys.stderr)
+    out: dict[str, Any] = {}
+    for name in PATHS:
+        pooled = [t for r in ttfts[name] for t in r]
+        row: dict[str, Any] = {
+            "ttft_p50_ms": percentile(pooled, 50) * 1000,
+            "ttft_p95_ms": percentile(pooled, 95) * 1000,
+            "tokens_per_s": statistics.median(rates[name]),
+            "gateway_cpu_ms_per_request": statistics.median(cpu[name]) * 1000,
+        }
+        if name != "direct":
+            direct = out["direct"]
+            ratios = [d / b for d, b in zip(rates[name], rates["direct"], strict=True)]
+            row["ttft_p50_delta_ms"] = row["ttft_p50_ms"] - direct["ttft_p50_ms"]
+            row["ttft_p50_delta_ci95_ms"] = ms(pooled_delta_ci(ttfts[name], ttfts["direct"]))
+            row["tokens_per_s_ratio"] = row["tokens_per_s"] / direct["tokens_per_s"]
+            row["round_ratio_median"] = statistics.median(ratios)
+            row["round_ratio_ci95"] = list(median_ci(ratios))
+        out[name] = row
+    return out
+
+
+async def measure(pair: Pair, args: argparse.Namespace, levels: list[int]) -> dict:
+    # No pooling, on every path: llama-server closes a connection after a streamed answer while
+    # advertising keep-alive, so a pooled one fails the next request at random. A fresh loopback
+    # connection costs every path the same.
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     async with aiohttp.ClientSession(
         connector=connector, timeout=aiohttp.ClientTimeout(total=900)
     ) as session:
-        for level in levels:
-            # Warm-up at every level, excluded: each runner's slots cache the prompt, and the first batch
-            # to reach a runner at a new width pays the prompt for every cold slot (a second or more).
-            # The two doors share one runner, so without this the first door to arrive pays for both.
-            for name, (url, body) in paths.items():
-                await asyncio.gather(
-                    *(one_stream(session, url, body, name == "ollama-api") for _ in range(level))
-                )
-            ttfts: dict[str, list[float]] = {n: [] for n in names}
-            rates: dict[str, list[float]] = {n: [] for n in names}
-            cpu: dict[str, list[float]] = {n: [] for n in names}
-            for rnd in range(rounds):
-                for name in names[rnd % 3 :] + names[: rnd % 3]:
-                    url, body = paths[name]
-                    cpu_before = cpu_seconds(pair.gateway_pid)
-                    start = time.perf_counter()
-                    batch = await asyncio.gather(
-                        *(one_stream(session, url, body, name == "ollama-api") for _ in range(level))
-                    )
-                    wall = time.perf_counter() - start
-                    cpu[name].append((cpu_seconds(pair.gateway_pid) - cpu_before) / level)
-                    ttfts[name].extend(s.ttft for s in batch)
-                    rates[name].append(sum(s.tokens for s in batch) / wall)
-                print(f"level {level}: round {rnd + 1}/{rounds}", file=sys.stderr)
-            out[level] = {
-                n: {
-                    "ttft_p50_ms": percentile(ttfts[n], 50) * 1000,
-                    "ttft_p95_ms": percentile(ttfts[n], 95) * 1000,
-                    "tokens_per_s": statistics.median(rates[n]),
-                    "gateway_cpu_ms_per_request": statistics.median(cpu[n]) * 1000,
-                }
-                for n in names
-            }
-    return out
+        ttft = None
+        if args.ttft_requests > 0:
+            ttft = await ttft_phase(session, pair, args.ttft_requests, args.ttft_tokens)
+        per_level = {
+            level: await throughput_level(session, pair, level, args.rounds, args.tokens) for level in levels
+        }
+    return {"ttft": ttft, "rounds": args.rounds, "tokens": args.tokens, "levels": per_level}
+
+
+def verdict(lo: float, hi: float, limit: float, above: bool) -> str:
+    """Whether a CI lies on the good side of a limit (above it, or below it), the bad side, or across."""
+    good, bad = (lo >= limit, hi < limit) if above else (hi <= limit, lo > limit)
+    return "meets" if good else "misses" if bad else "unclear"
+
+
+def ci_text(ci: list[float], digits: int) -> str:
+    return f"[{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]"
+
+
+def report(out: dict) -> None:
+    ttft = out["ttft"]
+    if ttft is not None:
+        print(
+            f"\nTTFT, concurrency 1: {ttft['requests']} rounds of one {ttft['tokens']}-token stream per path"
+        )
+        print(
+            f"{'path':<11}{'TTFT p50':>11}{'TTFT p95':>11}{'paired Δ median (95% CI)':>32}{'gw CPU/req':>12}"
+        )
+        for name, r in ttft["paths"].items():
+            delta = ""
+            if name != "direct":
+                ci = ci_text(r["paired_delta_ci95_ms"], 2)
+                delta = f"{r['paired_delta_median_ms']:+.2f}ms {ci}"
+            cpu = "" if name == "direct" else f"{r['gateway_cpu_ms_per_request']:.2f}ms"
+            print(f"{name:<11}{r['ttft_p50_ms']:>9.2f}ms{r['ttft_p95_ms']:>9.2f}ms{delta:>32}{cpu:>12}")
+    print(
+        f"\nThroughput: {out['rounds']} rounds of {out['tokens']}-token streams, `streams` at once per path"
+    )
+    print(
+        f"{'streams':>7} {'path':<11}{'TTFT p50':>11}{'Δ p50 (95% CI)':>28}{'TTFT p95':>11}{'tok/s':>9}"
+        f"{'vs direct':>10}{'per round (95% CI)':>27}{'gw CPU/req':>11}"
+    )
+    for level, per in out["levels"].items():
+        d = 2 if level == 1 else 1  # TTFT at concurrency 1 is a few ms: whole 0.1 ms steps hide it
+        for name, r in per.items():
+            delta = ratio = rounds = cpu = ""
+            if name != "direct":
+                delta = f"{r['ttft_p50_delta_ms']:+.{d}f}ms {ci_text(r['ttft_p50_delta_ci95_ms'], d)}"
+                ratio = f"{r['tokens_per_s_ratio']:.3f}x"
+                lo, hi = r["round_ratio_ci95"]
+                rounds = f"{r['round_ratio_median']:.3f}x [{lo:.3f}, {hi:.3f}]"
+                cpu = f"{r['gateway_cpu_ms_per_request']:.1f}ms"
+            print(
+                f"{level:>7} {name:<11}{r['ttft_p50_ms']:>9.{d}f}ms{delta:>28}{r['ttft_p95_ms']:>9.{d}f}ms"
+                f"{r['tokens_per_s']:>9.1f}{ratio:>10}{rounds:>27}{cpu:>11}"
+            )
+    print(
+        f"\nTarget: p50 TTFT within {TTFT_TARGET_MS:g} ms of direct, tokens/s >= {RATE_TARGET:.0%} of direct"
+    )
+    for door in DOORS:
+        parts = []
+        if ttft is not None:
+            lo, hi = ttft["paths"][door]["paired_delta_ci95_ms"]
+            parts.append(f"TTFT {verdict(lo, hi, TTFT_TARGET_MS, above=False)}")
+        for level, per in out["levels"].items():
+            lo, hi = per[door]["round_ratio_ci95"]
+            parts.append(f"tok/s@{level} {verdict(lo, hi, RATE_TARGET, above=True)}")
+        print(f"  {door:<11}" + ", ".join(parts))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--levels", default="1,8,32")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--ttft-requests", type=int, default=300, help="TTFT-phase rounds (0: skip the phase)")
+    ap.add_argument("--ttft-tokens", type=int, default=8)
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "gateway_overhead.json")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     params = {"temperature": 0, "seed": 1, "num_predict": args.tokens}
-    with direct_and_gateway(ctx=512, parallel=max(levels), params=params) as pair:
-        out = asyncio.run(measure(pair, levels, args.rounds, args.tokens))
-    print(
-        f"\n{'streams':>7} {'path':<11}{'TTFT p50':>10}{'Δ p50':>9}{'TTFT p95':>10}{'tok/s':>9}"
-        f"{'vs direct':>10}{'gw CPU/req':>11}"
-    )
-    for level, per in out.items():
-        d = per["direct"]
-        for name, r in per.items():
-            delta = r["ttft_p50_ms"] - d["ttft_p50_ms"]
-            ratio = r["tokens_per_s"] / d["tokens_per_s"]
-            cpu = "" if name == "direct" else f"{r['gateway_cpu_ms_per_request']:.1f}ms"
-            print(
-                f"{level:>7} {name:<11}{r['ttft_p50_ms']:>8.1f}ms{delta:>+7.1f}ms{r['ttft_p95_ms']:>8.1f}ms"
-                f"{r['tokens_per_s']:>9.1f}{ratio:>9.3f}x{cpu:>11}"
-            )
+    with direct_and_gateway(ctx=512, parallel=max(levels), params=params, separate_direct=False) as pair:
+        out = asyncio.run(measure(pair, args, levels))
+    report(out)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"rounds": args.rounds, "tokens": args.tokens, "levels": out}, indent=2))
+    args.json.write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

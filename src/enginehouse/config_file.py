@@ -13,6 +13,7 @@ never half-applied. Unknown keys are errors too: a typo (``pined = true``) must 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import tomllib
@@ -271,9 +272,10 @@ class FileConfig(_Strict):
         check_names(self)
         return self
 
-    @property
+    @functools.cached_property
     def alias_map(self) -> dict[str, str]:
-        """Every alias, from ``[aliases]`` and the entries' own ``aliases`` lists."""
+        """Every alias, from ``[aliases]`` and the entries' own ``aliases`` lists (the config is frozen,
+        and names are resolved several times a request, so this is built once)."""
         out = dict(self.aliases)
         for key, entry in self.models.items():
             out.update((alias, key) for alias in entry.aliases)

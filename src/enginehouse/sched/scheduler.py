@@ -90,6 +90,8 @@ class Placement:
         return self.load_seconds
 
 
+NO_ENTRY = ModelEntry()  # a model without an entry in enginehouse.toml (frozen: shared)
+
 #: Seconds a request waiting for a busy slot is assumed to cost (one short answer).
 QUEUE_TURN_S = 0.5
 #: Load-time estimate for a model never loaded here: start-up plus reading the file at this rate.
@@ -161,11 +163,16 @@ class Scheduler:
 
     @contextlib.asynccontextmanager
     async def acquire(
-        self, name: str, keep_alive: float | None = None, spec: RunnerSpec | None = None
+        self,
+        name: str,
+        keep_alive: float | None = None,
+        spec: RunnerSpec | None = None,
+        record: ModelRecord | None = None,
     ) -> AsyncIterator[Lease]:
-        """Load ``name`` if needed and hold it for the duration of the ``async with`` block."""
+        """Load ``name`` if needed and hold it for the duration of the ``async with`` block
+        (``record``: ``name`` already resolved by the caller, which saves reading it again)."""
         spec = spec or RunnerSpec()
-        record = self.resolve(name)
+        record = record or self.resolve(name)
         key = spec.key(record.name.display)
         was_loaded = key in self._loaded and self._loaded[key].serves(record, spec)
         started = time.monotonic()
@@ -223,7 +230,7 @@ class Scheduler:
         await self._stop(model)
 
     def entry(self, name: str) -> ModelEntry:
-        return self.file_config.entry(name) or ModelEntry()
+        return self.file_config.entry(name) or NO_ENTRY
 
     def keep_alive_for(self, name: str, requested: float | None) -> float:
         """The request's keep_alive, else the model's entry, else the default. A pinned model stays

@@ -420,7 +420,7 @@ async def _generate(
 ) -> web.StreamResponse:
     """Hold the model's runner for one request: build the engine body, relay the answer in Ollama's shape."""
     spec = runner_spec(request, req.options, record)
-    async with request.app[GATEWAY].scheduler.acquire(name, keep_alive, spec) as lease:
+    async with request.app[GATEWAY].scheduler.acquire(name, keep_alive, spec, record) as lease:
         note_model(request, lease)
         path, body = body_for(lease.model.engine.served_model)
         translator = OllamaStream(

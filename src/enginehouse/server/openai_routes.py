@@ -181,19 +181,25 @@ async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
             path,
             as_sent,
             record,
-            lambda: _answer(request, path, body, name, run_spec, started),
+            lambda: _answer(request, path, body, record, name, run_spec, started),
         )
 
     return await gw.dispatch.run(request, plan, attempt)
 
 
 async def _answer(
-    request: web.Request, path: str, data: dict[str, Any], name: str, spec: RunnerSpec, started: float
+    request: web.Request,
+    path: str,
+    data: dict[str, Any],
+    record: ModelRecord,
+    name: str,
+    spec: RunnerSpec,
+    started: float,
 ) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     streaming = bool(data.get("stream"))
     asked = data["model"]
-    async with gw.scheduler.acquire(name, None, spec) as lease:
+    async with gw.scheduler.acquire(name, None, spec, record) as lease:
         note_model(request, lease)
         engine = lease.model.engine
         record = lease.model.record

@@ -1,8 +1,10 @@
-"""Pooled HTTP to engines, with the one retry that pooled keep-alive connections need.
+"""HTTP to engines, with the one retry that pooled keep-alive connections need.
 
-A pooled connection can go stale (the engine closed it while idle, or restarted); the first write then
-fails before any byte reached the client. That case, and only that case, is retried once on a fresh
-connection. An engine that refuses connections or dies mid-stream is reported, not retried here.
+Plain ``http://`` engines (every runner this gateway starts) go through engine_http's lean client, the
+hot path; ``https://`` upstreams through aiohttp. A pooled connection can go stale (the engine closed it
+while idle, or restarted); the first write then fails before any byte reached the client. That case,
+and only that case, is retried once on a fresh connection. An engine that refuses connections or dies
+mid-stream is reported, not retried here.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import aiohttp
 import orjson
 
 from enginehouse.errors import ContextOverflow, InvalidRequest, LoopDetected, RunnerError, UpstreamUnavailable
+from enginehouse.server.engine_http import EngineHTTP, EngineResponse
 
 _STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
@@ -22,6 +25,7 @@ class Upstream:
     def __init__(self, *, limit: int = 0) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._limit = limit
+        self._plain = EngineHTTP()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -34,15 +38,18 @@ class Upstream:
         return self._session
 
     async def close(self) -> None:
+        self._plain.close()
         if self._session is not None:
             await self._session.close()
 
     async def post(
         self, url: str, body: dict[str, Any] | bytes, headers: dict[str, str] | None = None
-    ) -> aiohttp.ClientResponse:
+    ) -> aiohttp.ClientResponse | EngineResponse:
         """POST and return the response once its status line arrived; the caller must release it."""
         data = body if isinstance(body, bytes) else orjson.dumps(body)
         hdrs = {"Content-Type": "application/json", **(headers or {})}
+        if url.startswith("http://"):
+            return await self._plain.post(url, data, hdrs)
         for attempt in (1, 2):
             try:
                 return await self.session.post(url, data=data, headers=hdrs)
@@ -66,7 +73,7 @@ class Upstream:
             return await resp.json(loads=orjson.loads)
 
 
-async def raise_for_engine(resp: aiohttp.ClientResponse) -> None:
+async def raise_for_engine(resp: aiohttp.ClientResponse | EngineResponse) -> None:
     """An engine's non-200 answer as our error: its 400 is the client's (InvalidRequest), anything else
     a RunnerError, with the engine's own message either way."""
     if resp.status != 200:
@@ -78,7 +85,7 @@ async def raise_for_engine(resp: aiohttp.ClientResponse) -> None:
         raise (InvalidRequest if resp.status == 400 else RunnerError)(message)
 
 
-async def error_text(resp: aiohttp.ClientResponse) -> str:
+async def error_text(resp: aiohttp.ClientResponse | EngineResponse) -> str:
     """The engine's own error message from a non-2xx answer (OpenAI or llama.cpp shape)."""
     raw = await resp.read()
     try:
@@ -89,7 +96,7 @@ async def error_text(resp: aiohttp.ClientResponse) -> str:
         return raw.decode(errors="replace")[:500] or resp.reason or "error"
 
 
-async def sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+async def sse_events(resp: aiohttp.ClientResponse | EngineResponse) -> AsyncIterator[dict[str, Any]]:
     """Parsed ``data:`` events of an SSE stream, until ``[DONE]``."""
     try:
         async for raw in resp.content:

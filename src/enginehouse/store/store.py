@@ -122,7 +122,10 @@ class Store:
         self.tmp_dir = self.root / "tmp"
         # resolve() is on every request's path: records are cached per manifest file and reused
         # while its (mtime, size, inode) stay the same; blobs are content-addressed, so immutable.
-        self._resolved: dict[Path, tuple[tuple[int, int, int], list[Path], ModelRecord]] = {}
+        # name as asked -> (manifest path, its signature, blob paths, record): resolve()'s cache
+        self._resolved: dict[
+            ModelName | str, tuple[str, tuple[int, int, int], tuple[str, ...], ModelRecord]
+        ] = {}
 
     # -- blobs ------------------------------------------------------------------------------------
 
@@ -449,20 +452,23 @@ class Store:
         )
 
     def resolve(self, name: ModelName | str) -> ModelRecord:
+        """The record for ``name``, read again only when its manifest changed on disk or one of its
+        blobs is gone (a few stat calls: this runs on every request)."""
+        hit = self._resolved.get(name)
+        if hit is not None and _unchanged(hit):
+            return hit[3]
         mn, path = self._locate(name)
         try:
-            st = path.stat()
-            signature = (st.st_mtime_ns, st.st_size, st.st_ino)
+            signature = _signature(str(path))
         except OSError:
             signature = None
-        cached = self._resolved.get(path)
-        if cached is not None and cached[0] == signature and all(map(os.path.exists, cached[1])):
-            return cached[2]
         manifest, data = self._load(path, mn.display)
         record = self._record(mn, path, manifest, data)
         if signature is not None:
-            blobs = [self.blob_path(d) for d in manifest_digests(manifest)]
-            self._resolved[path] = (signature, blobs, record)
+            if len(self._resolved) >= 1024:  # spellings of names are the keys: keep it bounded
+                self._resolved.clear()
+            blobs = tuple(str(self.blob_path(d)) for d in manifest_digests(manifest))
+            self._resolved[name] = (str(path), signature, blobs, record)
         return record
 
     def list_models(self) -> list[ModelRecord]:
@@ -619,3 +625,17 @@ def _unlink_if_old(entry: os.DirEntry[str], cutoff: float, removed: int, freed: 
         return removed, freed
     # A hard-linked blob (the bundled model, an indexed Ollama store) frees nothing while linked.
     return removed + 1, freed + (st.st_size if st.st_nlink <= 1 else 0)
+
+
+def _signature(path: str) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+def _unchanged(hit: tuple[str, tuple[int, int, int], tuple[str, ...], ModelRecord]) -> bool:
+    """A cached resolve still holds: the same manifest file, unchanged, and every blob still there."""
+    path, signature, blobs, _ = hit
+    try:
+        return _signature(path) == signature and all(map(os.path.exists, blobs))
+    except OSError:
+        return False
