@@ -65,6 +65,12 @@ class Engine(abc.ABC):
         expiry; False (the default) to be stopped now. A later ``ensure_ready`` wakes it."""
         return False
 
+    @property
+    def ready(self) -> bool:
+        """True when ``ensure_ready`` would return at once: the scheduler's warm path skips the call.
+        False (the default) always takes it."""
+        return False
+
     @abc.abstractmethod
     async def ensure_ready(self, timeout: float | None = None) -> None:
         """Start (or attach to) the engine and return once it answers requests."""

@@ -128,6 +128,10 @@ class LlamaServerEngine(Engine):
     def served_model(self) -> str:
         return self.settings.alias
 
+    @property
+    def ready(self) -> bool:
+        return self.process.state is State.READY
+
     async def ensure_ready(self, timeout: float | None = None) -> None:
         rpc = self.settings.rpc
         if rpc and self.process.state in (State.STOPPED, State.FAILED):

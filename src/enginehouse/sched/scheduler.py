@@ -177,7 +177,9 @@ class Scheduler:
         was_loaded = key in self._loaded and self._loaded[key].serves(record, spec)
         started = time.monotonic()
         async with self.admission.turn(key):
-            model = await self._ensure_loaded(key, record, spec, started)
+            model = self._loaded.get(key)
+            if model is None or not model.engine.ready or not model.serves(record, spec):
+                model = await self._ensure_loaded(key, record, spec, started)
             if self.max_queue is not None and model.in_flight >= model.slots + self.max_queue:
                 # Every slot busy and the queue behind them full: refuse now rather than queue forever.
                 raise ServerBusy(
