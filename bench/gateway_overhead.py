@@ -1,7 +1,7 @@
 """What the gateway adds: the same streamed requests straight to its llama-server runner and through it.
 
     .venv/bin/python -m bench.gateway_overhead [--levels 1,8,32] [--rounds 5] [--tokens 128]
-        [--ttft-requests 300] [--ttft-tokens 8]
+        [--ttft-requests 300] [--ttft-tokens 8] [--relays]
 
 Every path ends at one process: the llama-server runner that the gateway started for the model (found
 from /proc), so slots and prompt cache are shared and the only difference is the gateway hop:
@@ -15,6 +15,10 @@ TTFT phase, concurrency 1: --ttft-requests short streams (--ttft-tokens output t
 time; each round sends one per path, order rotated. Reported: p50/p95 TTFT per path and, per door, the
 median of the per-round differences door - direct with a bootstrap 95% CI over rounds. Pairing within a
 round cancels the machine's drift, which is what makes a 1 ms difference measurable on a shared machine.
+With --relays, two reference relays in front of the same runner join this phase (see bench/relays.py):
+  relay-tcp      a byte-copying TCP relay: what one more process and hop cost on this machine
+  relay-aiohttp  aiohttp's server with enginehouse's engine client and nothing else: the parts the
+                 gateway is built from, without its work
 
 Throughput phase, at each of --levels: one excluded warm-up batch per path, then --rounds rounds, each
 sending `level` concurrent streams of --tokens tokens per path (order rotated) and waiting for all.
@@ -32,8 +36,10 @@ import argparse
 import asyncio
 import json
 import statistics
+import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +54,14 @@ from bench.common import (
     bootstrap_ci,
     cpu_seconds,
     direct_and_gateway,
+    free_port,
     one_stream,
     percentile,
 )
 
 PATHS = ("direct", "openai-api", "ollama-api")
 DOORS = PATHS[1:]
+RELAYS = ("relay-tcp", "relay-aiohttp")
 TTFT_WARMUP_ROUNDS = 3
 TTFT_TARGET_MS = 1.0
 RATE_TARGET = 0.98
@@ -76,10 +84,43 @@ def targets(pair: Pair, tokens: int) -> dict[str, Target]:
     }
 
 
-def rotated(rnd: int) -> tuple[str, ...]:
+def rotated(rnd: int, paths: tuple[str, ...] = PATHS) -> tuple[str, ...]:
     """Path order of a round: each path goes first, second and last equally often."""
-    k = rnd % len(PATHS)
-    return PATHS[k:] + PATHS[:k]
+    k = rnd % len(paths)
+    return paths[k:] + paths[:k]
+
+
+@contextmanager
+def reference_relays(pair: Pair):  # type: ignore[no-untyped-def]
+    """The two reference relays in front of the gateway's runner: {path name: chat URL}."""
+    runner_port = pair.direct_url.rsplit(":", 1)[1]
+    ports = {name: free_port() for name in RELAYS}
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "bench.relays", name.split("-")[1], runner_port, str(port)])
+        for name, port in ports.items()
+    ]
+    try:
+        for port in ports.values():  # a GET on a POST route answers 405: the relay is up
+            asyncio.run(wait_ready_any(f"http://127.0.0.1:{port}/v1/chat/completions"))
+        yield {name: f"http://127.0.0.1:{port}/v1/chat/completions" for name, port in ports.items()}
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)
+
+
+async def wait_ready_any(url: str, timeout: float = 30) -> None:
+    """Until something answers at ``url`` (any status)."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while True:
+            try:
+                async with session.get(url):
+                    return
+            except aiohttp.ClientError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
 
 
 async def stream(session: aiohttp.ClientSession, target: Target, name: str) -> Sample:
@@ -106,28 +147,33 @@ def ms(ci: tuple[float, float]) -> list[float]:
     return [ci[0] * 1000, ci[1] * 1000]
 
 
-async def ttft_phase(session: aiohttp.ClientSession, pair: Pair, requests: int, tokens: int) -> dict:
+async def ttft_phase(
+    session: aiohttp.ClientSession, pair: Pair, requests: int, tokens: int, relays: dict[str, str]
+) -> dict:
     paths = targets(pair, tokens)
+    for name, url in relays.items():  # a relay forwards the direct request as it is
+        paths[name] = (url, paths["direct"][1])
+    names = tuple(paths)
     # Excluded warm-up: the first requests fill the slot's prompt cache and warm the gateway's code paths.
     for rnd in range(TTFT_WARMUP_ROUNDS):
-        for name in rotated(rnd):
+        for name in rotated(rnd, names):
             await stream(session, paths[name], name)
-    ttft: dict[str, list[float]] = {n: [] for n in PATHS}
-    cpu = dict.fromkeys(PATHS, 0.0)
+    ttft: dict[str, list[float]] = {n: [] for n in names}
+    cpu = dict.fromkeys(names, 0.0)
     for rnd in range(requests):
-        for name in rotated(rnd):
+        for name in rotated(rnd, names):
             cpu_before = cpu_seconds(pair.gateway_pid)
             ttft[name].append((await stream(session, paths[name], name)).ttft)
             cpu[name] += cpu_seconds(pair.gateway_pid) - cpu_before
         if (rnd + 1) % 50 == 0 or rnd + 1 == requests:
             print(f"ttft: round {rnd + 1}/{requests}", file=sys.stderr)
     out: dict[str, Any] = {"requests": requests, "tokens": tokens, "paths": {}}
-    for name in PATHS:
+    for name in names:
         row = {
             "ttft_p50_ms": percentile(ttft[name], 50) * 1000,
             "ttft_p95_ms": percentile(ttft[name], 95) * 1000,
             # Summed over the phase: one request is below the CPU clock's 10 ms tick.
-            "gateway_cpu_ms_per_request": cpu[name] / requests * 1000,
+            "gateway_cpu_ms_per_request": cpu[name] / requests * 1000 if name in DOORS else None,
         }
         if name != "direct":
             diffs = [d - b for d, b in zip(ttft[name], ttft["direct"], strict=True)]
@@ -180,7 +226,7 @@ async def throughput_level(
     return out
 
 
-async def measure(pair: Pair, args: argparse.Namespace, levels: list[int]) -> dict:
+async def measure(pair: Pair, args: argparse.Namespace, levels: list[int], relays: dict[str, str]) -> dict:
     # No pooling, on every path: llama-server closes a connection after a streamed answer while
     # advertising keep-alive, so a pooled one fails the next request at random. A fresh loopback
     # connection costs every path the same.
@@ -190,7 +236,7 @@ async def measure(pair: Pair, args: argparse.Namespace, levels: list[int]) -> di
     ) as session:
         ttft = None
         if args.ttft_requests > 0:
-            ttft = await ttft_phase(session, pair, args.ttft_requests, args.ttft_tokens)
+            ttft = await ttft_phase(session, pair, args.ttft_requests, args.ttft_tokens, relays)
         per_level = {
             level: await throughput_level(session, pair, level, args.rounds, args.tokens) for level in levels
         }
@@ -214,15 +260,15 @@ def report(out: dict) -> None:
             f"\nTTFT, concurrency 1: {ttft['requests']} rounds of one {ttft['tokens']}-token stream per path"
         )
         print(
-            f"{'path':<11}{'TTFT p50':>11}{'TTFT p95':>11}{'paired Δ median (95% CI)':>32}{'gw CPU/req':>12}"
+            f"{'path':<13}{'TTFT p50':>11}{'TTFT p95':>11}{'paired Δ median (95% CI)':>32}{'gw CPU/req':>12}"
         )
         for name, r in ttft["paths"].items():
             delta = ""
             if name != "direct":
                 ci = ci_text(r["paired_delta_ci95_ms"], 2)
                 delta = f"{r['paired_delta_median_ms']:+.2f}ms {ci}"
-            cpu = "" if name == "direct" else f"{r['gateway_cpu_ms_per_request']:.2f}ms"
-            print(f"{name:<11}{r['ttft_p50_ms']:>9.2f}ms{r['ttft_p95_ms']:>9.2f}ms{delta:>32}{cpu:>12}")
+            cpu = "" if name not in DOORS else f"{r['gateway_cpu_ms_per_request']:.2f}ms"
+            print(f"{name:<13}{r['ttft_p50_ms']:>9.2f}ms{r['ttft_p95_ms']:>9.2f}ms{delta:>32}{cpu:>12}")
     print(
         f"\nThroughput: {out['rounds']} rounds of {out['tokens']}-token streams, `streams` at once per path"
     )
@@ -265,12 +311,17 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--ttft-requests", type=int, default=300, help="TTFT-phase rounds (0: skip the phase)")
     ap.add_argument("--ttft-tokens", type=int, default=8)
+    ap.add_argument("--relays", action="store_true", help="add the reference relays to the TTFT phase")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "gateway_overhead.json")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     params = {"temperature": 0, "seed": 1, "num_predict": args.tokens}
     with direct_and_gateway(ctx=512, parallel=max(levels), params=params, separate_direct=False) as pair:
-        out = asyncio.run(measure(pair, args, levels))
+        if args.relays:
+            with reference_relays(pair) as relays:
+                out = asyncio.run(measure(pair, args, levels, relays))
+        else:
+            out = asyncio.run(measure(pair, args, levels, {}))
     report(out)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=2))
