@@ -15,7 +15,7 @@ TTFT phase, concurrency 1: --ttft-requests short streams (--ttft-tokens output t
 time; each round sends one per path, order rotated. Reported: p50/p95 TTFT per path and, per door, the
 median of the per-round differences door - direct with a bootstrap 95% CI over rounds. Pairing within a
 round cancels the machine's drift, which is what makes a 1 ms difference measurable on a shared machine.
-With --relays, two reference relays in front of the same runner join this phase (see bench/relays.py):
+With --relays, two reference relays in front of the same runner join both phases (bench/relays.py):
   relay-tcp      a byte-copying TCP relay: what one more process and hop cost on this machine
   relay-aiohttp  aiohttp's server with enginehouse's engine client and nothing else: the parts the
                  gateway is built from, without its work
@@ -147,12 +147,17 @@ def ms(ci: tuple[float, float]) -> list[float]:
     return [ci[0] * 1000, ci[1] * 1000]
 
 
-async def ttft_phase(
-    session: aiohttp.ClientSession, pair: Pair, requests: int, tokens: int, relays: dict[str, str]
-) -> dict:
+def all_targets(pair: Pair, tokens: int, relays: dict[str, str]) -> dict[str, Target]:
     paths = targets(pair, tokens)
     for name, url in relays.items():  # a relay forwards the direct request as it is
         paths[name] = (url, paths["direct"][1])
+    return paths
+
+
+async def ttft_phase(
+    session: aiohttp.ClientSession, pair: Pair, requests: int, tokens: int, relays: dict[str, str]
+) -> dict:
+    paths = all_targets(pair, tokens, relays)
     names = tuple(paths)
     # Excluded warm-up: the first requests fill the slot's prompt cache and warm the gateway's code paths.
     for rnd in range(TTFT_WARMUP_ROUNDS):
@@ -184,19 +189,20 @@ async def ttft_phase(
 
 
 async def throughput_level(
-    session: aiohttp.ClientSession, pair: Pair, level: int, rounds: int, tokens: int
+    session: aiohttp.ClientSession, pair: Pair, level: int, rounds: int, tokens: int, relays: dict[str, str]
 ) -> dict:
-    paths = targets(pair, tokens)
+    paths = all_targets(pair, tokens, relays)
+    names = tuple(paths)
     # Warm-up at every level, excluded: the runner's slots cache the prompt, and the first batch to reach
     # it at a new width pays the prompt for every cold slot (a second or more). All paths share the one
     # runner, so without this the first path to arrive pays for all.
-    for name in PATHS:
+    for name in names:
         await asyncio.gather(*(stream(session, paths[name], name) for _ in range(level)))
-    ttfts: dict[str, list[list[float]]] = {n: [] for n in PATHS}  # per round
-    rates: dict[str, list[float]] = {n: [] for n in PATHS}
-    cpu: dict[str, list[float]] = {n: [] for n in PATHS}
+    ttfts: dict[str, list[list[float]]] = {n: [] for n in names}  # per round
+    rates: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
     for rnd in range(rounds):
-        for name in rotated(rnd):
+        for name in rotated(rnd, names):
             cpu_before = cpu_seconds(pair.gateway_pid)
             start = time.perf_counter()
             batch = await asyncio.gather(*(stream(session, paths[name], name) for _ in range(level)))
@@ -206,7 +212,7 @@ async def throughput_level(
             rates[name].append(sum(s.tokens for s in batch) / wall)
         print(f"level {level}: round {rnd + 1}/{rounds}", file=sys.stderr)
     out: dict[str, Any] = {}
-    for name in PATHS:
+    for name in names:
         pooled = [t for r in ttfts[name] for t in r]
         row: dict[str, Any] = {
             "ttft_p50_ms": percentile(pooled, 50) * 1000,
@@ -238,7 +244,8 @@ async def measure(pair: Pair, args: argparse.Namespace, levels: list[int], relay
         if args.ttft_requests > 0:
             ttft = await ttft_phase(session, pair, args.ttft_requests, args.ttft_tokens, relays)
         per_level = {
-            level: await throughput_level(session, pair, level, args.rounds, args.tokens) for level in levels
+            level: await throughput_level(session, pair, level, args.rounds, args.tokens, relays)
+            for level in levels
         }
     return {"ttft": ttft, "rounds": args.rounds, "tokens": args.tokens, "levels": per_level}
 
@@ -273,7 +280,7 @@ def report(out: dict) -> None:
         f"\nThroughput: {out['rounds']} rounds of {out['tokens']}-token streams, `streams` at once per path"
     )
     print(
-        f"{'streams':>7} {'path':<11}{'TTFT p50':>11}{'Δ p50 (95% CI)':>28}{'TTFT p95':>11}{'tok/s':>9}"
+        f"{'streams':>7} {'path':<13}{'TTFT p50':>11}{'Δ p50 (95% CI)':>28}{'TTFT p95':>11}{'tok/s':>9}"
         f"{'vs direct':>10}{'per round (95% CI)':>27}{'gw CPU/req':>11}"
     )
     for level, per in out["levels"].items():
@@ -285,9 +292,9 @@ def report(out: dict) -> None:
                 ratio = f"{r['tokens_per_s_ratio']:.3f}x"
                 lo, hi = r["round_ratio_ci95"]
                 rounds = f"{r['round_ratio_median']:.3f}x [{lo:.3f}, {hi:.3f}]"
-                cpu = f"{r['gateway_cpu_ms_per_request']:.1f}ms"
+                cpu = f"{r['gateway_cpu_ms_per_request']:.1f}ms" if name in DOORS else ""
             print(
-                f"{level:>7} {name:<11}{r['ttft_p50_ms']:>9.{d}f}ms{delta:>28}{r['ttft_p95_ms']:>9.{d}f}ms"
+                f"{level:>7} {name:<13}{r['ttft_p50_ms']:>9.{d}f}ms{delta:>28}{r['ttft_p95_ms']:>9.{d}f}ms"
                 f"{r['tokens_per_s']:>9.1f}{ratio:>10}{rounds:>27}{cpu:>11}"
             )
     print(
