@@ -313,11 +313,11 @@ def report(out: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--levels", default="1,8,32")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--levels", default="1,8,32", help="concurrency levels of the throughput phase")
+    ap.add_argument("--rounds", type=int, default=5, help="throughput rounds per level and path")
+    ap.add_argument("--tokens", type=int, default=128, help="output tokens per throughput stream")
     ap.add_argument("--ttft-requests", type=int, default=300, help="TTFT-phase rounds (0: skip the phase)")
-    ap.add_argument("--ttft-tokens", type=int, default=8)
+    ap.add_argument("--ttft-tokens", type=int, default=8, help="output tokens per TTFT-phase stream")
     ap.add_argument("--relays", action="store_true", help="add the reference relays to the TTFT phase")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "gateway_overhead.json")
     args = ap.parse_args()
