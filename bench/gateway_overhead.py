@@ -318,8 +318,12 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128, help="output tokens per throughput stream")
     ap.add_argument("--ttft-requests", type=int, default=300, help="TTFT-phase rounds (0: skip the phase)")
     ap.add_argument("--ttft-tokens", type=int, default=8, help="output tokens per TTFT-phase stream")
-    ap.add_argument("--relays", action="store_true", help="add the reference relays to the TTFT phase")
-    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "gateway_overhead.json")
+    ap.add_argument(
+        "--relays", action="store_true", help="add the reference relays (bench/relays.py) to both phases"
+    )
+    ap.add_argument(
+        "--json", type=Path, default=ROOT / "bench" / "results" / "gateway_overhead.json", help="results file"
+    )
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     params = {"temperature": 0, "seed": 1, "num_predict": args.tokens}
