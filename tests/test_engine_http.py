@@ -12,6 +12,7 @@ import os
 import socket
 import struct
 from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import closing
 from typing import Any
 
 import aiohttp
@@ -130,8 +131,7 @@ async def spare_ready(engine: Engine, n: int) -> None:
 def test_a_content_length_answer_is_read_with_case_insensitive_headers() -> None:
     async def scenario() -> None:
         async with Engine(answering(fixed(b'{"ok":true}', b"X-Engine: llama"))) as engine:
-            http = EngineHTTP()
-            try:
+            with closing(EngineHTTP()) as http:
                 async with await http.post(engine.url, b'{"a":1}', JSON) as resp:
                     assert resp.status == 200
                     assert resp.headers["content-type"] == "application/json"
@@ -142,8 +142,6 @@ def test_a_content_length_answer_is_read_with_case_insensitive_headers() -> None
                 assert f"Host: {engine.url.split('/')[2]}\r\n" in head
                 assert "Content-Length: 7\r\n" in head
                 assert "Content-Type: application/json\r\n" in head
-            finally:
-                http.close()
 
     run(scenario())
 
@@ -151,8 +149,7 @@ def test_a_content_length_answer_is_read_with_case_insensitive_headers() -> None
 def test_a_content_length_connection_is_reused_after_release() -> None:
     async def scenario() -> None:
         async with Engine(answering(fixed(b"ok"))) as engine:
-            http = EngineHTTP()
-            try:
+            with closing(EngineHTTP()) as http:
                 resp = await http.post(engine.url, b"{}", JSON)
                 assert await resp.read() == b"ok"
                 # Nothing was idle when the first request went out, so a spare (connection 2) was opened
@@ -166,8 +163,6 @@ def test_a_content_length_connection_is_reused_after_release() -> None:
                 await asyncio.sleep(0.05)  # room for a (wrong) third connection to show up
                 # The second send left the spare idle, so it opened no other: two connections in all.
                 assert engine.accepted == 2
-            finally:
-                http.close()
 
     run(scenario())
 
@@ -177,8 +172,7 @@ def test_a_chunked_answer_is_decoded_and_its_connection_never_reused() -> None:
 
     async def scenario() -> None:
         async with Engine(answering(chunked(*pieces))) as engine:
-            http = EngineHTTP()
-            try:
+            with closing(EngineHTTP()) as http:
                 resp = await http.post(engine.url, b"{}", JSON)
                 # One write, so each chunk arrives whole: one piece per chunk, framing stripped.
                 assert [p async for p in resp.content.iter_any()] == pieces
@@ -192,8 +186,6 @@ def test_a_chunked_answer_is_decoded_and_its_connection_never_reused() -> None:
                 await wait_until(lambda: engine.accepted == 3)
                 assert engine.served == [1, 2]
                 await wait_until(lambda: 2 in engine.eof)
-            finally:
-                http.close()
 
     run(scenario())
 
@@ -202,13 +194,10 @@ def test_lines_are_whole_across_chunk_boundaries() -> None:
     async def scenario() -> None:
         answer = chunked(b"data: a", b"bc\n\nda", b"ta: [DONE]\n\n", b"tail")
         async with Engine(answering(answer)) as engine:
-            http = EngineHTTP()
-            try:
+            with closing(EngineHTTP()) as http:
                 async with await http.post(engine.url, b"{}", JSON) as resp:
                     lines = [line async for line in resp.content]
                 assert lines == [b"data: abc\n", b"\n", b"data: [DONE]\n", b"\n", b"tail"]
-            finally:
-                http.close()
 
     run(scenario())
 
@@ -225,8 +214,7 @@ def test_connections_closed_while_idle_are_replaced_by_a_fresh_one() -> None:
 
     async def scenario() -> None:
         async with Engine(script) as engine:
-            http = EngineHTTP()
-            try:
+            with closing(EngineHTTP()) as http:
                 async with await http.post(engine.url, b"{}", JSON) as resp:
                     assert await resp.read() == b"ok"
                 await spare_ready(engine, 2)  # so the fresh connection is number 3
@@ -235,8 +223,6 @@ def test_connections_closed_while_idle_are_replaced_by_a_fresh_one() -> None:
                     assert again.status == 200
                     assert await again.read() == b"ok"
                 assert engine.served == [1, 3]
-            finally:
-                http.close()
 
     run(scenario())
 
@@ -255,8 +241,7 @@ def test_a_pooled_connection_closed_as_the_request_arrives_is_retried_on_a_fresh
 
     async def scenario() -> None:
         async with Engine(script) as engine:
-            http = EngineHTTP()
-            try:
+            with closing(EngineHTTP()) as http:
                 async with await http.post(engine.url, b"{}", JSON) as resp:
                     assert await resp.read() == b"ok"
                 await spare_ready(engine, 2)
@@ -264,8 +249,6 @@ def test_a_pooled_connection_closed_as_the_request_arrives_is_retried_on_a_fresh
                     assert await again.read() == b"ok"
                 # Sent once on a pooled one (1 or the spare 2: both close on it), then again on a fresh 3.
                 assert engine.served in ([1, 1, 3], [1, 2, 3])
-            finally:
-                http.close()
 
     run(scenario())
 
@@ -276,14 +259,11 @@ def test_a_fresh_connection_closed_before_the_answer_is_upstream_unavailable() -
 
     async def scenario() -> None:
         async with Engine(script) as engine:
-            http = EngineHTTP()
-            try:
+            with closing(EngineHTTP()) as http:
                 with pytest.raises(UpstreamUnavailable, match="closed the connection before answering"):
                     await http.post(engine.url, b"{}", JSON)
                 assert engine.served == [1]  # a fresh connection is not retried
                 assert engine.accepted == 1  # and a failed send leaves no spare behind
-            finally:
-                http.close()
 
     run(scenario())
 
@@ -295,13 +275,10 @@ def test_connection_refused_is_upstream_unavailable_naming_the_url() -> None:
     url = f"http://127.0.0.1:{port}/v1/completions"
 
     async def scenario() -> None:
-        http = EngineHTTP()
-        try:
+        with closing(EngineHTTP()) as http:
             with pytest.raises(UpstreamUnavailable) as caught:
                 await http.post(url, b"{}", JSON)
             assert url in str(caught.value)
-        finally:
-            http.close()
 
     run(scenario())
 
@@ -315,13 +292,10 @@ def test_an_answer_that_is_not_http_is_a_runner_error() -> None:
 
     async def scenario() -> None:
         async with Engine(script) as engine:
-            http = EngineHTTP()
-            try:
+            with closing(EngineHTTP()) as http:
                 with pytest.raises(RunnerError, match="not valid HTTP"):
                     await http.post(engine.url, b"{}", JSON)
                 await wait_until(lambda: 1 in engine.eof)  # the broken connection is dropped
-            finally:
-                http.close()
 
     run(scenario())
 
@@ -342,8 +316,7 @@ def test_a_body_cut_short_raises_server_disconnected_while_iterating(cut: bytes)
 
     async def scenario() -> None:
         async with Engine(script) as engine:
-            http = EngineHTTP()
-            try:
+            with closing(EngineHTTP()) as http:
                 resp = await http.post(engine.url, b"{}", JSON)
                 got: list[bytes] = []
                 with pytest.raises(aiohttp.ServerDisconnectedError):
@@ -351,8 +324,6 @@ def test_a_body_cut_short_raises_server_disconnected_while_iterating(cut: bytes)
                         got.append(piece)
                 assert b"".join(got) == b"data: a\n\n"  # what came before the cut was handed over
                 resp.release()
-            finally:
-                http.close()
 
     run(scenario())
 
@@ -367,12 +338,9 @@ def test_a_body_without_length_or_chunks_ends_at_close() -> None:
 
     async def scenario() -> None:
         async with Engine(script) as engine:
-            http = EngineHTTP()
-            try:
+            with closing(EngineHTTP()) as http:
                 async with await http.post(engine.url, b"{}", JSON) as resp:
                     assert await resp.read() == body
-            finally:
-                http.close()
 
     run(scenario())
 
@@ -382,8 +350,7 @@ def test_a_slow_reader_pauses_the_engine_and_gets_every_byte_in_order() -> None:
 
     async def scenario() -> None:
         async with Engine(answering(fixed(body))) as engine:
-            http = EngineHTTP()
-            try:
+            with closing(EngineHTTP()) as http:
                 resp = await http.post(engine.url, b"{}", JSON)
                 # Private on purpose: the pause itself is what this test is about, and it has no public sign.
                 transport = resp._conn.transport
@@ -398,8 +365,6 @@ def test_a_slow_reader_pauses_the_engine_and_gets_every_byte_in_order() -> None:
                 assert digest.hexdigest() == hashlib.sha256(body).hexdigest()
                 assert transport.is_reading()  # resumed once drained
                 resp.release()
-            finally:
-                http.close()
 
     run(scenario())
 
@@ -412,14 +377,11 @@ def test_a_slow_reader_pauses_the_engine_and_gets_every_byte_in_order() -> None:
 def test_a_line_break_in_a_header_is_refused_before_connecting(headers: dict[str, str]) -> None:
     async def scenario() -> None:
         async with Engine(answering(fixed(b"ok"))) as engine:
-            http = EngineHTTP()
-            try:
+            with closing(EngineHTTP()) as http:
                 with pytest.raises(ValueError, match="line break"):
                     await http.post(engine.url, b"{}", headers)
                 await asyncio.sleep(0.05)  # room for a (wrong) connect to reach the engine
                 assert engine.accepted == 0
-            finally:
-                http.close()
 
     run(scenario())
 
@@ -433,16 +395,13 @@ def test_closing_a_stream_hangs_up_on_the_engine() -> None:
 
     async def scenario() -> None:
         async with Engine(script) as engine:
-            http = EngineHTTP()
-            try:
+            with closing(EngineHTTP()) as http:
                 resp = await http.post(engine.url, b"{}", JSON)
                 pieces = resp.content.iter_any()
                 assert await anext(pieces) == b"data: first\n\n"
                 await pieces.aclose()
                 resp.close()
                 await wait_until(lambda: 1 in engine.eof)
-            finally:
-                http.close()
 
     run(scenario())
 
@@ -469,8 +428,7 @@ def test_a_released_unread_answer_over_the_high_water_does_not_stall_the_next_re
     # left) releases exactly such an answer.
     async def scenario() -> None:
         async with Engine(answering(fixed(b"x" * (HIGH_WATER + 1)), fixed(b"small"))) as engine:
-            http = EngineHTTP()
-            try:
+            with closing(EngineHTTP()) as http:
                 resp = await http.post(engine.url, b"{}", JSON)
                 await spare_ready(engine, 2)  # also gives the whole body time to arrive
                 resp.release()  # connection 1 on top of the pool, above the spare
@@ -480,8 +438,6 @@ def test_a_released_unread_answer_over_the_high_water_does_not_stall_the_next_re
                 # An answer released unread is not pooled (its leftovers would precede the next
                 # answer, and its transport is paused): the spare answered instead.
                 assert engine.served == [1, 2]
-            finally:
-                http.close()
 
     run(scenario())
 
@@ -498,13 +454,10 @@ def test_a_body_without_length_cut_by_a_reset_is_not_taken_as_whole() -> None:
 
     async def scenario() -> None:
         async with Engine(script) as engine:
-            http = EngineHTTP()
-            try:
+            with closing(EngineHTTP()) as http:
                 resp = await http.post(engine.url, b"{}", JSON)
                 with pytest.raises(aiohttp.ServerDisconnectedError):
                     await resp.read()
-            finally:
-                http.close()
 
     run(scenario())
 
@@ -512,14 +465,11 @@ def test_a_body_without_length_cut_by_a_reset_is_not_taken_as_whole() -> None:
 def test_credentials_in_the_url_never_reach_the_host_header() -> None:
     async def scenario() -> None:
         async with Engine(answering(fixed(b"{}"))) as engine:
-            http = EngineHTTP()
-            try:
+            with closing(EngineHTTP()) as http:
                 url = engine.url.replace("http://", "http://user:secret@")
                 async with await http.post(url, b"{}", JSON) as resp:
                     await resp.read()
                 host = next(h for h in engine.heads[0].split(b"\r\n") if h.lower().startswith(b"host:"))
                 assert b"secret" not in host and host.endswith(url.split("@")[1].split("/")[0].encode())
-            finally:
-                http.close()
 
     run(scenario())
