@@ -8,10 +8,11 @@ C. HTTPS upstreams keep aiohttp (TLS, certificates); the engines this gateway st
 
 Connections are reused only after a response with a Content-Length: llama-server closes a connection
 after a streamed answer while still advertising keep-alive, so reusing one after a stream fails the next
-request at random. Instead, a request that had to connect leaves one spare connection opened behind it
-(while the engine works), so the next request does not wait for a connect; a spare unused for
+request at random. Instead, each request that finds no idle connection leaves one spare opened behind
+it (while the engine works), so the next request does not wait for a connect; a spare unused for
 IDLE_SECONDS is dropped before the engine's own keep-alive timeout would close it. A reused or spare
-connection that turns out closed is retried once on a fresh one.
+connection that turns out closed is retried once on a fresh one. An answer released before its end is
+never reused: its leftovers would precede the next answer.
 """
 
 from __future__ import annotations
@@ -113,9 +114,6 @@ class _Connection(asyncio.Protocol):
         self._headers, self._complete, self._keep_alive, self._error = [], False, False, None
         self._chunks.clear()
         self._buffered = 0
-        if self._paused:
-            self._paused = False
-            self.transport.resume_reading()
         self._parser = httptools.HttpResponseParser(self)
         self._head = asyncio.get_running_loop().create_future()
         self.transport.write(request)

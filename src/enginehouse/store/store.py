@@ -120,12 +120,9 @@ class Store:
         self.manifests_dir = self.root / "manifests"
         self.external_dir = self.root / "external"
         self.tmp_dir = self.root / "tmp"
-        # resolve() is on every request's path: records are cached per manifest file and reused
-        # while its (mtime, size, inode) stay the same; blobs are content-addressed, so immutable.
-        # name as asked -> (manifest path, its signature, blob paths, record): resolve()'s cache
-        self._resolved: dict[
-            ModelName | str, tuple[str, tuple[int, int, int], tuple[str, ...], ModelRecord]
-        ] = {}
+        # resolve() is on every request's path: records are cached by the name as asked and reused
+        # while the manifest's (mtime, size, inode) stay the same and its blobs exist.
+        self._resolved: dict[ModelName | str, _Resolved] = {}
 
     # -- blobs ------------------------------------------------------------------------------------
 
@@ -627,12 +624,16 @@ def _unlink_if_old(entry: os.DirEntry[str], cutoff: float, removed: int, freed: 
     return removed + 1, freed + (st.st_size if st.st_nlink <= 1 else 0)
 
 
+#: resolve()'s cache entry: (manifest path, its signature, blob paths, record)
+_Resolved = tuple[str, tuple[int, int, int], tuple[str, ...], ModelRecord]
+
+
 def _signature(path: str) -> tuple[int, int, int]:
     st = os.stat(path)
     return st.st_mtime_ns, st.st_size, st.st_ino
 
 
-def _unchanged(hit: tuple[str, tuple[int, int, int], tuple[str, ...], ModelRecord]) -> bool:
+def _unchanged(hit: _Resolved) -> bool:
     """A cached resolve still holds: the same manifest file, unchanged, and every blob still there."""
     path, signature, blobs, _ = hit
     try:
