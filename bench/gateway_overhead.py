@@ -57,6 +57,7 @@ from bench.common import (
     free_port,
     one_stream,
     percentile,
+    wait_ready,
 )
 
 PATHS = ("direct", "openai-api", "ollama-api")
@@ -100,27 +101,13 @@ def reference_relays(pair: Pair):  # type: ignore[no-untyped-def]
         for name, port in ports.items()
     ]
     try:
-        for port in ports.values():  # a GET on a POST route answers 405: the relay is up
-            asyncio.run(wait_ready_any(f"http://127.0.0.1:{port}/v1/chat/completions"))
+        for port in ports.values():  # the TCP relay passes /health on to the runner
+            asyncio.run(wait_ready(f"http://127.0.0.1:{port}/health", 30))
         yield {name: f"http://127.0.0.1:{port}/v1/chat/completions" for name, port in ports.items()}
     finally:
         for proc in procs:
             proc.terminate()
             proc.wait(10)
-
-
-async def wait_ready_any(url: str, timeout: float = 30) -> None:
-    """Until something answers at ``url`` (any status)."""
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        while True:
-            try:
-                async with session.get(url):
-                    return
-            except aiohttp.ClientError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
 
 
 async def stream(session: aiohttp.ClientSession, target: Target, name: str) -> Sample:

@@ -55,8 +55,12 @@ def aiohttp_relay(runner_port: int, port: int) -> None:
         await out.write_eof()
         return out
 
+    async def health(request: web.Request) -> web.Response:
+        return web.Response(text="ok")  # what bench.common.wait_ready polls, as on the runner
+
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handle)
+    app.router.add_get("/health", health)
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
