@@ -13,7 +13,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -83,12 +83,14 @@ async def wait_ready(url: str, timeout: float = 180) -> None:
     raise TimeoutError(url)
 
 
-async def one_stream(session: aiohttp.ClientSession, url: str, body: dict, ndjson: bool) -> Sample:
+async def one_stream(
+    session: aiohttp.ClientSession, url: str, body: dict, ndjson: bool, headers: dict[str, str] | None = None
+) -> Sample:
     """One streamed request; a token is one content-bearing event (llama-server sends one per token)."""
     start = time.perf_counter()
     first = last = 0.0
     tokens = 0
-    async with session.post(url, json=body) as resp:
+    async with session.post(url, json=body, headers=headers) as resp:
         resp.raise_for_status()
         async for raw in resp.content:
             line = raw.strip()
@@ -126,8 +128,18 @@ def _children(pid: int) -> Iterator[int]:
             yield int(stat.parent.name)
 
 
-def runner_url(gateway_pid: int, timeout: float = 120) -> str:
-    """The URL of the llama-server runner that the gateway `gateway_pid` started, once its /health is 200.
+def runner_key_headers(pid: int) -> dict[str, str]:
+    """The headers a runner started by the gateway wants: its key is in its environment (LLAMA_API_KEY),
+    which /proc shows to the same user only (never in argv, which every user sees)."""
+    for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+        if item.startswith(b"LLAMA_API_KEY="):
+            return {"Authorization": f"Bearer {item.split(b'=', 1)[1].decode()}"}
+    return {}
+
+
+def runner_url(gateway_pid: int, timeout: float = 120) -> tuple[str, dict[str, str]]:
+    """The URL of the llama-server runner that the gateway `gateway_pid` started, once its /health is 200,
+    and the headers (its key) that its other endpoints want.
 
     Found from /proc: the child whose argv[0] ends in llama-server, and the value after its --port. The
     gateway's /api/version answers before a preloaded runner is up, so this waits for both (Linux only).
@@ -144,7 +156,7 @@ def runner_url(gateway_pid: int, timeout: float = 120) -> str:
             if argv[0].decode().endswith("llama-server") and b"--port" in argv:
                 url = f"http://127.0.0.1:{int(argv[argv.index(b'--port') + 1])}"
                 asyncio.run(wait_ready(f"{url}/health", max(deadline - time.monotonic(), 1)))
-                return url
+                return url, runner_key_headers(child)
         time.sleep(0.2)
     raise TimeoutError(f"no llama-server child of {gateway_pid} within {timeout}s")
 
@@ -160,6 +172,7 @@ class Pair:
     gateway_url: str
     gateway_pid: int
     env: dict[str, str]
+    direct_headers: dict[str, str] = field(default_factory=dict)  # the gateway's runner wants its key
 
 
 @contextmanager
@@ -202,12 +215,13 @@ def direct_and_gateway(
     procs.insert(0, gateway)
     try:
         asyncio.run(wait_ready(f"http://127.0.0.1:{gateway_port}/api/version"))
+        direct_headers: dict[str, str] = {}
         if separate_direct:
             direct_url = f"http://127.0.0.1:{direct_port}"
             asyncio.run(wait_ready(f"{direct_url}/health"))
         else:
-            direct_url = runner_url(gateway.pid)
-        yield Pair(direct_url, f"http://127.0.0.1:{gateway_port}", gateway.pid, env)
+            direct_url, direct_headers = runner_url(gateway.pid)
+        yield Pair(direct_url, f"http://127.0.0.1:{gateway_port}", gateway.pid, env, direct_headers)
     finally:
         for proc in procs:
             proc.terminate()

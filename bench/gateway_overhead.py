@@ -67,7 +67,7 @@ TTFT_WARMUP_ROUNDS = 3
 TTFT_TARGET_MS = 1.0
 RATE_TARGET = 0.98
 
-Target = tuple[str, dict[str, Any]]  # URL and JSON body
+Target = tuple[str, dict[str, Any], dict[str, str]]  # URL, JSON body and headers
 
 
 def targets(pair: Pair, tokens: int) -> dict[str, Target]:
@@ -76,12 +76,14 @@ def targets(pair: Pair, tokens: int) -> dict[str, Target]:
         # The doors take temperature and seed from the model's Modelfile; the bare runner has no such
         # defaults, so direct sends them. Max tokens goes in every body: the Modelfile's num_predict is
         # the throughput phase's, and the TTFT phase's requests must be as short on the doors.
+        # The runner answers only with its key (read from its environment, as the gateway's own user).
         "direct": (
             f"{pair.direct_url}/v1/chat/completions",
             {**base, "max_tokens": tokens, "temperature": 0, "seed": 1},
+            pair.direct_headers,
         ),
-        "openai-api": (f"{pair.gateway_url}/v1/chat/completions", {**base, "max_tokens": tokens}),
-        "ollama-api": (f"{pair.gateway_url}/api/chat", {**base, "options": {"num_predict": tokens}}),
+        "openai-api": (f"{pair.gateway_url}/v1/chat/completions", {**base, "max_tokens": tokens}, {}),
+        "ollama-api": (f"{pair.gateway_url}/api/chat", {**base, "options": {"num_predict": tokens}}, {}),
     }
 
 
@@ -111,8 +113,8 @@ def reference_relays(pair: Pair):  # type: ignore[no-untyped-def]
 
 
 async def stream(session: aiohttp.ClientSession, target: Target, name: str) -> Sample:
-    url, body = target
-    return await one_stream(session, url, body, name == "ollama-api")
+    url, body, headers = target
+    return await one_stream(session, url, body, name == "ollama-api", headers)
 
 
 def median_ci(values: list[float]) -> tuple[float, float]:
@@ -136,8 +138,8 @@ def ms(ci: tuple[float, float]) -> list[float]:
 
 def all_targets(pair: Pair, tokens: int, relays: dict[str, str]) -> dict[str, Target]:
     paths = targets(pair, tokens)
-    for name, url in relays.items():  # a relay forwards the direct request as it is
-        paths[name] = (url, paths["direct"][1])
+    for name, url in relays.items():  # a relay forwards the direct request as it is, key included
+        paths[name] = (url, *paths["direct"][1:])
     return paths
 
 

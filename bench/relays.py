@@ -42,6 +42,8 @@ def aiohttp_relay(runner_port: int, port: int) -> None:
     async def handle(request: web.Request) -> web.StreamResponse:
         body = await request.read()
         headers = {"Content-Type": "application/json"}
+        if key := request.headers.get("Authorization"):  # the runner's key, which the bench sends
+            headers["Authorization"] = key
         resp = await http.post(f"http://127.0.0.1:{runner_port}{request.path}", body, headers)
         out = web.StreamResponse(headers={"Content-Type": resp.headers.get("Content-Type", "text/plain")})
         await out.prepare(request)

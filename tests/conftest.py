@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from enginehouse import config as config_module
 from enginehouse.config import Config
 from enginehouse.engines import llama_install
 from enginehouse.server.runtime import BackgroundServer
@@ -30,8 +32,23 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def user_config() -> Config:
-    """The developer's own config: where the llama-server build is cached between runs."""
+    """The developer's own config: where the llama-server build is cached between runs (made before
+    :func:`private_engine_cache` applies, so it sees the real shared cache)."""
     return Config.from_env()
+
+
+@pytest.fixture(autouse=True)
+def private_engine_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's default ENGINEHOUSE_CACHE_DIR is a private empty folder, so fake installs never
+    write into the machine's shared engine builds and "no llama-server found" stays true for a tmp
+    home. Tests that need the real build take ``user_config`` or ``llama_server_bin``."""
+    cache = tmp_path_factory.mktemp("engine-cache")
+    settings = tuple(
+        dataclasses.replace(s, default=str(cache)) if s.name == "cache_dir" else s
+        for s in config_module.SETTINGS
+    )
+    monkeypatch.setattr(config_module, "SETTINGS", settings)
+    return cache
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,8 @@ def test_env_names_unique_and_prefixed() -> None:
     assert all(s.description for s in SETTINGS)
 
 
-def test_setting_defaults_match_dataclass_defaults() -> None:
+def test_setting_defaults_match_dataclass_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.undo()  # the real table, without conftest's private engine cache
     from_table = Config.from_env({})
     plain = Config()
     for f in dataclasses.fields(Config):
@@ -119,11 +120,19 @@ def test_bad_number_raises() -> None:
 
 
 def test_derived_locations(tmp_path: Path) -> None:
-    cfg = Config.from_env({}, home=tmp_path)
+    cfg = Config.from_env({}, home=tmp_path, cache_dir=tmp_path / "shared")
     assert cfg.models == tmp_path / "models"
-    assert cfg.engines == tmp_path / "engines"
+    assert cfg.engines == tmp_path / "shared" / "engines"  # engine builds: one per machine, not per home
+    assert cfg.engine_dirs == (tmp_path / "shared" / "engines", tmp_path / "engines")  # and the old place
     assert cfg.cache == tmp_path / "cache"
     assert cfg.logs == tmp_path / "logs"
+
+
+def test_engine_cache_defaults_to_the_users_cache_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.undo()  # the real table, without conftest's private engine cache
+    assert Config.from_env({}).cache_dir == Path("~/.cache/enginehouse").expanduser()
+    assert Config.from_env({"ENGINEHOUSE_CACHE_DIR": "/srv/eh"}).engines == Path("/srv/eh/engines")
+    assert Config.from_env({"ENGINEHOUSE_ENGINES_DIR": "/srv/e"}).engine_dirs[0] == Path("/srv/e")
 
 
 def test_overrides_win_and_none_is_ignored(tmp_path: Path) -> None:

@@ -194,6 +194,17 @@ def test_not_installed_names_the_install_command(config: Config, store: Store, h
     assert store_is_empty(store)
 
 
+def test_a_converter_in_the_old_place_under_home_is_found(config: Config, fake_converter: Path) -> None:
+    assert fake_converter.is_relative_to(config.cache_dir)  # installed into the shared cache
+    found = converter.find_converter(config)
+    assert found is not None and found.script.is_relative_to(fake_converter)
+    old = converter.converter_dir(config, config.home / "engines")  # where it went before
+    old.parent.mkdir(parents=True)
+    fake_converter.rename(old)
+    found = converter.find_converter(config)
+    assert found is not None and found.script.is_relative_to(old)
+
+
 def test_input_is_checked_before_the_converter(config: Config, store: Store, hf_dir: Path) -> None:
     with pytest.raises(InvalidRequest, match="outtype"):
         convert_hf(config, store, str(hf_dir), "mini", outtype="q4_0")
@@ -253,7 +264,7 @@ def test_a_converter_that_writes_no_gguf_leaves_nothing(
 def test_cli_convert_and_its_errors(
     config: Config, hf_dir: Path, tmp_path: Path, fake_converter: Path
 ) -> None:
-    env = {**os.environ, "ENGINEHOUSE_HOME": str(config.home)}
+    env = {**os.environ, "ENGINEHOUSE_HOME": str(config.home), "ENGINEHOUSE_CACHE_DIR": str(config.cache_dir)}
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         argv = [sys.executable, "-m", "enginehouse", "convert", *args]
@@ -278,6 +289,7 @@ def test_an_interrupted_or_killed_convert_leaves_no_model_and_no_converter(
     env = {
         **os.environ,
         "ENGINEHOUSE_HOME": str(config.home),
+        "ENGINEHOUSE_CACHE_DIR": str(config.cache_dir),
         "FAKE_CONVERTER": "hang",
         "FAKE_PIDFILE": str(pidfile),
     }

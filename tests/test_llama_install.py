@@ -394,6 +394,28 @@ def test_recorded_build_under_engines_dir(tmp_path: Path, empty_path: Path) -> N
     assert found is not None and found.path == binary and found.source == "built"
 
 
+def test_one_build_serves_every_home(tmp_path: Path, empty_path: Path) -> None:
+    shared = tmp_path / "cache"
+    first = Config.from_env({}, home=tmp_path / "one", cache_dir=shared)
+    binary = record_build(first)
+    assert binary.is_relative_to(shared / "engines")  # built into the machine's cache, not the home
+    second = Config.from_env({}, home=tmp_path / "two", cache_dir=shared)
+    found = li.find_llama_server(second)
+    assert found is not None and found.path == binary and found.source == "built"
+    assert li.find_rpc_server(second) is not None
+    assert li.find_llama_server(second.with_(cache_dir=tmp_path / "elsewhere")) is None
+
+
+def test_a_build_in_the_old_place_under_home_is_still_found(tmp_path: Path, empty_path: Path) -> None:
+    home = tmp_path / "home"
+    config = Config.from_env({}, home=home, cache_dir=tmp_path / "cache")
+    old = record_build(config.with_(engines_dir=home / "engines"))  # where builds went before
+    found = li.find_llama_server(config)
+    assert found is not None and found.path == old
+    assert li.find_rpc_server(config) is not None
+    assert not config.engines.exists()  # found, not rebuilt or copied
+
+
 def test_recorded_build_prefers_configured_flavour(tmp_path: Path, empty_path: Path) -> None:
     config = Config.from_env({}, home=tmp_path / "home", native_build=True)
     record_build(config, native=False)
@@ -462,7 +484,7 @@ def test_build_ids_and_dirs(tmp_path: Path) -> None:
     config = Config.from_env({}, home=tmp_path)
     assert li.build_id(False) == f"{li.SDIST_VERSION}-cpu-rpc"
     assert li.build_id(True) == f"{li.SDIST_VERSION}-cpu-rpc-native"
-    assert li.installed_dir(config) == tmp_path / "engines" / "llama-server" / li.build_id(False)
+    assert li.installed_dir(config) == config.cache_dir / "engines" / "llama-server" / li.build_id(False)
     assert li.installed_dir(config.with_(native_build=True)).name == li.build_id(True)
 
 

@@ -165,7 +165,7 @@ async def discover_upstream(name: str, upstream: Upstream) -> list[dict[str, Any
     if upstream.engine == "ollama":
         from enginehouse.engines.ollama_remote import list_ollama_models
 
-        return await list_ollama_models(upstream.url, timeout=DISCOVERY_TIMEOUT)
+        return await list_ollama_models(upstream.url, upstream.api_key, timeout=DISCOVERY_TIMEOUT)
     from enginehouse.engines.openai_remote import list_openai_models
 
     return await list_openai_models(upstream.url, upstream.api_key, timeout=DISCOVERY_TIMEOUT)

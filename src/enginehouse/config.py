@@ -66,7 +66,7 @@ SETTINGS: tuple[Setting, ...] = (
         "home",
         "ENGINEHOUSE_HOME",
         "~/.enginehouse",
-        "Where the model store, built engines, runner logs and caches live.",
+        "Where the model store, runner logs and per-home caches live (engine builds: CACHE_DIR).",
         _path,
     ),
     Setting(
@@ -92,10 +92,19 @@ SETTINGS: tuple[Setting, ...] = (
         _optional_path,
     ),
     Setting(
+        "cache_dir",
+        "ENGINEHOUSE_CACHE_DIR",
+        "~/.cache/enginehouse",
+        "Machine-wide cache shared by every ENGINEHOUSE_HOME: engine builds (llama-server, the GGUF "
+        "converter) live in its engines/ folder, so one build serves every home. Models stay per home.",
+        _path,
+    ),
+    Setting(
         "engines_dir",
         "ENGINEHOUSE_ENGINES_DIR",
         "",
-        "Where built engines are kept (default: HOME/engines). Shared between homes to reuse a build.",
+        "Where engines are built (default: CACHE_DIR/engines). Builds under HOME/engines, the old place, "
+        "are still found.",
         _optional_path,
     ),
     Setting(
@@ -186,10 +195,52 @@ SETTINGS: tuple[Setting, ...] = (
         "api_key",
         "ENGINEHOUSE_API_KEY",
         "",
-        "When set, every request except / and /api/version must send 'Authorization: Bearer KEY'.",
+        "When set, every request except / and /api/version must send 'Authorization: Bearer KEY' (or "
+        "'x-api-key: KEY'); the CLI sends it to the server (--api-key overrides).",
         str,
     ),
     Setting("max_body_mib", "ENGINEHOUSE_MAX_BODY_MIB", "64", "Largest request body accepted, MiB.", int),
+    Setting(
+        "runner_stall_timeout",
+        "ENGINEHOUSE_RUNNER_STALL_TIMEOUT",
+        "15",
+        "Seconds a llama-server runner with requests in flight may leave its main loop's probe "
+        "(GET /slots) unanswered before it is killed and restarted, its clients told so (0: no watchdog).",
+        float,
+    ),
+    Setting(
+        "request_timeout",
+        "ENGINEHOUSE_REQUEST_TIMEOUT",
+        "0",
+        "Seconds an engine may spend on one request before it is cancelled and the client gets an "
+        "error (0: no deadline, as in Ollama).",
+        float,
+    ),
+    Setting(
+        "body_timeout",
+        "ENGINEHOUSE_BODY_TIMEOUT",
+        "30",
+        "Seconds a request body may take to arrive (an upload to /api/blobs: seconds between two "
+        "chunks); a slower body is refused with 408 and its connection closed.",
+        float,
+    ),
+    Setting(
+        "max_blob_mib",
+        "ENGINEHOUSE_MAX_BLOB_MIB",
+        "524288",
+        "Largest upload to /api/blobs, MiB (0: no limit but free disk).",
+        int,
+    ),
+    Setting(
+        "origins",
+        "ENGINEHOUSE_ORIGINS",
+        "",
+        "Extra web origins allowed to call the API from a browser, comma-separated, '*' wildcards in host "
+        "and port (e.g. https://*.example.com,http://myapp:*). Local pages (http(s) on localhost, "
+        "127.0.0.1, [::1]) and app://, file://, tauri://, vscode-webview:// are always allowed.",
+        str,
+        fallback_env="OLLAMA_ORIGINS",
+    ),
     Setting(
         "config_file",
         "ENGINEHOUSE_CONFIG",
@@ -252,6 +303,7 @@ class Config:
     host: str = "127.0.0.1:11434"
     llama_server: Path | None = None
     vllm: Path | None = None
+    cache_dir: Path = field(default_factory=lambda: _path("~/.cache/enginehouse"))
     engines_dir: Path | None = None
     native_build: bool = False
     ctx_size: int = 4096
@@ -267,6 +319,11 @@ class Config:
     memory_reserve_mib: int = 512
     api_key: str = ""
     max_body_mib: int = 64
+    runner_stall_timeout: float = 15.0
+    request_timeout: float = 0.0
+    body_timeout: float = 30.0
+    max_blob_mib: int = 524288
+    origins: str = ""
     config_file: Path | None = None
     fairness_s: float = 10.0
     router_threads: int = 1
@@ -298,7 +355,14 @@ class Config:
 
     @property
     def engines(self) -> Path:
-        return self.engines_dir or self.home / "engines"
+        """Where engines are built: shared by every home on the machine."""
+        return self.engines_dir or self.cache_dir / "engines"
+
+    @property
+    def engine_dirs(self) -> tuple[Path, ...]:
+        """Where built engines are looked for: :attr:`engines`, then HOME/engines (where builds were
+        made before the shared cache; finding them there saves a rebuild)."""
+        return tuple(dict.fromkeys((self.engines, self.home / "engines")))
 
     @property
     def cache(self) -> Path:

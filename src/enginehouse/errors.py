@@ -7,7 +7,10 @@
     │   ├── InvalidModelFile              400  not a GGUF file, truncated, or otherwise unreadable
     │   └── ContextOverflow               400  the prompt is longer than the model's context
     ├── Unauthorized                      401  an API key is configured and the request lacks it
+    ├── Forbidden                         403  refused by the browser guard (Host, Origin, Content-Type)
+    ├── RequestTimeout                    408  the request body did not arrive in time
     ├── RequestTooLarge                   413  the body is over the configured limit
+    ├── UnsupportedMediaType              415  a compressed (Content-Encoding) request body
     ├── ModelNotFound                     404  no such model (names the closest known ones)
     ├── BlobNotFound                      404  no such blob
     ├── StoreError                        500  the store could not be read or written
@@ -18,9 +21,11 @@
     │   └── RunnerStartFailed             502  carries the last lines of the runner's log
     ├── ServerBusy                        503  queue full: try again after ``retry_after`` seconds
     ├── InsufficientMemory                507  the model cannot fit in the memory budget, ever
+    ├── InsufficientStorage               507  the store's disk has no room for an upload
     ├── AllCandidatesFailed               503  routing tried every candidate; lists each and why
     ├── LoopDetected                      508  a request came back to a node it already passed
-    └── UpstreamUnavailable               502  a remote engine could not be reached
+    ├── UpstreamUnavailable               502  a remote engine could not be reached
+    └── DeadlineExceeded                  504  an engine spent longer than ENGINEHOUSE_REQUEST_TIMEOUT on it
 
 Handlers never format errors themselves: they call :func:`ollama_error_body` or
 :func:`openai_error_body` with the exception and :func:`http_status` for the status.
@@ -29,6 +34,8 @@ Handlers never format errors themselves: they call :func:`ollama_error_body` or
 from __future__ import annotations
 
 from typing import Any
+
+from enginehouse.redact import redact
 
 
 class EnginehouseError(Exception):
@@ -42,8 +49,14 @@ class EnginehouseError(Exception):
 
 
 class InvalidRequest(EnginehouseError):
+    """``param`` names the offending field as OpenAI does (``messages[0].content``), or None."""
+
     status = 400
     openai_type = "invalid_request_error"
+
+    def __init__(self, message: str, param: str | None = None, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.param = param
 
 
 class InvalidName(InvalidRequest):
@@ -67,8 +80,23 @@ class Unauthorized(EnginehouseError):
     openai_type = "invalid_request_error"
 
 
+class Forbidden(EnginehouseError):
+    status = 403
+    openai_type = "invalid_request_error"
+
+
+class RequestTimeout(EnginehouseError):
+    status = 408
+    openai_type = "invalid_request_error"
+
+
 class RequestTooLarge(EnginehouseError):
     status = 413
+    openai_type = "invalid_request_error"
+
+
+class UnsupportedMediaType(EnginehouseError):
+    status = 415
     openai_type = "invalid_request_error"
 
 
@@ -126,8 +154,18 @@ class InsufficientMemory(EnginehouseError):
     status = 507
 
 
+class InsufficientStorage(EnginehouseError):
+    status = 507
+
+
 class UpstreamUnavailable(EnginehouseError):
     status = 502
+
+
+class DeadlineExceeded(EnginehouseError):
+    """Not a RunnerError: the engine is fine, the request was long; no other candidate is tried."""
+
+    status = 504
 
 
 class AllCandidatesFailed(EnginehouseError):
@@ -148,9 +186,10 @@ def http_status(exc: BaseException) -> int:
 
 
 def public_message(exc: BaseException) -> str:
-    """What a client may see: our own messages verbatim, never a traceback or an internal repr."""
+    """What a client may see: our own messages, never a traceback, an internal repr, an exception class
+    name or a path under the server's own directories (:func:`enginehouse.redact.redact`)."""
     if isinstance(exc, EnginehouseError):
-        return exc.message
+        return redact(exc.message)
     return "internal server error"
 
 
@@ -168,6 +207,8 @@ def openai_error_body(exc: BaseException) -> dict[str, Any]:
         code = "server_busy"
     elif isinstance(exc, Unauthorized):
         code = "invalid_api_key"
+    elif isinstance(exc, Forbidden):
+        code = "forbidden"
     elif isinstance(exc, ContextOverflow):
         code = "context_length_exceeded"
     elif isinstance(exc, AllCandidatesFailed):
@@ -176,7 +217,7 @@ def openai_error_body(exc: BaseException) -> dict[str, Any]:
         "error": {
             "message": public_message(exc),
             "type": err_type,
-            "param": None,
+            "param": exc.param if isinstance(exc, InvalidRequest) else None,
             "code": code if code else (str(status) if status >= 500 else None),
         }
     }

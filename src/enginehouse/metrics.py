@@ -3,9 +3,10 @@
 Per request (observed once, at its end, never per chunk): requests by door, endpoint, model, engine and
 status; end-to-end latency; time to first token; time per output token (first token excluded, as
 ``vllm bench serve`` defines it); queue wait; prompt and output tokens; the gateway's own added time
-before the engine sees the request. Read at scrape time from the scheduler: in-flight requests, loaded
-models with their estimated and measured memory, runner restarts. Each runner's own ``/metrics``
-(llama-server ``--metrics``, vLLM) is fetched at scrape time and re-exposed with a ``model`` label.
+before the engine sees the request; runner restarts with their cause, as they happen. Read at scrape time
+from the scheduler: in-flight requests, loaded models with their estimated and measured memory. Each
+runner's own ``/metrics`` (llama-server ``--metrics``, vLLM) is fetched at scrape time and re-exposed with a
+``model`` label.
 
 Each gateway has its own registry, so several gateways in one process (tests, benchmarks) never share
 counters.
@@ -20,10 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from enginehouse.engines.base import Engine
     from enginehouse.sched.scheduler import Scheduler
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -107,6 +109,13 @@ class Metrics:
             buckets=(0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.035, 0.05, 0.1, 0.25),
             registry=r,
         )
+        self.restarts = Counter(
+            "enginehouse_runner_restarts",
+            "Automatic restarts of loaded runners, by model and cause: exited (it died) or stalled (the "
+            "watchdog killed it when it stopped answering with requests in flight).",
+            ["model", "cause"],
+            registry=r,
+        )
         self.fallbacks = Counter(
             "enginehouse_fallbacks",
             "Candidates that could not answer and were passed over, by model and reason.",
@@ -118,6 +127,7 @@ class Metrics:
         """Report the scheduler's table at scrape time and observe its loads."""
         self.registry.register(SchedulerCollector(scheduler))
         scheduler.on_load = lambda name, engine, seconds: self.loads.labels(name, engine).observe(seconds)
+        scheduler.on_restart = lambda name, cause: self.restarts.labels(name, cause).inc()
 
     def observe_generation(
         self,
@@ -143,16 +153,17 @@ class Metrics:
         """Our metrics, then every loaded runner's own, labelled with its model."""
         ours = generate_latest(self.registry)
         loaded = [m for m in scheduler.ps() if m.engine.info().state == "ready"]
-        texts = await asyncio.gather(*(_scrape(session, m.engine.base_url) for m in loaded))
+        texts = await asyncio.gather(*(_scrape(session, m.engine) for m in loaded))
         runner = relabel(
             (m.spec.key(m.name), m.engine.kind, text) for m, text in zip(loaded, texts, strict=True)
         )
         return ours + runner.encode()
 
 
-async def _scrape(session: aiohttp.ClientSession, base_url: str) -> str:
+async def _scrape(session: aiohttp.ClientSession, engine: Engine) -> str:
+    url, timeout = engine.base_url + "/metrics", aiohttp.ClientTimeout(total=2)
     try:
-        async with session.get(base_url + "/metrics", timeout=aiohttp.ClientTimeout(total=2)) as resp:
+        async with session.get(url, timeout=timeout, headers=engine.request_headers) as resp:
             return await resp.text() if resp.status == 200 else ""
     except (aiohttp.ClientError, TimeoutError):
         return ""  # a runner that cannot answer now is missing from this scrape, not an error
@@ -223,9 +234,6 @@ class SchedulerCollector(Collector):
             "Peak resident memory of a runner, read after its first request (0 until then).",
             labels=["model"],
         )
-        restarts = CounterMetricFamily(
-            "enginehouse_runner_restarts", "Times a runner was restarted after it died.", labels=["model"]
-        )
         for m in self.scheduler.ps():
             key = m.spec.key(m.name)
             info: Any = m.engine.info()
@@ -234,8 +242,7 @@ class SchedulerCollector(Collector):
             loaded.add_metric([key, info.engine], 1)
             estimated.add_metric([key], m.estimate)
             measured.add_metric([key], m.measured)
-            restarts.add_metric([key], info.restarts)
-        yield from (in_flight, slots, loaded, estimated, measured, restarts)
+        yield from (in_flight, slots, loaded, estimated, measured)
 
 
 class HealthCollector(Collector):

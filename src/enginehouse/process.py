@@ -146,6 +146,7 @@ class ManagedProcess:
         *,
         log_path: Path,
         health_path: str = "/health",
+        health_headers: Mapping[str, str] | None = None,
         host: str = "127.0.0.1",
         env: Mapping[str, str] | None = None,
         ready_timeout: float = 300.0,
@@ -155,6 +156,7 @@ class ManagedProcess:
     ) -> None:
         self.name = name
         self.health_path = health_path
+        self.health_headers = dict(health_headers or {})  # the runner's key, where it has one
         self.host = host
         self.env = dict(env) if env else None
         self.ready_timeout = ready_timeout
@@ -180,6 +182,8 @@ class ManagedProcess:
         self._restart_times: deque[float] = deque()  # loop times of automatic restarts, within the window
         self._restarts = 0
         self._last_exit_code: int | None = None
+        self._kill_cause: str | None = None  # why kill() was called, until the process exits
+        self._last_cause: str | None = None
         self._started_at: float | None = None
         self._ready_at: float | None = None
 
@@ -196,6 +200,11 @@ class ManagedProcess:
     def restarts(self) -> int:
         """Automatic restarts since this object was made."""
         return self._restarts
+
+    @property
+    def last_cause(self) -> str | None:
+        """Why the last automatic restart happened ("stalled: ...", "exited with code -9"), or None."""
+        return self._last_cause
 
     @property
     def last_exit_code(self) -> int | None:
@@ -281,6 +290,17 @@ class ManagedProcess:
             self._stop_task.add_done_callback(_retrieve)
         await asyncio.shield(self._stop_task)
 
+    def kill(self, cause: str) -> bool:
+        """SIGKILL a READY runner that stopped answering and start a fresh one at once (an automatic
+        restart, counted and recorded with ``cause``). Its connections close with it, so every request
+        in flight fails now rather than at its client's timeout. SIGKILL also ends a SIGSTOPped process.
+        Returns False (and does nothing) in any other state."""
+        if self._state is not State.READY or self.pid is None:
+            return False
+        self._kill_cause = cause
+        self._signal_group(signal.SIGKILL)
+        return True
+
     # ---- transitions ----------------------------------------------------------------------------
     def _emit(self, event: str) -> None:
         if self._on_event is None:
@@ -317,14 +337,16 @@ class ManagedProcess:
                 raise RunnerError(f"runner '{self.name}' was stopped while starting") from None
             raise
 
-    def _enter_failed(self, event: str, *, auto_restart: bool) -> None:
+    def _enter_failed(self, event: str, *, auto_restart: bool, at_once: bool = False) -> None:
+        """``at_once``: the first failure in the window restarts without a back-off (a runner the
+        watchdog killed was healthy until it stalled; requests queued for it should not wait)."""
         assert self._loop is not None
         now, policy = self._loop.time(), self.restart_policy
         for times in (self._failures, self._restart_times):
             while times and times[0] < now - policy.window_s:
                 times.popleft()
         self._failures.append(now)
-        delay = policy.backoff(len(self._failures))
+        delay = 0.0 if at_once and len(self._failures) == 1 else policy.backoff(len(self._failures))
         self._retry_at = now + delay
         self._transition(State.FAILED, event)
         if not (auto_restart and policy.enabled) or self._state is not State.FAILED:
@@ -336,6 +358,9 @@ class ManagedProcess:
                 len(self._restart_times),
                 policy.window_s,
             )
+            return
+        if delay <= 0:
+            self._auto_restart()  # now: a request arriving meanwhile joins this start
             return
         log.warning("runner %s: restarting in %.2fs", self.name, delay)
         self._restart_handle = self._loop.call_later(delay, self._auto_restart)
@@ -391,7 +416,8 @@ class ManagedProcess:
             self._enter_failed("failed", auto_restart=auto)
             if isinstance(exc, EnginehouseError):
                 raise
-            raise RunnerStartFailed(f"runner '{self.name}' failed to start: {exc!r}") from exc
+            reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or "unexpected error"
+            raise RunnerStartFailed(f"runner '{self.name}' failed to start: {reason}") from exc
 
     async def _wait_healthy(self, exited: asyncio.Future[int], deadline: float) -> str:
         """Poll the health URL until 200: returns "ready", "exited" or "timeout"."""
@@ -406,7 +432,7 @@ class ManagedProcess:
                     return "timeout"
                 try:
                     per_try = aiohttp.ClientTimeout(total=min(remaining, 5.0))
-                    async with http.get(url, timeout=per_try) as resp:
+                    async with http.get(url, timeout=per_try, headers=self.health_headers) as resp:
                         if resp.status == 200:
                             return "ready"
                 except (aiohttp.ClientError, TimeoutError, OSError):
@@ -463,7 +489,9 @@ class ManagedProcess:
                 )
             except (OSError, subprocess.SubprocessError) as exc:
                 logf.write(f"enginehouse: could not run {argv[0]}: {exc}\n".encode())
-                raise RunnerStartFailed(f"runner '{self.name}' could not run {argv[0]!r}: {exc}") from exc
+                reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+                binary = Path(argv[0]).name  # the engines directory stays in the log, not the answer
+                raise RunnerStartFailed(f"runner '{self.name}' could not run {binary}: {reason}") from exc
         self._proc, self._pgid, self._started_at, self._ready_at = proc, proc.pid, time.time(), None
         self._exited = exited = self._loop.create_future()
         if _prctl is None:
@@ -480,14 +508,18 @@ class ManagedProcess:
             self._loop.call_soon_threadsafe(self._on_exit, proc, exited, code)
 
     def _on_exit(self, proc: subprocess.Popen[bytes], exited: asyncio.Future[int], code: int) -> None:
+        killed = None  # the cause given to kill(), when that is why it exited
         if proc is self._proc:
             self._last_exit_code = code
+            killed, self._kill_cause = self._kill_cause, None
         if not exited.done():
             exited.set_result(code)
         if proc is self._proc and self._state is State.READY:
-            log.warning("runner %s (pid %d) exited unexpectedly with code %s", self.name, proc.pid, code)
+            if killed is None:
+                log.warning("runner %s (pid %d) exited unexpectedly with code %s", self.name, proc.pid, code)
+            self._last_cause = killed or f"exited with code {code}"
             self._sweep_group()
-            self._enter_failed("exited", auto_restart=True)
+            self._enter_failed("exited", auto_restart=True, at_once=killed is not None)
         # STARTING: the start task sees `exited`; STOPPING: so does the stop task.
 
     async def _kill_now(self) -> None:

@@ -5,6 +5,9 @@ Run as ``python fake_runner.py --port N [options]``; standard library only, so i
     GET /health  503 {"error": {"code": 503, "message": "Loading model"}} during --load-seconds, then
                  200 {"status": "ok"}
     GET /pid     200 {"pid": <its pid>}
+    GET /slots   200 [] (llama-server's main-loop probe); with --stall-slots-after F, after F seconds it
+                 never answers while /health stays green, as llama-server's when its main loop is stuck
+    GET /seen    200 {"authorization": [the Authorization header of each /slots request]}
 
 Options: --load-seconds F; --exit-after F (exit with code 3 after F seconds: a crash); --fail-start
 (print an error line like a real runner, exit 1 at once); --ignore-sigterm; --spawn-child (fork a
@@ -32,6 +35,7 @@ def main() -> None:
     parser.add_argument("--fail-start", action="store_true")
     parser.add_argument("--ignore-sigterm", action="store_true")
     parser.add_argument("--spawn-child", action="store_true")
+    parser.add_argument("--stall-slots-after", type=float, default=None)
     args = parser.parse_args()
     started = time.monotonic()
     print(f"fake_runner: pid {os.getpid()} port {args.port}", flush=True)
@@ -62,6 +66,8 @@ def main() -> None:
 
         threading.Timer(args.exit_after, crash).start()
 
+    seen: list[str | None] = []
+
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path == "/health":
@@ -71,10 +77,18 @@ def main() -> None:
                     self._reply(200, {"status": "ok"})
             elif self.path == "/pid":
                 self._reply(200, {"pid": os.getpid()})
+            elif self.path == "/slots":
+                seen.append(self.headers.get("Authorization"))
+                stall = args.stall_slots_after
+                if stall is not None and time.monotonic() - started >= stall:
+                    threading.Event().wait()  # a stuck main loop: this thread never answers
+                self._reply(200, [])
+            elif self.path == "/seen":
+                self._reply(200, {"authorization": seen})
             else:
                 self._reply(404, {"error": {"code": 404, "message": "File Not Found"}})
 
-        def _reply(self, status: int, body: dict) -> None:
+        def _reply(self, status: int, body: dict | list) -> None:
             data = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

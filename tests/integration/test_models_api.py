@@ -116,5 +116,6 @@ def test_bundled_prompt_matches_llama_cpp_rendering(server) -> None:
     assert runner is not None
     for turns in (1, 3):
         messages = conversation(turns)
-        theirs = httpx.post(runner.engine.base_url + "/apply-template", json={"messages": messages}).json()
+        url, key = runner.engine.base_url + "/apply-template", runner.engine.request_headers
+        theirs = httpx.post(url, json={"messages": messages}, headers=key).json()
         assert render_chat(CHATML, messages) == theirs["prompt"]

@@ -85,7 +85,7 @@ def settings(gguf: Path, rpc: tuple[str, ...] = ()) -> LlamaServerSettings:
 
 async def complete(engine: LlamaServerEngine) -> dict:
     body = {"prompt": PROMPT, "n_predict": 24, "temperature": 0, "seed": 42, "cache_prompt": False}
-    async with httpx.AsyncClient(timeout=120) as client:
+    async with httpx.AsyncClient(timeout=120, headers=engine.request_headers) as client:
         resp = await client.post(engine.base_url + "/completion", json=body)
         resp.raise_for_status()
         return resp.json()

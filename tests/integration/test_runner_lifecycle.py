@@ -47,7 +47,8 @@ def test_runner_start_ready_crash_restart_stop(
         engine = LlamaServerEngine(llama_server_bin, settings, log_dir=tmp_path, ready_timeout=60)
         await engine.ensure_ready()
         assert engine.process.state is State.READY
-        async with httpx.AsyncClient(timeout=60) as client:  # a loaded 2-core machine answers slowly
+        # A loaded 2-core machine answers slowly; the runner answers only with its key.
+        async with httpx.AsyncClient(timeout=60, headers=engine.request_headers) as client:
             slots = (await client.get(engine.base_url + "/slots")).json()
             assert [s["n_ctx"] for s in slots] == [512, 512]  # -c is split across the slots
             first_pid = engine.process.pid

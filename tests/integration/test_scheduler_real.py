@@ -61,7 +61,8 @@ def test_pins_exclusive_groups_and_slots_from_the_config_file(server_config: Con
         hi(client, "pinned:latest")
         hi(client, "g1:latest")
         assert loaded(client) == ["g1:latest", "pinned:latest"]
-        slots = httpx.get(srv.gateway.scheduler.get("g1:latest").engine.base_url + "/slots").json()
+        engine = srv.gateway.scheduler.get("g1:latest").engine
+        slots = httpx.get(engine.base_url + "/slots", headers=engine.request_headers).json()
         assert len(slots) == 3  # num_parallel from the entry reached the runner
 
         hi(client, "g2:latest")  # same exclusive group: g1 goes although memory would allow it

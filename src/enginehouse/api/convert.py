@@ -14,7 +14,7 @@ import orjson
 
 from enginehouse.api.gotemplate import render, render_chat
 from enginehouse.api.ollama import ChatRequest, GenerateRequest, Message, Options
-from enginehouse.api.toolcalls import ToolCallSplitter, ToolFormat, forcing_schema
+from enginehouse.api.toolcalls import ToolCallSplitter, ToolFormat, forcing_schema, tool_format
 
 # Ollama option -> request field understood by llama-server (and vLLM's OpenAI server).
 SAMPLING_OPTIONS: dict[str, str] = {
@@ -157,6 +157,17 @@ def go_template(template: str | None) -> str | None:
     return template if template and not is_jinja(template) else None
 
 
+def gateway_template(template: str | None, tools: bool, engine_tools: bool) -> str | None:
+    """The Go template the gateway renders a chat with, or None when the engine renders it itself.
+
+    A chat with tools whose Go template cannot write a call goes to an engine that can take tools for
+    any template (llama-server's --jinja generic tool format), rather than being refused."""
+    template = go_template(template)
+    if template and tools and engine_tools and tool_format(template) is None:
+        return None
+    return template
+
+
 def rendered_chat_body(
     req: ChatRequest,
     served_model: str,
@@ -173,7 +184,7 @@ def rendered_chat_body(
     prompt = render_chat(
         template, messages, tools=req.tools, think=req.think if req.think is None else bool(req.think)
     )
-    body = _raw_body(served_model, prompt, defaults, req.options, req.format)
+    body = _raw_body(served_model, prompt, defaults, req.options, req.format, raw_logprobs(req))
     if force is not None:  # a forced call: its opening in the prompt, the rest held to the tools' schema
         body["prompt"] += force.prefix
         body["json_schema"] = forcing_schema(req.tools or [], force)
@@ -184,7 +195,13 @@ def rendered_generate_body(
     req: GenerateRequest, served_model: str, defaults: dict[str, Any], system: str | None, template: str
 ) -> dict[str, Any]:
     prompt = render(template, system=req.system or system or "", prompt=req.prompt, suffix=req.suffix)
-    return _raw_body(served_model, prompt, defaults, req.options, req.format)
+    return _raw_body(served_model, prompt, defaults, req.options, req.format, raw_logprobs(req))
+
+
+def raw_logprobs(req: ChatRequest | GenerateRequest) -> int | None:
+    """Ollama's ``logprobs``/``top_logprobs`` as raw completions' ``logprobs``: the number of candidates
+    per token (at least one, the sampled token's own)."""
+    return max(req.top_logprobs or 0, 1) if req.logprobs else None
 
 
 def _raw_body(
@@ -193,6 +210,7 @@ def _raw_body(
     defaults: dict[str, Any],
     options: Options | None,
     fmt: str | dict[str, Any] | None,
+    logprobs: int | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": served_model,
@@ -203,6 +221,8 @@ def _raw_body(
     }
     if schema := raw_json_schema(response_format(fmt)):
         body["json_schema"] = schema
+    if logprobs:
+        body["logprobs"] = logprobs
     return body
 
 

@@ -1,20 +1,42 @@
 """Wire types of OpenAI's API, as far as the gateway checks them.
 
 The OpenAI door passes the client's JSON to the engine (which speaks the same dialect), so these models
-only validate: the dict that goes upstream is the client's own, fields we do not know included.
+only validate: the dict that goes upstream is the client's own, fields we do not know included. So the
+fields llama-server reads beyond OpenAI's (``grammar``, ``json_schema``, ``n_probs``, ...) are declared
+here with their bounds: an unknown field reaches the engine, a known one only within
+:mod:`enginehouse.api.limits`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-MAX_CHOICES = 8
+from enginehouse.api import limits, structured
+from enginehouse.api.limits import INT32_MAX, MAX_CHOICES, MAX_TOKENS
+from enginehouse.api.ollama import Options
+
+__all__ = ["MAX_CHOICES", "ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest"]
+
+Stop = Annotated[str, Field(max_length=limits.MAX_STOP_CHARS)]
+Text = Annotated[str, Field(max_length=256)]
+Bias = Annotated[float, Field(ge=-100, le=100)]
+_EXT = "llama-server extension"
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+
+class _Body(_Wire):
+    """A whole request body: its nesting is bounded before any field is read."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded_depth(cls, data: Any) -> Any:
+        limits.check_depth(data)
+        return data
 
 
 class ChatMessage(_Wire):
@@ -26,41 +48,108 @@ class StreamOptions(_Wire):
     include_usage: bool | None = None
 
 
-class _Sampling(_Wire):
+class LoraAdapter(_Wire):
+    id: int = Field(ge=0, le=limits.MAX_LORA)
+    scale: float = Field(ge=-100, le=100)
+
+
+class _LlamaServerFields(_Wire):
+    """What llama-server reads beyond OpenAI's fields, bounded (its ``server-common`` parameters)."""
+
+    n_probs: int | None = Field(None, ge=0, le=limits.MAX_TOP_LOGPROBS, description=_EXT)
+    n_predict: int | None = Field(None, ge=-1, le=MAX_TOKENS, description=_EXT)
+    n_keep: int | None = Field(None, ge=-1, le=MAX_TOKENS, description=_EXT)
+    n_indent: int | None = Field(None, ge=0, le=MAX_TOKENS, description=_EXT)
+    n_cmpl: int | None = Field(None, ge=1, le=MAX_CHOICES, description=_EXT)
+    id_slot: int | None = Field(None, ge=-1, le=65_536, description=_EXT)
+    t_max_predict_ms: int | None = Field(None, ge=0, le=INT32_MAX, description=_EXT)
+    grammar: str | None = Field(None, max_length=limits.MAX_GRAMMAR_BYTES, description=_EXT + ": GBNF")
+    json_schema: dict[str, Any] | None = Field(None, description=_EXT)
+    logit_bias: dict[str, Bias] | None = Field(None, max_length=limits.MAX_LOGIT_BIAS)
+    samplers: Annotated[list[Text], Field(max_length=limits.MAX_SAMPLERS)] | Text | None = Field(
+        None, description=_EXT
+    )
+    lora: list[LoraAdapter] | None = Field(None, max_length=limits.MAX_LORA, description=_EXT)
+    top_k: int | None = Field(None, ge=0, le=INT32_MAX, description=_EXT)
+    min_p: float | None = Field(None, ge=0, le=1, description=_EXT)
+    typical_p: float | None = Field(None, ge=0, le=1, description=_EXT)
+    top_n_sigma: float | None = Field(None, ge=-1, le=100, description=_EXT)
+    repeat_penalty: float | None = Field(None, ge=0, le=100, description=_EXT)
+    repeat_last_n: int | None = Field(None, ge=-1, le=MAX_TOKENS, description=_EXT)
+    mirostat: int | None = Field(None, ge=0, le=2, description=_EXT)
+    mirostat_tau: float | None = Field(None, ge=0, le=100, description=_EXT)
+    mirostat_eta: float | None = Field(None, ge=0, le=1, description=_EXT)
+    dynatemp_range: float | None = Field(None, ge=0, le=100, description=_EXT)
+    dynatemp_exponent: float | None = Field(None, ge=0, le=100, description=_EXT)
+    xtc_probability: float | None = Field(None, ge=0, le=1, description=_EXT)
+    xtc_threshold: float | None = Field(None, ge=0, le=1, description=_EXT)
+    dry_multiplier: float | None = Field(None, ge=0, le=100, description=_EXT)
+    dry_base: float | None = Field(None, ge=0, le=100, description=_EXT)
+    dry_allowed_length: int | None = Field(None, ge=0, le=MAX_TOKENS, description=_EXT)
+    dry_penalty_last_n: int | None = Field(None, ge=-1, le=MAX_TOKENS, description=_EXT)
+    dry_sequence_breakers: list[Stop] | None = Field(None, max_length=limits.MAX_STOP, description=_EXT)
+    response_fields: list[Text] | None = Field(None, max_length=64, description=_EXT)
+
+    @field_validator("grammar")
+    @classmethod
+    def _grammar_parses(cls, value: str | None) -> str | None:
+        if value:
+            structured.check_grammar_text(value, "grammar")
+        return value
+
+    @field_validator("json_schema")
+    @classmethod
+    def _schema_checks(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            structured.check_json_schema(value, "json_schema")
+        return value
+
+
+class _Sampling(_Body, _LlamaServerFields):
     model: str = Field(min_length=1, examples=["smollm2:135m"])
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(None, ge=0)
-    max_completion_tokens: int | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
     n: int | None = Field(None, ge=1, le=MAX_CHOICES)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: Stop | Annotated[list[Stop], Field(max_length=limits.MAX_STOP)] | None = None
+    seed: int | None = Field(None, ge=limits.INT64_MIN, le=limits.INT64_MAX)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logprobs: bool | None = None
-    top_logprobs: int | None = Field(None, ge=0, le=20)
-    options: dict[str, Any] | None = Field(
-        None, description="Ollama options (num_ctx, top_k, ...): an extension"
-    )
+    top_logprobs: int | None = Field(None, ge=0, le=limits.MAX_TOP_LOGPROBS)
+    options: Options | None = Field(None, description="Ollama options (num_ctx, top_k, ...): an extension")
 
 
 class ChatCompletionRequest(_Sampling):
-    messages: list[ChatMessage]
+    messages: list[ChatMessage] = Field(max_length=limits.MAX_MESSAGES)
     response_format: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = Field(None, max_length=limits.MAX_TOOLS)
     tool_choice: str | dict[str, Any] | None = None
+
+    @field_validator("response_format")
+    @classmethod
+    def _response_format_checks(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        structured.check_response_format(value)
+        return value
+
+    @field_validator("tools")
+    @classmethod
+    def _tool_schemas_check(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        structured.check_tools(value)
+        return value
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str]
+    prompt: str | Annotated[list[str], Field(max_length=limits.MAX_PROMPTS)]
     suffix: str | None = None
     echo: bool | None = None
 
 
-class EmbeddingRequest(_Wire):
+class EmbeddingRequest(_Body):
     model: str = Field(min_length=1, examples=["smollm2:135m"])
-    input: str | list[str] | list[int] | list[list[int]]
+    input: str | Annotated[list[str] | list[int] | list[list[int]], Field(max_length=limits.MAX_EMBED_INPUTS)]
     encoding_format: Literal["float", "base64"] | None = None
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: int | None = Field(None, ge=1, le=65_536)

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from enginehouse import hardware
+from enginehouse.cli.client import api_key_option, client_headers
 from enginehouse.config import Config
 from enginehouse.engines.choose import (
     GGUF,
@@ -207,7 +208,8 @@ def server_state(config: Config) -> dict[str, Any] | None:
     import httpx
 
     try:
-        data = httpx.get(f"{config.base_url}/api/ps", timeout=2).json()
+        resp = httpx.get(f"{config.base_url}/api/ps", headers=client_headers(config), timeout=2)
+        data = resp.raise_for_status().json()
     except (httpx.HTTPError, ValueError):
         return None
     return {"pools": data.get("pools", []), "cooled_down": data.get("cooled_down", [])}
@@ -216,6 +218,7 @@ def server_state(config: Config) -> dict[str, Any] | None:
 @click.command("doctor")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.pass_obj
+@api_key_option
 def doctor(config: Config, as_json: bool) -> None:
     """Show the hardware, the engines installed, and for every model the engine that would run it,
     whether it fits in memory and at what context size."""

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from enginehouse.cli.client import api_key_option, check, client_headers
 from enginehouse.config import Config
 from enginehouse.errors import EnginehouseError
 
@@ -72,21 +73,19 @@ async def classify_locally(
     return out
 
 
-def ask_server(base_url: str, router_name: str, prompt: str, system: str | None) -> dict[str, Any]:
+def ask_server(config: Config, router_name: str, prompt: str, system: str | None) -> dict[str, Any]:
     """POST /api/route on a running server: its decision, with each candidate's cost there (what is
     loaded, what a load would evict) and the order it would try them in."""
     import httpx
 
-    body = {"router": router_name, "prompt": prompt, "system": system}
+    base_url, body = config.base_url, {"router": router_name, "prompt": prompt, "system": system}
     try:
-        resp = httpx.post(f"{base_url}/api/route", json=body, timeout=30)
+        resp = httpx.post(f"{base_url}/api/route", json=body, headers=client_headers(config), timeout=30)
     except httpx.HTTPError as exc:
         raise EnginehouseError(f"no server at {base_url}: {exc}") from None
     if resp.status_code == 404:
         raise EnginehouseError(f"the server at {base_url} has no /api/route; run without --server")
-    if resp.status_code >= 400:
-        raise EnginehouseError(f"{base_url}/api/route answered {resp.status_code}: {resp.text[:200]}")
-    return resp.json()
+    return check(resp, base_url).json()
 
 
 def print_decision(d: dict[str, Any]) -> None:
@@ -135,6 +134,7 @@ def print_decision(d: dict[str, Any]) -> None:
     "from the bundled package on first use).",
 )
 @click.pass_obj
+@api_key_option
 def route(
     config: Config,
     prompt: tuple[str, ...],
@@ -158,7 +158,7 @@ def route(
     if not text.strip():
         raise click.UsageError("give a PROMPT (or pipe one on stdin)")
     if use_server:
-        decision = ask_server(config.base_url, router_name, text, system)
+        decision = ask_server(config, router_name, text, system)
     else:
 
         def log(line: str) -> None:

@@ -8,6 +8,7 @@ import signal
 import click
 from rich.console import Console
 
+from enginehouse.child_output import wait_exit
 from enginehouse.config import Config
 from enginehouse.engines import llama_install, rpc_worker
 from enginehouse.errors import RunnerError
@@ -78,7 +79,7 @@ def rpc_worker_cmd(
             highlight=False,
             markup=False,
         )
-        code = worker.proc.wait()
+        code = wait_exit(worker.proc)  # not a bare wait(): Ctrl-C could go unheard (see child_output)
     except KeyboardInterrupt:
         console.print("rpc-worker: stopping")
         worker.stop()

@@ -15,6 +15,7 @@ import click
 import httpx
 import orjson
 
+from enginehouse.cli.client import api_key_option, check, client_headers, request
 from enginehouse.config import Config
 from enginehouse.errors import EnginehouseError
 
@@ -64,7 +65,7 @@ def serve(config: Config, host: str | None, preload: tuple[str, ...], config_fil
 
 
 def _server_up(base_url: str) -> bool:
-    try:
+    try:  # /api/version answers without a key, so a wrong key is named by the next request, not here
         return httpx.get(f"{base_url}/api/version", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
@@ -83,34 +84,29 @@ def server_url(config: Config) -> Iterator[str]:
         yield server.base_url
 
 
-def _check(resp: httpx.Response) -> None:
-    if resp.status_code >= 400:
-        resp.read()
-        try:
-            message = resp.json().get("error", resp.text)
-        except ValueError:
-            message = resp.text
-        raise EnginehouseError(str(message))
-
-
-def stream_chat(base_url: str, body: dict[str, Any]) -> dict[str, Any]:
-    """Stream one chat answer to stdout; return the final line (with Ollama's timing fields)."""
+def stream_chat(base_url: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+    """Stream one chat answer to stdout; return the final line (with Ollama's timing fields), or
+    ``{"interrupted": True, ...}`` after Ctrl-C: closing the stream makes the server cancel the
+    answer, and the server itself stays up."""
     final: dict[str, Any] = {}
     content = []
-    with httpx.stream("POST", f"{base_url}/api/chat", json=body, timeout=None) as resp:
-        _check(resp)
-        for raw in resp.iter_lines():
-            if not raw:
-                continue
-            line = orjson.loads(raw)
-            if "error" in line:
-                raise EnginehouseError(str(line["error"]))
-            piece = line.get("message", {}).get("content", "")
-            content.append(piece)
-            click.echo(piece, nl=False)
-            sys.stdout.flush()
-            if line.get("done"):
-                final = line
+    try:
+        with httpx.stream("POST", f"{base_url}/api/chat", json=body, headers=headers, timeout=None) as resp:
+            check(resp, base_url)
+            for raw in resp.iter_lines():
+                if not raw:
+                    continue
+                line = orjson.loads(raw)
+                if "error" in line:
+                    raise EnginehouseError(str(line["error"]))
+                piece = line.get("message", {}).get("content", "")
+                content.append(piece)
+                click.echo(piece, nl=False)
+                sys.stdout.flush()
+                if line.get("done"):
+                    final = line
+    except KeyboardInterrupt:
+        final = {"interrupted": True}
     click.echo()
     sys.stdout.flush()
     final["content"] = "".join(content)
@@ -143,6 +139,7 @@ def print_stats(final: dict[str, Any]) -> None:
 @click.option("--format", "fmt", help="'json' to force a JSON answer.")
 @click.option("--system", help="A system prompt.")
 @click.pass_obj
+@api_key_option
 def run(
     config: Config,
     model: str,
@@ -165,13 +162,18 @@ def run(
     if fmt:
         base["format"] = fmt
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    headers = client_headers(config)
     with server_url(config) as url:
         if text:
-            final = stream_chat(url, {**base, "messages": [*history, {"role": "user", "content": text}]})
+            turn = [*history, {"role": "user", "content": text}]
+            final = stream_chat(url, {**base, "messages": turn}, headers)
+            if final.get("interrupted"):
+                raise click.exceptions.Exit(130)  # the shell's code for Ctrl-C
             if verbose:
                 print_stats(final)
             return
-        _check(httpx.post(f"{url}/api/chat", json={"model": model, "messages": []}, timeout=None))
+        load = {"model": model, "messages": []}
+        check(httpx.post(f"{url}/api/chat", json=load, headers=headers, timeout=None), url)
         click.secho("Send a message (/bye to quit, /clear to forget the conversation)", dim=True)
         while True:
             try:
@@ -187,7 +189,10 @@ def run(
             if not line.strip():
                 continue
             history.append({"role": "user", "content": line})
-            final = stream_chat(url, {**base, "messages": history})
+            final = stream_chat(url, {**base, "messages": history}, headers)
+            if final.get("interrupted"):  # Ctrl-C stopped the answer: back to the prompt, turn forgotten
+                history.pop()
+                continue
             history.append({"role": "assistant", "content": final["content"]})
             if verbose:
                 print_stats(final)
@@ -196,20 +201,17 @@ def run(
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.pass_obj
+@api_key_option
 def ps(config: Config, as_json: bool) -> None:
     """List the models loaded in the running server, and the models, upstreams and replicas set aside
     after repeated failures (until when, and why). --json prints the loaded models only."""
-    try:
-        resp = httpx.get(f"{config.base_url}/api/ps", timeout=10)
-    except httpx.HTTPError as exc:
-        raise EnginehouseError(f"no server at {config.base_url}: {exc}") from exc
-    _check(resp)
-    models = resp.json()["models"]
-    cooled = resp.json().get("cooled_down") or []
+    answer = request(config, "GET", "/api/ps")
+    models = answer["models"]
+    cooled = answer.get("cooled_down") or []
     if as_json:
         click.echo(json.dumps(models, indent=2))
         return
-    click.echo(f"{'NAME':<28}{'ENGINE':<14}{'STATE':<10}{'CONTEXT':<9}{'IN FLIGHT':<11}UNTIL")
+    click.echo(f"{'NAME':<28}{'ENGINE':<14}{'STATE':<10}{'CONTEXT':<9}{'IN FLIGHT':<11}{'RESTARTS':<10}UNTIL")
     for m in models:
         until = m["expires_at"]
         with contextlib.suppress(ValueError):
@@ -218,8 +220,13 @@ def ps(config: Config, as_json: bool) -> None:
             until = "forever" if seconds > 10 * 365 * 86400 else f"{max(0, int(seconds))}s from now"
         click.echo(
             f"{m['name']:<28}{m.get('engine', ''):<14}{m.get('state', ''):<10}"
-            f"{m.get('context_length', 0):<9}{m.get('in_flight', 0):<11}{until}"
+            f"{m.get('context_length', 0):<9}{m.get('in_flight', 0):<11}{m.get('restarts', 0):<10}{until}"
         )
+    restarted = [m for m in models if m.get("restarts")]
+    if restarted:
+        click.echo("\nRESTARTED (automatic restarts; why the last one happened)")
+        for m in restarted:
+            click.echo(f"{m['name']:<28}{m['restarts']:<4}{m.get('restart_cause') or ''}")
     if cooled:
         click.echo("\nCOOLED DOWN (failing; tried again after the time shown)")
         for c in cooled:
@@ -229,15 +236,10 @@ def ps(config: Config, as_json: bool) -> None:
 @click.command()
 @click.argument("model")
 @click.pass_obj
+@api_key_option
 def stop(config: Config, model: str) -> None:
     """Unload MODEL from the running server now."""
-    try:
-        resp = httpx.post(
-            f"{config.base_url}/api/generate", json={"model": model, "keep_alive": 0}, timeout=60
-        )
-    except httpx.HTTPError as exc:
-        raise EnginehouseError(f"no server at {config.base_url}: {exc}") from exc
-    _check(resp)
+    request(config, "POST", "/api/generate", json={"model": model, "keep_alive": 0}, timeout=60)
     click.echo(f"stopped {model}")
 
 
@@ -248,20 +250,13 @@ def stop(config: Config, model: str) -> None:
     "--timeout", default=300.0, show_default=True, help="Seconds to wait for its requests in flight."
 )
 @click.pass_obj
+@api_key_option
 def drain(config: Config, node: str, undo: bool, timeout: float) -> None:
     """Stop sending new pool work to NODE (a [[nodes]] or [upstreams] name; "local" for this
     server's own runners) and wait for its requests in flight to finish. Requests already running
     there complete; new ones go to the pool's other replicas."""
-    try:
-        resp = httpx.post(
-            f"{config.base_url}/api/drain",
-            json={"node": node, "undo": undo, "timeout": timeout},
-            timeout=timeout + 30,
-        )
-    except httpx.HTTPError as exc:
-        raise EnginehouseError(f"no server at {config.base_url}: {exc}") from exc
-    _check(resp)
-    answer = resp.json()
+    body = {"node": node, "undo": undo, "timeout": timeout}
+    answer = request(config, "POST", "/api/drain", json=body, timeout=timeout + 30)
     if undo:
         click.echo(f"{node} takes pool work again")
     elif answer["in_flight"]:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from enginehouse.child_output import output_lines, wait_exit
 from enginehouse.config import SETTINGS, Config
 from enginehouse.engines import llama_install
 from enginehouse.errors import EngineBuildFailed, EngineNotInstalled
@@ -68,8 +69,9 @@ def _noop_log(line: str) -> None:
     pass
 
 
-def converter_dir(config: Config) -> Path:
-    return config.engines / "converter" / llama_install.LLAMA_CPP_COMMIT
+def converter_dir(config: Config, engines: Path | None = None) -> Path:
+    """Where the converter is installed: the shared engines folder unless ``engines`` names another."""
+    return (engines or config.engines) / "converter" / llama_install.LLAMA_CPP_COMMIT
 
 
 def _venv_python(venv: Path) -> Path:
@@ -77,16 +79,20 @@ def _venv_python(venv: Path) -> Path:
 
 
 def find_converter(config: Config) -> Converter | None:
-    """The installed converter, or None when ``enginehouse engines install converter`` has not run."""
-    root = converter_dir(config)
-    record, python, script = root / RECORD, _venv_python(root / "venv"), root / "llama.cpp" / TREE_PARTS[0]
-    if not (record.is_file() and python.is_file() and script.is_file()):
-        return None
-    try:
-        facts = json.loads(record.read_text())
-    except (OSError, ValueError):
-        return None
-    return Converter(python, script, facts if isinstance(facts, dict) else {})
+    """The installed converter (in the shared engines folder, else in HOME/engines where it was
+    installed before), or None when ``enginehouse engines install converter`` has not run."""
+    for engines in config.engine_dirs:
+        root = converter_dir(config, engines)
+        record, python = root / RECORD, _venv_python(root / "venv")
+        script = root / "llama.cpp" / TREE_PARTS[0]
+        if not (record.is_file() and python.is_file() and script.is_file()):
+            continue
+        try:
+            facts = json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue
+        return Converter(python, script, facts if isinstance(facts, dict) else {})
+    return None
 
 
 def require_converter(config: Config) -> Converter:
@@ -113,15 +119,16 @@ def _run_logged(
     proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     assert proc.stdout is not None
     try:
-        for line in proc.stdout:
+        for line in output_lines(proc):
             log_file.write(line)
             if line.strip():
                 log(line.rstrip())
+        code = wait_exit(proc)
     except BaseException:
         proc.kill()
         proc.wait()
         raise
-    if proc.wait() != 0:
+    if code != 0:
         log_file.flush()
         tail = "\n".join(Path(log_file.name).read_text(errors="replace").splitlines()[-25:])
         raise EngineBuildFailed(f"converter install: {stage} failed (log: {log_file.name}):\n{tail}")

@@ -25,13 +25,14 @@ import socket
 import subprocess
 import tarfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urljoin
 
 import httpx
 
+from enginehouse.child_output import output_lines, wait_exit
 from enginehouse.config import Config
 from enginehouse.errors import EngineBuildFailed, EngineNotInstalled
 
@@ -91,7 +92,16 @@ def build_id(native: bool) -> str:
 
 
 def installed_dir(config: Config, native: bool | None = None) -> Path:
+    """Where this flavour is built (the shared engines folder)."""
     return config.engines / "llama-server" / build_id(config.native_build if native is None else native)
+
+
+def _recorded_builds(config: Config) -> Iterator[Path]:
+    """Build folders to look in, best first: each flavour in the shared engines folder, then in
+    HOME/engines (builds from before the shared cache)."""
+    for root in config.engine_dirs:
+        for native in dict.fromkeys((config.native_build, False, True)):
+            yield root / "llama-server" / build_id(native)
 
 
 def _is_executable(path: Path) -> bool:
@@ -118,8 +128,8 @@ def find_llama_server(config: Config) -> LlamaServerBinary | None:
                 f"ENGINEHOUSE_LLAMA_SERVER names {config.llama_server}, which is not an executable file"
             )
         return LlamaServerBinary(config.llama_server, "config", binary_version(config.llama_server))
-    for native in dict.fromkeys((config.native_build, False, True)):
-        record = installed_dir(config, native) / "build.json"
+    for folder in _recorded_builds(config):
+        record = folder / "build.json"
         binary = record.parent / "llama-server"
         if record.is_file() and _is_executable(binary):
             build = json.loads(record.read_text())
@@ -138,8 +148,8 @@ def find_rpc_server(config: Config) -> RpcServerBinary | None:
             beside = config.llama_server.parent / name
             if _is_executable(beside):
                 return RpcServerBinary(beside, "config")
-    for native in dict.fromkeys((config.native_build, False, True)):
-        record = installed_dir(config, native) / "build.json"
+    for folder in _recorded_builds(config):
+        record = folder / "build.json"
         binary = record.parent / RPC_SERVER_NAME
         if record.is_file() and _is_executable(binary):
             return RpcServerBinary(binary, "built", json.loads(record.read_text()))
@@ -316,11 +326,11 @@ def build(
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             assert proc.stdout is not None
             progress(stage, 0, 100)
-            for line in proc.stdout:
+            for line in output_lines(proc):  # Ctrl-C stays prompt (see child_output)
                 log.write(line)
                 if match := _PERCENT.match(line):
                     progress(stage, float(match.group(1)), 100)
-            if proc.wait() != 0:
+            if wait_exit(proc) != 0:
                 log.flush()
                 tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
                 raise EngineBuildFailed(f"llama-server {stage} failed (log: {log_path}):\n{tail}")

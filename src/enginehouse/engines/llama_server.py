@@ -9,6 +9,7 @@ prompts, so we always set it on purpose.
 from __future__ import annotations
 
 import re
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,12 +103,20 @@ def log_name(alias: str) -> str:
 
 class LlamaServerEngine(Engine):
     kind = "llama-server"
+    #: What the watchdog probes (sched/watchdog.py): /health is answered by the HTTP threads and stays green
+    #: while the main loop is stuck; /slots is a task on the main loop's queue, answered between batches.
+    stall_probe = "/slots"
 
     def __init__(
         self, binary: Path, settings: LlamaServerSettings, *, log_dir: Path, ready_timeout: float = 300.0
     ) -> None:
         self.binary = binary
         self.settings = settings
+        # The runner answers only the gateway: any local process can reach its loopback port. The key goes
+        # through the environment (LLAMA_API_KEY), which only this user can read, never argv, which `ps`
+        # shows to everyone. llama-server leaves /health open, which is all the start-up probe needs.
+        self.api_key = secrets.token_urlsafe(24)
+        self._headers = {"Authorization": f"Bearer {self.api_key}"}
         self.capabilities = frozenset({"embedding"} if settings.embedding else {"completion", "tools"})
         self.process = ManagedProcess(
             f"llama-server[{settings.alias}]",
@@ -117,7 +126,8 @@ class LlamaServerEngine(Engine):
             restart=RestartPolicy(),
             # On an abort llama.cpp otherwise attaches gdb, whose backtrace fills the log tail that start
             # errors quote and pushes out the line that says what failed ("Failed to connect to HOST:PORT").
-            env={"GGML_NO_BACKTRACE": "1"},
+            env={"GGML_NO_BACKTRACE": "1", "LLAMA_API_KEY": self.api_key},
+            health_headers=self._headers,
         )
 
     @property
@@ -127,6 +137,10 @@ class LlamaServerEngine(Engine):
     @property
     def served_model(self) -> str:
         return self.settings.alias
+
+    @property
+    def request_headers(self) -> dict[str, str]:
+        return self._headers
 
     @property
     def ready(self) -> bool:
@@ -151,6 +165,10 @@ class LlamaServerEngine(Engine):
     async def stop(self) -> None:
         await self.process.stop()
 
+    def kill(self, cause: str) -> bool:
+        """The watchdog's remedy: SIGKILL the runner and start a fresh one (see ManagedProcess.kill)."""
+        return self.process.kill(cause)
+
     def info(self) -> EngineInfo:
         p = self.process
         return EngineInfo(
@@ -164,5 +182,6 @@ class LlamaServerEngine(Engine):
                 "num_parallel": self.settings.num_parallel,
                 "n_gpu_layers": self.settings.n_gpu_layers,
                 "log": str(p.log_path),
+                "restart_cause": p.last_cause,
             },
         )

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from enginehouse.engines.openai_remote import HEALTH_PATHS, RemoteEngine, get_json
+from enginehouse.engines.openai_remote import HEALTH_PATHS, RemoteEngine, auth_headers, get_json
 
 
-async def list_ollama_models(url: str, *, timeout: float = 5.0) -> list[dict[str, Any]]:
+async def list_ollama_models(
+    url: str, api_key: str | None = None, *, timeout: float = 5.0
+) -> list[dict[str, Any]]:
     """The upstream's ``/api/tags`` entries (``name``, ``size``, ``digest``, ``details``...)."""
-    data = await get_json(f"{url}/api/tags", timeout=timeout)
+    data = await get_json(f"{url}/api/tags", headers=auth_headers(api_key), timeout=timeout)
     items = data.get("models") if isinstance(data, dict) else None
     return [m for m in items or [] if isinstance(m, dict) and m.get("name")]
 

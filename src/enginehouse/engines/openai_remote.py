@@ -47,7 +47,8 @@ async def get_json(url: str, *, headers: dict[str, str] | None = None, timeout: 
                 raise UpstreamUnavailable(f"GET {url} answered {resp.status}{hint}: {text}")
             return orjson.loads(body)
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise UpstreamUnavailable(f"GET {url} failed: {exc.__class__.__name__}: {exc}") from exc
+        reason = str(exc) or ("timed out" if isinstance(exc, TimeoutError) else "no answer")
+        raise UpstreamUnavailable(f"GET {url} failed: {reason}") from exc
     except orjson.JSONDecodeError as exc:
         raise UpstreamUnavailable(f"GET {url} did not answer JSON: {exc}") from exc
 

@@ -141,6 +141,7 @@ class VllmEngine(Engine):
             lambda port: build_argv(launcher, settings, port),
             log_path=log_dir / log_name("vllm-" + settings.served_name),
             health_path="/health",
+            health_headers=self.request_headers,
             env=runner_env(settings),
             ready_timeout=ready_timeout,
             stop_grace=30.0,  # vLLM frees GPU memory and joins its workers on SIGTERM

@@ -398,7 +398,7 @@ class Classifier:
         except Exception as exc:
             if not self.fail_open:
                 raise
-            why = f"embedding failed ({exc.__class__.__name__}: {str(exc)[:120]})"
+            why = f"embedding failed ({str(exc)[:120] or 'no answer'})"
             return self._decision(router.default_route, "default", {}, kw, t0, why)
         scores_vec = all_scores[: self._n_routes]
         scores = dict(zip(self._names, scores_vec.tolist(), strict=True))

@@ -91,9 +91,17 @@ class RunnerEmbedder:
     any OpenAI-compatible URL works).
     """
 
-    def __init__(self, base_url: str, model: str = EMBED_MODEL, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str = EMBED_MODEL,
+        *,
+        timeout: float = 30.0,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.url = base_url.rstrip("/") + "/v1/embeddings"
         self.model = model
+        self.headers = {"Content-Type": "application/json", **(headers or {})}  # with the runner's key
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
 
@@ -108,7 +116,7 @@ class RunnerEmbedder:
 
     async def __call__(self, texts: list[str]) -> list[np.ndarray]:
         body = orjson.dumps({"model": self.model, "input": texts, "encoding_format": "float"})
-        headers = {"Content-Type": "application/json"}
+        headers = self.headers
         for attempt in (0, 1):
             session = self._open()
             try:
@@ -148,7 +156,7 @@ async def local_embedding_runner(
     engine = LlamaServerEngine(
         binary, runner_settings(model_path, model, threads), log_dir=config.logs, ready_timeout=120.0
     )
-    embedder = RunnerEmbedder("http://unset", model)
+    embedder = RunnerEmbedder("http://unset", model, headers=engine.request_headers)
     try:
         await engine.ensure_ready()
         embedder.url = engine.base_url + "/v1/embeddings"

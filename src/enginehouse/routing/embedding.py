@@ -75,7 +75,7 @@ class RouterEmbedding:
             )
             self._engine = engine
             await engine.ensure_ready()
-            embedder = RunnerEmbedder(engine.base_url, EMBED_MODEL)
+            embedder = RunnerEmbedder(engine.base_url, EMBED_MODEL, headers=engine.request_headers)
             for name, router in self.routers.items():
                 clf = self.classifiers.setdefault(name, Classifier(router))
                 clf.embed = embedder

@@ -1,6 +1,8 @@
 """Ollama's ``keep_alive``: a Go duration string ("5m", "1h30m", "300ms"), or a number of seconds.
 
-Zero unloads at once; a negative value keeps the model loaded forever (returned as ``math.inf``).
+Zero unloads at once; a negative value keeps the model loaded forever (returned as ``math.inf``), and so
+does anything at or past Go's longest duration (about 292 years), where Ollama's own parsing overflows:
+"9999999999h" or 1e20 mean "keep it", so they are clamped to forever rather than refused.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ import re
 from enginehouse.errors import InvalidRequest
 
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+#: Go's time.Duration tops out at 2^63 ns; past that Ollama overflows, we clamp to forever.
+MAX_SECONDS = 2**63 / 1e9
+_MAX_TEXT = 64  # characters: no real duration is longer
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 
 
@@ -19,8 +24,12 @@ def parse_keep_alive(value: str | float | int | None, default: float | None = No
     if value is None or value == "":
         return default
     if isinstance(value, bool):
-        raise InvalidRequest(f"invalid keep_alive {value!r}")
-    if isinstance(value, int | float):
+        raise InvalidRequest(f"invalid keep_alive {value!r}", param="keep_alive")
+    if isinstance(value, str) and len(value) > _MAX_TEXT:
+        raise InvalidRequest(f"invalid keep_alive: longer than {_MAX_TEXT} characters", param="keep_alive")
+    if isinstance(value, int) and abs(value) >= MAX_SECONDS:  # float() of a huge int would overflow
+        seconds = MAX_SECONDS if value > 0 else -MAX_SECONDS
+    elif isinstance(value, int | float):
         seconds = float(value)
     else:
         text = value.strip()
@@ -29,8 +38,10 @@ def parse_keep_alive(value: str | float | int | None, default: float | None = No
         except ValueError:
             seconds = _parse_go_duration(text)
     if not math.isfinite(seconds):  # "nan" would never expire, "inf" is a typo for -1
-        raise InvalidRequest(f"invalid keep_alive {value!r}: use e.g. 5m, 1h, 30s, 0 or -1")
-    return math.inf if seconds < 0 else seconds
+        raise InvalidRequest(
+            f"invalid keep_alive {value!r}: use e.g. 5m, 1h, 30s, 0 or -1", param="keep_alive"
+        )
+    return math.inf if seconds < 0 or seconds >= MAX_SECONDS else seconds
 
 
 def _parse_go_duration(text: str) -> float:
@@ -40,11 +51,13 @@ def _parse_go_duration(text: str) -> float:
     while pos < len(body):
         match = _PART.match(body, pos)
         if not match:
-            raise InvalidRequest(f"invalid keep_alive duration {text!r}: use e.g. 5m, 1h, 30s, 0 or -1")
+            raise InvalidRequest(
+                f"invalid keep_alive duration {text!r}: use e.g. 5m, 1h, 30s, 0 or -1", param="keep_alive"
+            )
         total += float(match.group(1)) * _UNITS[match.group(2)]
         pos = match.end()
     if not body:
-        raise InvalidRequest(f"invalid keep_alive duration {text!r}")
+        raise InvalidRequest(f"invalid keep_alive duration {text!r}", param="keep_alive")
     return sign * total
 
 

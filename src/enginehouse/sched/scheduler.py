@@ -21,6 +21,7 @@ from enginehouse.errors import EnginehouseError, InsufficientMemory, ServerBusy
 from enginehouse.sched.admission import Admission
 from enginehouse.sched.eviction import Candidate, EvictionPlan, Fits, NeverFits, evict_for
 from enginehouse.sched.memory import EstimateCorrector, MemoryBudget, MemoryEstimate, measure_rss
+from enginehouse.sched.watchdog import Watchdog
 from enginehouse.store import ModelRecord, Store
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ class Scheduler:
         fairness_s: float = 10.0,
         policy: str = "batch",
         resolve: Callable[[str], ModelRecord] | None = None,
+        stall_timeout: float = 0.0,
     ) -> None:
         self.store = store
         self.resolve = resolve or store.resolve  # names -> records: the catalog (aliases, remote models)
@@ -137,6 +139,10 @@ class Scheduler:
         self.loads = 0  # runners started since start-up (swaps, for benchmarks and metrics)
         self.load_seconds: dict[str, float] = {}  # each runner key's last load time
         self.on_load: Callable[[str, str, float], None] | None = None  # (key, engine kind, seconds)
+        self.on_restart: Callable[[str, str], None] | None = None  # (key, cause: "stalled" or "exited")
+        # Kills and restarts a runner that stops answering while requests wait on it (0: off).
+        self.watchdog = Watchdog(self.ps, stall_timeout, on_restart=self._restarted)
+        self._watching: asyncio.Task[None] | None = None
         self._loaded: dict[str, LoadedModel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._pending_memory: dict[str, MemoryEstimate] = {}
@@ -146,14 +152,21 @@ class Scheduler:
     async def start(self) -> None:
         if self._reaper is None:
             self._reaper = asyncio.create_task(self._reap_forever(), name="keep-alive-reaper")
+        if self._watching is None:
+            self._watching = asyncio.create_task(self.watchdog.run(), name="runner-watchdog")
 
     async def close(self) -> None:
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
-            self._reaper = None
+        for task in (self._reaper, self._watching):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._reaper = self._watching = None
         await asyncio.gather(*(self._stop(m) for m in list(self._loaded.values())), return_exceptions=True)
+
+    def _restarted(self, key: str, cause: str) -> None:
+        if self.on_restart is not None:
+            self.on_restart(key, cause)
 
     def ps(self) -> list[LoadedModel]:
         return sorted(self._loaded.values(), key=lambda m: m.loaded_at)

@@ -20,6 +20,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from enginehouse import __version__
+from enginehouse.api.invalid import invalid_request
 from enginehouse.cache import ResponseCache, redact
 from enginehouse.catalog import Catalog
 from enginehouse.config import Config
@@ -37,6 +38,7 @@ from enginehouse.errors import (
     openai_error_body,
 )
 from enginehouse.metrics import HealthCollector, Metrics, PoolCollector
+from enginehouse.redact import hide_paths_under
 from enginehouse.sched.keep_alive import parse_keep_alive
 from enginehouse.sched.memory import MemoryBudget, MiB
 from enginehouse.sched.scheduler import Scheduler
@@ -46,29 +48,36 @@ from enginehouse.server.app_state import (
     Gateway,
     add_noted_headers,
     json_response,
-    validation_message,
 )
+from enginehouse.server.bodies import body_guard
 from enginehouse.server.caching import CacheCollector
+from enginehouse.server.guard import browser_guard, cors_headers_hook
 from enginehouse.server.observe import metrics_endpoint, metrics_middleware
 from enginehouse.server.openapi import build_openapi
+from enginehouse.server.protocol import HANDLER_ARGS
 from enginehouse.server.upstream import Upstream
 from enginehouse.store import BUNDLED_NAME, Store, bundled_model_file, ensure_bundled
 
 log = logging.getLogger("enginehouse.server")
+CLOSE_TIMEOUT_S = 5.0  # each shutdown step that is not a runner stop (those have their own grace)
 
 
 OPEN_PATHS = frozenset({"/", "/api/version"})  # health checks work without the key
 
 
 def auth_middleware(api_key: str):  # type: ignore[no-untyped-def]
-    expected = f"Bearer {api_key}".encode()
+    expected = api_key.encode()
 
     @web.middleware
     async def check_key(request: web.Request, handler):  # type: ignore[no-untyped-def]
         if request.path not in OPEN_PATHS:
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>'")
+            # OpenAI's and Ollama's clients send a bearer token, Anthropic's SDK sends x-api-key.
+            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+            given = token.strip() if scheme.lower() == "bearer" else request.headers.get("x-api-key", "")
+            if not hmac.compare_digest(given.encode(), expected):
+                raise Unauthorized(
+                    "missing or wrong API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
+                )
         return await handler(request)
 
     return check_key
@@ -85,7 +94,7 @@ async def error_middleware(request: web.Request, handler):  # type: ignore[no-un
         error: BaseException = InvalidRequest(f"{exc.reason}: {request.method} {request.path}")
         status = exc.status
     except ValidationError as exc:
-        error, status = InvalidRequest(validation_message(exc)), 400
+        error, status = invalid_request(exc), 400
     except EnginehouseError as exc:
         error, status = exc, http_status(exc)
         log.info("%s %s -> %d %s", request.method, request.path, status, exc.message)
@@ -120,6 +129,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def build_gateway(config: Config) -> Gateway:
+    hide_paths_under(config.home, config.models, config.engines, config.logs)  # never in a client's error
     store = Store(config.models)
     file_config = load_config_file(config.config_path)
     catalog = Catalog(store, file_config)
@@ -139,6 +149,7 @@ def build_gateway(config: Config) -> Gateway:
         fairness_s=config.fairness_s,
         policy=config.sched_policy,
         resolve=catalog.resolve,
+        stall_timeout=config.runner_stall_timeout,
     )
     metrics = Metrics()
     metrics.attach(scheduler)
@@ -147,7 +158,15 @@ def build_gateway(config: Config) -> Gateway:
     if cache is not None:
         metrics.registry.register(CacheCollector(cache))
     gateway = Gateway(
-        config, store, scheduler, Upstream(), file_config, catalog, metrics, cache, node_id=node_id(config)
+        config,
+        store,
+        scheduler,
+        Upstream(deadline=config.request_timeout),
+        file_config,
+        catalog,
+        metrics,
+        cache,
+        node_id=node_id(config),
     )
     metrics.registry.register(HealthCollector(gateway.dispatch.health))
     metrics.registry.register(PoolCollector(gateway.dispatch))
@@ -209,10 +228,14 @@ def _exists(catalog: Catalog, name: str) -> bool:
 
 def create_app(config: Config, gateway: Gateway | None = None) -> web.Application:
     gw = gateway or build_gateway(config)
-    middlewares = [metrics_middleware(gw.metrics), error_middleware]
+    # The browser guard answers preflights before the key check; bodies are read only once a request passed.
+    middlewares = [metrics_middleware(gw.metrics), error_middleware, browser_guard(config)]
     if config.api_key:
         middlewares.append(auth_middleware(config.api_key))
-    app = web.Application(middlewares=middlewares, client_max_size=config.max_body_mib * 1024**2)
+    middlewares.append(body_guard(config))
+    app = web.Application(
+        middlewares=middlewares, client_max_size=config.max_body_mib * 1024**2, handler_args=HANDLER_ARGS
+    )
     app[GATEWAY] = gw
 
     background: set[asyncio.Future[None]] = set()
@@ -231,17 +254,27 @@ def create_app(config: Config, gateway: Gateway | None = None) -> web.Applicatio
         background.add(asyncio.ensure_future(gw.catalog.refresh()))  # upstreams' models, off the path
         background.add(asyncio.ensure_future(probe_replicas(gw)))
 
+    async def stop_runners(app: web.Application) -> None:
+        # Before aiohttp waits for the handlers in flight: one waiting on a stuck runner would hold the
+        # shutdown for aiohttp's whole timeout. Their clients get the door's error as the runners go.
+        # Each stop is bounded (SIGTERM, SIGKILL after the stop grace), so this step is too.
+        await asyncio.gather(gw.dispatch.close(), gw.scheduler.close(), return_exceptions=True)
+
     async def on_cleanup(app: web.Application) -> None:
         for task in background:
             task.cancel()
-        await gw.dispatch.close()
-        await gw.scheduler.close()
-        await gw.upstream.close()
-        if gw.cache is not None:
-            await gw.cache.close()
+        await stop_runners(app)  # again: a request that was still in flight may have loaded one
+        closing = [gw.upstream.close()] + ([gw.cache.close()] if gw.cache is not None else [])
+        for step in closing:  # a Redis that stopped answering must not hold the shutdown either
+            try:
+                await asyncio.wait_for(step, CLOSE_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("shutting down: a close step took over %gs; left behind", CLOSE_TIMEOUT_S)
 
     app.on_response_prepare.append(add_noted_headers)
+    app.on_response_prepare.append(cors_headers_hook)
     app.on_startup.append(on_startup)
+    app.on_shutdown.append(stop_runners)
     app.on_cleanup.append(on_cleanup)
     app.router.add_get("/", root)  # GET also answers HEAD
     app.router.add_get("/api/version", version)

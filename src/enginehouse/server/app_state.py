@@ -123,6 +123,16 @@ async def add_noted_headers(request: web.Request, response: web.StreamResponse) 
         response.headers[name] = value
 
 
+def engine_takes_tools(request: web.Request, record: ModelRecord) -> bool:
+    """Whether the model's engine takes ``tools`` whatever the model's template says: llama-server run
+    with --jinja (the default) has a generic tool-call format for any chat template; remote and vLLM
+    engines answer for themselves."""
+    if not is_gguf(record):
+        return True
+    entry = request.app[GATEWAY].scheduler.entry(record.name.display)
+    return entry.llama_server.jinja is not False and entry.engine in ("auto", "llama-server")
+
+
 def clamp_num_ctx(request: web.Request, record: ModelRecord, num_ctx: int | None) -> int | None:
     """A context above what the model was trained for is clamped to it, and the response says so."""
     trained = gguf_info_for(record).context_length if is_gguf(record) else None

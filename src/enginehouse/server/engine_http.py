@@ -28,7 +28,7 @@ import aiohttp
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from enginehouse.errors import RunnerError, UpstreamUnavailable
+from enginehouse.errors import DeadlineExceeded, RunnerError, UpstreamUnavailable
 
 CONNECT_TIMEOUT = 10.0
 IDLE_SECONDS = 4.0  # under cpp-httplib's 5 s keep-alive timeout, so an idle connection is not stale
@@ -57,6 +57,7 @@ class _Connection(asyncio.Protocol):
         self.chunked = False
         self.closed = False
         self.idle_since = 0.0
+        self._deadline: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -76,7 +77,7 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self._head is not None and not self._head.done():
             self._head.set_exception(_Stale())
-        elif not self._complete and exc is None and self._until_eof():
+        elif not self._complete and exc is None and self._error is None and self._until_eof():
             self._complete = True  # a body without length or chunks ends with the connection (not a reset)
         elif not self._complete:
             self._fail(aiohttp.ServerDisconnectedError())
@@ -167,9 +168,31 @@ class _Connection(asyncio.Protocol):
             self._waiter.set_result(None)
 
     def close(self) -> None:
+        self.cancel_deadline()
         if self.transport is not None and not self.closed:
             self.transport.close()
         self.closed = True
+
+    def set_deadline(self, seconds: float) -> None:
+        """End this exchange with DeadlineExceeded after ``seconds``: the connection is dropped, which
+        cancels the engine's generation (llama-server stops a task whose client left)."""
+        self._deadline = asyncio.get_running_loop().call_later(seconds, self._expire, seconds)
+
+    def cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expire(self, seconds: float) -> None:
+        self._deadline = None
+        error = DeadlineExceeded(f"the request ran past its deadline of {seconds:g}s and was cancelled")
+        if self._head is not None and not self._head.done():
+            self._head.set_exception(error)
+        self._fail(error)
+        if self.transport is not None:
+            self.transport.abort()
+        self.closed = True
+        self._wake()
 
 
 class EngineResponse:
@@ -209,6 +232,7 @@ class EngineResponse:
         if self._done:
             return
         self._done = True
+        self._conn.cancel_deadline()
         if self._conn.reusable:
             self._pool._put(self._key, self._conn)
         else:
@@ -273,8 +297,11 @@ class EngineHTTP:
             ) from exc
         return conn
 
-    async def post(self, url: str, body: bytes, headers: dict[str, Any]) -> EngineResponse:
-        """POST ``body`` and return once the status line and headers arrived; release or close it."""
+    async def post(
+        self, url: str, body: bytes, headers: dict[str, Any], deadline: float = 0.0
+    ) -> EngineResponse:
+        """POST ``body`` and return once the status line and headers arrived; release or close it.
+        ``deadline`` (seconds, 0: none) bounds the whole exchange, the answer's body included."""
         parts = urlsplit(url)
         host, port = parts.hostname or "127.0.0.1", parts.port or 80
         key = (host, port)
@@ -286,6 +313,8 @@ class EngineHTTP:
             if fresh:
                 conn = await self._connect(host, port, url)
             try:
+                if deadline > 0:
+                    conn.set_deadline(deadline)
                 await conn.send(request)
                 self._open_spare(host, port, url)  # for the next request, unless one is idle
                 return EngineResponse(conn, self, key)

@@ -17,6 +17,7 @@ from pydantic import Field
 from enginehouse.api.ollama import _Wire
 from enginehouse.errors import InvalidRequest, public_message
 from enginehouse.server.app_state import GATEWAY, json_response, read_json
+from enginehouse.server.blob_upload import receive_blob
 from enginehouse.store import parse_digest
 from enginehouse.store.create import create_from_request
 from enginehouse.store.pull import pull_model
@@ -143,14 +144,11 @@ async def blob_head(request: web.Request) -> web.Response:
 
 async def blob_upload(request: web.Request) -> web.Response:
     """Stream an upload into the store; its sha256 must match the digest in the path."""
-    store = request.app[GATEWAY].store
+    gw = request.app[GATEWAY]
     digest = parse_digest(request.match_info["digest"])
-    if store.has_blob(digest):
+    if gw.store.has_blob(digest):
         return web.Response(status=200)
-    loop = asyncio.get_running_loop()
-    with store.blob_writer(expected_digest=digest) as writer:
-        async for chunk in request.content.iter_chunked(1 << 20):
-            await loop.run_in_executor(None, writer.write, chunk)
+    await receive_blob(request, gw.store, digest, gw.config)
     return web.Response(status=201)
 
 

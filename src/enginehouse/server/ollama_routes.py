@@ -16,6 +16,7 @@ from enginehouse.api.convert import (
     OllamaStream,
     chat_body,
     collapse,
+    gateway_template,
     generate_body,
     go_template,
     is_jinja,
@@ -37,7 +38,8 @@ from enginehouse.api.toolcalls import ToolFormat, entry_tool_choice, tool_format
 from enginehouse.catalog import ExternalRecord, is_gguf
 from enginehouse.engines.base import RunnerSpec
 from enginehouse.engines.factory import gguf_info_for
-from enginehouse.errors import EnginehouseError, InvalidRequest
+from enginehouse.engines.openai_remote import auth_headers
+from enginehouse.errors import EnginehouseError, InvalidRequest, ollama_error_body
 from enginehouse.pool.balance import chat_prompt
 from enginehouse.sched.keep_alive import parse_keep_alive
 from enginehouse.sched.scheduler import LoadedModel
@@ -47,6 +49,7 @@ from enginehouse.server.app_state import (
     VIA,
     clamp_num_ctx,
     engine_headers,
+    engine_takes_tools,
     json_response,
     read_json,
 )
@@ -121,13 +124,15 @@ def _external_tag(r: ExternalRecord) -> dict[str, Any]:
     }
 
 
-def capabilities(record: ModelRecord) -> list[str]:
+def capabilities(record: ModelRecord, engine_tools: bool = False) -> list[str]:
+    """Ollama's capability names for a local GGUF. ``engine_tools``: its engine takes tools whatever
+    the template says (:func:`engine_takes_tools`)."""
     info = gguf_info_for(record)
     if info.is_embedding:
         return ["embedding"]
     caps = ["completion"]
     template = record.template or info.chat_template or ""
-    if "tools" in template or ".Tools" in template:
+    if "tools" in template or ".Tools" in template or engine_tools:
         caps.append("tools")
     if "<think>" in template or "enable_thinking" in template or ".Think" in template:
         caps.append("thinking")
@@ -139,6 +144,7 @@ def capabilities(record: ModelRecord) -> list[str]:
 def require_capabilities(
     record: ModelRecord,
     *,
+    engine_tools: bool = False,
     tools: bool = False,
     think: bool = False,
     insert: bool = False,
@@ -148,7 +154,7 @@ def require_capabilities(
     GGUF (remote, vLLM) is not checked here: its engine answers for itself."""
     if not is_gguf(record):
         return
-    caps = capabilities(record)
+    caps = capabilities(record, engine_tools)
     wanted = {"tools": tools, "thinking": think, "insert": insert, "vision": images}
     for cap, asked in wanted.items():
         if asked and cap not in caps:
@@ -190,7 +196,7 @@ async def show(request: web.Request) -> web.Response:
             "system": record.system or "",
             "details": details(record),
             "model_info": info.model_info,
-            "capabilities": capabilities(record),
+            "capabilities": capabilities(record, engine_takes_tools(request, record)),
             "modified_at": _rfc3339(record.modified_at),
         }
     )
@@ -216,6 +222,8 @@ def _ps_entry(m: LoadedModel) -> dict[str, Any]:
         "state": info.state,
         "in_flight": m.in_flight,
         "pid": info.pid,
+        "restarts": info.restarts,  # automatic restarts, and why the last one happened (the watchdog's too)
+        "restart_cause": info.extra.get("restart_cause"),
     }
 
 
@@ -330,10 +338,12 @@ async def chat(request: web.Request) -> web.StreamResponse:
             return await ollama_passthrough(request, data, "/api/chat", name)
         if not req.messages:
             return await _load_or_unload(request, name, keep_alive, "chat", req.model)
+        engine_tools = engine_takes_tools(request, record)
+        images = any(m.images for m in req.messages)
         require_capabilities(
-            record, tools=bool(req.tools), think=bool(req.think), images=any(m.images for m in req.messages)
+            record, engine_tools=engine_tools, tools=bool(req.tools), think=bool(req.think), images=images
         )
-        template = go_template(record.template)
+        template = gateway_template(record.template, bool(req.tools), engine_tools)
         # A Go template's tool calls come back as raw text, written the template's way: split them out.
         calls = tool_format(template) if template and req.tools else None
         # Ollama's API has no tool_choice: the model's entry may force calls (see entry_tool_choice).
@@ -550,7 +560,7 @@ async def _relay(
                 await out.write(orjson.dumps(line) + b"\n")
         except EnginehouseError as exc:  # after the first byte the status is sent: report in-band
             request[FAILED_MID_STREAM] = exc.message
-            await out.write(orjson.dumps({"error": exc.message}) + b"\n")
+            await out.write(orjson.dumps(ollama_error_body(exc)) + b"\n")
         await out.write_eof()
         return out
     finally:
@@ -564,7 +574,8 @@ async def _show_external(request: web.Request, record: ExternalRecord) -> web.Re
     """``/api/show`` of a model outside the store: an Ollama upstream's own answer, else what is known."""
     gw = request.app[GATEWAY]
     if record.engine == "ollama" and record.upstream is not None:
-        data = await gw.upstream.post_json(f"{record.upstream.url}/api/show", {"model": record.remote_model})
+        url, headers = f"{record.upstream.url}/api/show", auth_headers(record.upstream.api_key)
+        data = await gw.upstream.post_json(url, {"model": record.remote_model}, headers)
         return json_response(data)
     return json_response(
         {

@@ -16,12 +16,12 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel
 
-from enginehouse.api.convert import go_template, sampling_fields
+from enginehouse.api.convert import gateway_template, sampling_fields
 from enginehouse.api.ollama import Options
 from enginehouse.api.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from enginehouse.catalog import is_gguf
 from enginehouse.engines.base import RunnerSpec
-from enginehouse.errors import RunnerError, openai_error_body
+from enginehouse.errors import EnginehouseError, RunnerError, openai_error_body
 from enginehouse.pool.balance import chat_prompt
 from enginehouse.server.app_state import (
     FAILED_MID_STREAM,
@@ -29,6 +29,7 @@ from enginehouse.server.app_state import (
     VIA,
     clamp_num_ctx,
     engine_headers,
+    engine_takes_tools,
     json_response,
     read_json,
 )
@@ -205,8 +206,11 @@ async def _answer(
         record = lease.model.record
         data["model"] = engine.served_model
         apply_model_defaults(data, record, path)
-        if path == "/v1/chat/completions" and is_gguf(record) and (template := go_template(record.template)):
-            return await rendered_chat(request, lease, data, template, started, asked)
+        if path == "/v1/chat/completions" and is_gguf(record):
+            tools = bool(data.get("tools")) and data.get("tool_choice") != "none"
+            template = gateway_template(record.template, tools, engine_takes_tools(request, record))
+            if template:
+                return await rendered_chat(request, lease, data, template, started, asked)
         # The answer names the model the client asked for (an alias, a router), not the engine's name.
         rename = _renamer(engine.served_model, asked)
         sent = time.monotonic()
@@ -232,8 +236,10 @@ async def _answer(
                         observe_openai(request, lease, started, sent, first, prev[-4096:] + chunk)
                         break
                     prev = chunk  # llama-server's end marker: do not wait for it to close the stream
-            except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
-                error = RunnerError(f"the engine closed the stream early: {exc.__class__.__name__}")
+            except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, EnginehouseError) as exc:
+                # EnginehouseError: the request's deadline (engine_http) cuts the stream and says so
+                closed = RunnerError("the engine closed the stream early")
+                error = exc if isinstance(exc, EnginehouseError) else closed
                 request[FAILED_MID_STREAM] = error.message
                 await out.write(b"data: " + orjson.dumps(openai_error_body(error)) + b"\n\n")
             await out.write_eof()

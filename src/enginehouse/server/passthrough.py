@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 
 from enginehouse.catalog import ExternalRecord
-from enginehouse.errors import LoopDetected, RunnerError
+from enginehouse.errors import EnginehouseError, LoopDetected, RunnerError
 from enginehouse.server.app_state import FAILED_MID_STREAM, GATEWAY, engine_headers
 from enginehouse.server.upstream import error_text
 from enginehouse.store import ModelRecord
@@ -68,8 +68,11 @@ async def ollama_passthrough(
                     if cut:
                         await out.write(pending[:cut].replace(old_field, new_field))
                         pending = pending[cut:]
-            except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
-                message = f"the upstream closed the stream early: {exc.__class__.__name__}"
+            except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, EnginehouseError) as exc:
+                # its exception's name is ours to log; ours (the request's deadline) says what happened
+                message = "the upstream closed the stream early"
+                if isinstance(exc, EnginehouseError):
+                    message = exc.message
                 request[FAILED_MID_STREAM] = message
                 await out.write(orjson.dumps({"error": message}) + b"\n")
             if pending:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -17,6 +19,7 @@ from enginehouse.config import Config
 from enginehouse.errors import EnginehouseError
 from enginehouse.server.app import create_app
 from enginehouse.server.app_state import GATEWAY, Gateway
+from enginehouse.server.protocol import GatewayRunner
 
 log = logging.getLogger("enginehouse.server")
 
@@ -34,11 +37,41 @@ def run_loop(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
         return runner.run(main())
 
 
+def is_loopback_bind(host: str) -> bool:
+    """True when every address ``host`` names is a loopback one ("" and 0.0.0.0 are every interface)."""
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback for i in infos)
+
+
+def open_bind_warning(host: str, api_key: str) -> str | None:
+    """The start-up warning for a bind that other machines can reach while no API key is set."""
+    if api_key or is_loopback_bind(host):
+        return None
+    return (
+        f"listening on {host or 'every interface'}, which other machines can reach, with no API key: anyone "
+        "there can generate, pull, create and delete models. Set ENGINEHOUSE_API_KEY (clients then send "
+        "'Authorization: Bearer KEY') or bind 127.0.0.1 (ENGINEHOUSE_HOST=127.0.0.1:11434)"
+    )
+
+
 async def start_site(
     config: Config, host: str | None = None, port: int | None = None
 ) -> tuple[web.AppRunner, int]:
     bind_host, bind_port = config.bind
-    runner = web.AppRunner(create_app(config), access_log=None, handle_signals=False)
+    if warning := open_bind_warning(host or bind_host, config.api_key):
+        log.warning("%s", warning)
+    # Runners stop first (app.py's on_shutdown); handlers still running this long after are cancelled, so
+    # a shutdown takes the runners' stop grace plus a few seconds, not aiohttp's default minute.
+    runner = GatewayRunner(create_app(config), access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, host or bind_host, bind_port if port is None else port, reuse_address=True)
     await site.start()

@@ -22,9 +22,10 @@ _STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
 
 class Upstream:
-    def __init__(self, *, limit: int = 0) -> None:
+    def __init__(self, *, limit: int = 0, deadline: float = 0.0) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._limit = limit
+        self.deadline = deadline  # seconds a plain-HTTP engine may spend on one request (0: no limit)
         self._plain = EngineHTTP()
 
     @property
@@ -49,7 +50,7 @@ class Upstream:
         data = body if isinstance(body, bytes) else orjson.dumps(body)
         hdrs = {"Content-Type": "application/json", **(headers or {})}
         if url.startswith("http://"):
-            return await self._plain.post(url, data, hdrs)
+            return await self._plain.post(url, data, hdrs, self.deadline)
         for attempt in (1, 2):
             try:
                 return await self.session.post(url, data=data, headers=hdrs)
@@ -112,4 +113,4 @@ async def sse_events(resp: aiohttp.ClientResponse | EngineResponse) -> AsyncIter
                 raise RunnerError(str(err.get("message", err) if isinstance(err, dict) else err))
             yield event
     except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-        raise RunnerError(f"the engine closed the stream early: {exc.__class__.__name__}") from exc
+        raise RunnerError("the engine closed the stream early") from exc

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from enginehouse.child_output import output_lines, wait_exit
 from enginehouse.config import Config
 from enginehouse.engines.converter import Converter, require_converter
 from enginehouse.errors import ConversionFailed, InvalidRequest, ModelNotFound
@@ -244,12 +245,12 @@ def run_converter(
         )
         assert proc.stdout is not None
         try:
-            for line in proc.stdout:  # text mode turns tqdm's \r into line ends
+            for line in output_lines(proc):  # text mode turns tqdm's \r into line ends
                 fh.write(line)
                 if line := line.rstrip():
                     tail.append(line)
                     log(line)
-            code = proc.wait()
+            code = wait_exit(proc)
         except BaseException:
             proc.kill()
             proc.wait()

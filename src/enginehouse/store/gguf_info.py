@@ -171,16 +171,18 @@ def _file_type_name(value: object, tensor_types: Counter[str]) -> str:
 
 
 def _check_magic(path: Path) -> int:
+    # Messages name the file, not its directory: a blob's name is its digest, and the store's location
+    # is the server's business, not its clients'.
     try:
         if not path.is_file():
-            raise InvalidModelFile(f"{path} is not a GGUF file (not a regular file)")
+            raise InvalidModelFile(f"{path.name} is not a GGUF file (not a regular file)")
         with path.open("rb") as fh:
             magic = fh.read(4)
             size = path.stat().st_size
     except OSError as e:
-        raise InvalidModelFile(f"{path} is not a GGUF file ({e.strerror or e})") from e
+        raise InvalidModelFile(f"{path.name} is not a GGUF file ({e.strerror or 'unreadable'})") from e
     if magic != b"GGUF":
-        raise InvalidModelFile(f"{path} is not a GGUF file")
+        raise InvalidModelFile(f"{path.name} is not a GGUF file")
     return size
 
 
@@ -206,7 +208,7 @@ def read_gguf_info(path: Path | str) -> GGUFInfo:
     except InvalidModelFile:
         raise
     except Exception as e:  # untrusted input: any parse failure means "not a usable model file"
-        raise InvalidModelFile(f"{path} is not a valid GGUF file: {e}") from e
+        raise InvalidModelFile(f"{path.name} is not a valid GGUF file: {e}") from e
 
 
 def _extract(reader: GGUFReader, path: Path, size: int) -> GGUFInfo:
@@ -220,7 +222,7 @@ def _extract(reader: GGUFReader, path: Path, size: int) -> GGUFInfo:
 
     arch = meta.get("general.architecture")
     if not isinstance(arch, str) or not arch:
-        raise InvalidModelFile(f"{path} is not a valid GGUF file: no general.architecture")
+        raise InvalidModelFile(f"{path.name} is not a valid GGUF file: no general.architecture")
 
     parameter_count = 0
     tensor_bytes = 0
@@ -229,13 +231,13 @@ def _extract(reader: GGUFReader, path: Path, size: int) -> GGUFInfo:
         end = int(t.data_offset) + int(t.n_bytes)
         if end > size:
             raise InvalidModelFile(
-                f"{path} is truncated: tensor {t.name} ends at byte {end} but the file has {size} bytes"
+                f"{path.name} is truncated: tensor {t.name} ends at byte {end} but the file has {size} bytes"
             )
         parameter_count += int(t.n_elements)
         tensor_bytes += int(t.n_bytes)
         by_type[t.tensor_type.name] += int(t.n_elements)
     if not reader.tensors:
-        raise InvalidModelFile(f"{path} is not a valid GGUF file: it holds no tensors")
+        raise InvalidModelFile(f"{path.name} is not a valid GGUF file: it holds no tensors")
 
     def arch_int(key: str) -> int | None:
         return _as_int(meta.get(f"{arch}.{key}"))

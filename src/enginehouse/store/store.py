@@ -144,7 +144,7 @@ class Store:
         except FileNotFoundError:
             raise BlobNotFound(f"blob {d} not found") from None
         except (OSError, ValueError) as e:
-            raise BlobNotFound(f"blob {d}: its external reference is unreadable ({e})") from e
+            raise BlobNotFound(f"blob {d}: its external reference is unreadable") from e
         if not (
             isinstance(ref, dict)
             and isinstance(ref.get("path"), str)
@@ -157,9 +157,9 @@ class Store:
         try:
             st = path.stat()
         except OSError:
-            raise BlobNotFound(f"blob {d}: external file {path} is gone") from None
+            raise BlobNotFound(f"blob {d}: external file {path.name} is gone") from None
         if st.st_size != ref["size"] or st.st_mtime_ns != ref["mtime_ns"]:
-            raise BlobNotFound(f"blob {d}: external file {path} changed since it was recorded")
+            raise BlobNotFound(f"blob {d}: external file {path.name} changed since it was recorded")
         return path
 
     def has_blob(self, digest: str) -> bool:
@@ -337,7 +337,7 @@ class Store:
             with open(path, "rb") as fh:
                 data = fh.read(MAX_MANIFEST_BYTES + 1)
         except OSError as e:
-            raise StoreError(f"cannot read the manifest of {label}: {e}") from e
+            raise StoreError(f"cannot read the manifest of {label}: {e.strerror or 'unreadable'}") from e
         if len(data) > MAX_MANIFEST_BYTES:
             raise StoreError(f"the manifest of {label} is corrupt: too large")
         try:

@@ -278,7 +278,7 @@ class _BlobJob:
                 while written < n:  # rare: short writes on regular files
                     written += pwrite(fd, memoryview(chunk)[written:], off + written)
             except OSError as e:
-                raise StoreError(f"cannot write {self.data_path}: {e}") from e
+                raise StoreError(f"cannot write blob {self.digest}: {e.strerror or 'write failed'}") from e
             off += n
             part.done = off - part.start
             poke()
@@ -352,4 +352,4 @@ async def download_blob(
         except EnginehouseError:
             raise
         except OSError as e:
-            raise StoreError(f"downloading blob {d}: {e}") from e
+            raise StoreError(f"downloading blob {d}: {e.strerror or 'write failed'}") from e

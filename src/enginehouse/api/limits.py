@@ -1,0 +1,83 @@
+"""The bounds both front doors enforce before a request reaches an engine, in one table.
+
+Numbers that size work an engine does (tokens to generate, context, threads) are capped so that no value
+overflows the engine's 32-bit integers or asks for more than any model can do; counts that cost CPU
+before anything runs (messages, tools, stop strings, nesting) are capped so that parsing stays cheap.
+Structured-output bounds (schemas, patterns, grammars) were picked from ``bench/schema_compile.py``:
+what llama-server compiles and samples with in well under a second on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from enginehouse.errors import InvalidRequest
+
+INT32_MAX = 2**31 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+# Tokens and context: 2^20 is above every trained context of today's models (1M); the engine stops at
+# its own context anyway, so a bigger number only ever meant "no limit".
+MAX_TOKENS = 1_048_576
+MAX_NUM_CTX = 1_048_576
+MAX_NUM_BATCH = 65_536
+MAX_NUM_THREAD = 1_024
+MAX_NUM_GPU = 4_096  # layers to offload; 999 is the usual "all of them"
+MAX_TOP_LOGPROBS = 20  # OpenAI's cap; llama-server's n_probs shares it (10^9 lists the vocabulary)
+MAX_CHOICES = 8
+MAX_STOP = 16  # OpenAI allows 4; Modelfiles often carry more
+MAX_STOP_CHARS = 512
+MAX_LOGIT_BIAS = 1_024
+MAX_SAMPLERS = 32
+MAX_LORA = 64
+
+MAX_MESSAGES = 10_000
+MAX_PROMPTS = 32  # /v1/completions with a list of prompts: one generation each, like n
+MAX_EMBED_INPUTS = 2_048  # OpenAI's cap on one embeddings request
+MAX_TOOLS = 128  # OpenAI's cap
+MAX_BODY_DEPTH = 128  # JSON nesting of a whole request body
+
+# Structured output (see bench/schema_compile.py and docs/api.md for the measured table).
+MAX_SCHEMA_BYTES = 32_768  # a schema, serialised
+MAX_SCHEMA_DEPTH = 64  # JSON nesting inside one schema (two levels per nested object)
+MAX_SCHEMA_PROPERTIES = 128  # properties of one schema, all objects together
+MAX_SCHEMA_ENUM = 128  # values of one enum (or const alternatives), all enums together
+MAX_PATTERN_CHARS = 512
+MAX_PATTERN_GROUPS = 32
+MAX_REPEAT = 2_000  # {m,n} in a pattern, a grammar or minLength/maxItems: llama.cpp's own threshold
+MAX_GRAMMAR_BYTES = 32_768
+MAX_GRAMMAR_ALTERNATIVES = 512  # all '|' in a grammar together
+MAX_GRAMMAR_DEPTH = 32  # nested parentheses
+
+
+def param_path(parts: tuple[Any, ...] | list[Any]) -> str:
+    """('messages', 0, 'content') -> 'messages[0].content', the way OpenAI names a field."""
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def check_depth(value: Any, limit: int = MAX_BODY_DEPTH, param: str | None = None) -> None:
+    """Refuse JSON nested deeper than ``limit`` (iterative: a deep body cannot exhaust the stack)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            where = f"'{param}' " if param else "the request body "
+            raise InvalidRequest(f"{where}is nested more than {limit} levels deep", param=param)
+        stack.extend((child, depth + 1) for child in children)
+
+
+def check_count(items: Any, limit: int, param: str, what: str) -> None:
+    if isinstance(items, list | dict) and len(items) > limit:
+        raise InvalidRequest(f"'{param}': at most {limit} {what} are allowed, got {len(items)}", param=param)
