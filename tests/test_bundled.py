@@ -28,9 +28,9 @@ def test_ensure_bundled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     rec = ensure_bundled(store)
     assert rec is not None
     assert rec.name.display == BUNDLED_NAME == "smollm2:135m"
-    assert rec.template is None  # the GGUF carries its own chat template
-    assert rec.params == {"temperature": 0, "stop": ["<|im_end|>"]}
-    assert rec.system == "You are a helpful assistant."
+    assert rec.template == bundled_mod.BUNDLED_TEMPLATE and "<tool_call>" in rec.template  # ours: tools
+    assert rec.params["temperature"] == 0.2 and rec.params["repeat_penalty"] == 1.1
+    assert rec.system is None  # any system prompt tilts this model to French
     assert rec.config["model_family"] == "llama" and rec.config["file_type"] == "Q4_1"
     assert rec.config["model_type"] == "134.52M"
     if os.stat(src).st_dev == os.stat(tmp_path).st_dev:

@@ -188,8 +188,8 @@ def test_model_format_from_config_or_path(tmp_path: Path) -> None:
 # -- installed_engines: the real llama-server of this machine; vLLM (absent here) faked on PATH -----------
 
 
-def test_installed_engines_finds_this_machines_llama_server(tmp_path: Path) -> None:
-    found = find_llama_server(Config.from_env())
+def test_installed_engines_finds_this_machines_llama_server(tmp_path: Path, user_config: Config) -> None:
+    found = find_llama_server(user_config)
     if found is None:
         pytest.skip("no llama-server built or on PATH here")
     config = Config.from_env({}, home=tmp_path, llama_server=found.path)

@@ -258,7 +258,7 @@ def _wait_healthy(proc: subprocess.Popen[bytes], url: str, timeout: float = 120.
 
 
 @pytest.mark.slow
-def test_estimate_matches_a_real_runner(tmp_path: Path) -> None:
+def test_estimate_matches_a_real_runner(tmp_path: Path, user_config: Config) -> None:
     """Estimate the bundled model at 1024 x 2 slots and compare with the runner's RSS.
 
     RSS is read twice: when /health first answers (llama.cpp has allocated its compute buffer but not
@@ -267,7 +267,7 @@ def test_estimate_matches_a_real_runner(tmp_path: Path) -> None:
     1.25x the second: the constants were fitted within 3 MiB on this build, but the runner's own
     overhead varies with the CPU count (thread stacks, malloc arenas) and the libc.
     """
-    found = find_llama_server(Config.from_env())
+    found = find_llama_server(user_config)
     gguf = bundled_model_file()
     if found is None or gguf is None:
         pytest.skip("needs a llama-server binary and the bundled model")

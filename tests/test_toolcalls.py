@@ -8,10 +8,11 @@ import json
 import jsonschema
 import pytest
 
-from enginehouse.api.convert import OllamaStream
+from enginehouse.api.convert import OllamaStream, gateway_template
 from enginehouse.api.rendered_chat import ChatChunks, completion_body, ollama_messages
 from enginehouse.api.toolcalls import ToolCallSplitter, ToolFormat, forcing_schema, parse_calls, tool_format
 from enginehouse.errors import InvalidRequest
+from enginehouse.store.bundled import BUNDLED_TEMPLATE
 from tests.templates import CHATML_TOOLS, LLAMA31_TOOLS, MISTRAL_TOOLS
 
 CHATML = ToolFormat("<tool_call>\n", "\n</tool_call>", "arguments")
@@ -237,3 +238,44 @@ def test_ollama_stream_splits_calls_out_of_raw_text() -> None:
     final = stream.final()
     assert final[0]["message"]["tool_calls"] == [{"function": {"index": 0, **CALL}}]
     assert final[-1]["done"] is True
+
+
+PLAIN_GO = "{{ if .Prompt }}<|im_start|>user\n{{ .Prompt }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
+JINJA = "{% for m in messages %}{{ m.content }}{% endfor %}"
+
+
+@pytest.mark.parametrize(
+    ("template", "tools", "engine_tools", "renders"),
+    [
+        (CHATML_TOOLS, True, True, True),  # the template writes calls: the gateway renders
+        (PLAIN_GO, False, True, True),  # no tools asked: the model's own template, as always
+        (PLAIN_GO, True, True, False),  # no tool section: llama-server's generic tool format
+        (PLAIN_GO, True, False, True),  # no engine that takes tools: rendered, and refused there
+        (JINJA, True, True, False),  # a GGUF (Jinja) template is llama-server's own business
+        (None, True, True, False),
+    ],
+)
+def test_gateway_template_leaves_tools_to_an_engine_that_can(
+    template: str | None, tools: bool, engine_tools: bool, renders: bool
+) -> None:
+    assert (gateway_template(template, tools, engine_tools) is not None) is renders
+
+
+def test_the_bundled_template_writes_and_reads_smollm2_calls() -> None:
+    fmt = tool_format(BUNDLED_TEMPLATE)
+    assert fmt is not None and (fmt.marker, fmt.suffix.strip()) == ("<tool_call>", "</tool_call>")
+    out = '<tool_call>[\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n]</tool_call>'
+    assert parse_calls(out, fmt) == ("", [{"name": "get_weather", "arguments": {"city": "Paris"}}])
+    body, _, _ = completion_body(
+        {"messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": [WEATHER]},
+        "served",
+        BUNDLED_TEMPLATE,
+        "You are a helpful assistant.",
+    )
+    prompt = body["prompt"]
+    assert prompt.startswith("<|im_start|>system\nYou are a helpful assistant.\n")  # SYSTEM kept
+    assert '"name":"get_weather"' in prompt and prompt.endswith("<|im_start|>assistant\n")
+    plain, _, _ = completion_body(
+        {"messages": [{"role": "user", "content": "Hi"}]}, "s", BUNDLED_TEMPLATE, None
+    )
+    assert plain["prompt"] == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"

@@ -34,11 +34,25 @@ def fetch(srv: BackgroundServer, path: str, body: dict, **headers: str) -> tuple
 @pytest.mark.parametrize(
     ("path", "body"),
     [
-        ("/api/chat", {"messages": [{"role": "user", "content": "Say hi."}], "options": {"num_predict": 8}}),
-        ("/api/generate", {"prompt": "Say hi.", "stream": False, "options": {"num_predict": 8}}),
+        (
+            "/api/chat",
+            {
+                "messages": [{"role": "user", "content": "Say hi."}],
+                "options": {"num_predict": 8, "temperature": 0},
+            },
+        ),
+        (
+            "/api/generate",
+            {"prompt": "Say hi.", "stream": False, "options": {"num_predict": 8, "temperature": 0}},
+        ),
         (
             "/v1/chat/completions",
-            {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8, "stream": True},
+            {
+                "messages": [{"role": "user", "content": "Say hi."}],
+                "max_tokens": 8,
+                "stream": True,
+                "temperature": 0,
+            },
         ),
         ("/v1/completions", {"prompt": "Say hi.", "max_tokens": 8, "temperature": 0}),
     ],
@@ -70,14 +84,16 @@ def test_miss_then_hit_with_the_same_bytes(srv: BackgroundServer, path: str, bod
 def test_official_clients_read_cached_answers(srv: BackgroundServer) -> None:
     client = ollama.Client(host=srv.base_url)
     ask = [{"role": "user", "content": "Name a fruit."}]
-    a = client.chat(model=MODEL, messages=ask, options={"num_predict": 6})
-    b = client.chat(model=MODEL, messages=ask, options={"num_predict": 6})
+    a = client.chat(model=MODEL, messages=ask, options={"num_predict": 6, "temperature": 0})
+    b = client.chat(model=MODEL, messages=ask, options={"num_predict": 6, "temperature": 0})
     assert a.message.content == b.message.content and b.done
     oa = openai.OpenAI(base_url=srv.base_url + "/v1", api_key="unused")
     chunks = [
         c.choices[0].delta.content or ""
         for _ in range(2)
-        for c in oa.chat.completions.create(model=MODEL, messages=ask, max_tokens=6, stream=True)
+        for c in oa.chat.completions.create(
+            model=MODEL, messages=ask, max_tokens=6, stream=True, temperature=0
+        )
         if c.choices
     ]
     assert "".join(chunks[: len(chunks) // 2]) == "".join(chunks[len(chunks) // 2 :])
