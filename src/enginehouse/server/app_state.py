@@ -10,7 +10,6 @@ from urllib.parse import quote
 
 import orjson
 from aiohttp import web
-from pydantic import ValidationError
 
 from enginehouse.cache import ResponseCache
 from enginehouse.catalog import Catalog, is_gguf
@@ -61,14 +60,6 @@ def json_response(data: object, status: int = 200, headers: dict[str, str] | Non
     return web.Response(
         body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
     )
-
-
-def validation_message(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:3]:
-        where = ".".join(str(p) for p in err["loc"]) or "body"
-        parts.append(f"'{where}': {err['msg']}")
-    return "invalid request: " + "; ".join(parts)
 
 
 async def read_json(request: web.Request) -> dict:
