@@ -185,7 +185,8 @@ def test_kill_ends_a_sigstopped_runner_and_only_a_ready_one(tmp_path: Path) -> N
         os.kill(pid, signal.SIGSTOP)
         assert engine.kill("stalled: test") is True
         await _until(lambda: not pid_alive(pid), 5, "a SIGSTOPped runner survived SIGKILL")
-        await _until(lambda: engine.ready, 20, "never restarted")
+        # ready alone is not enough: the old process reads READY until its exit is reported
+        await _until(lambda: engine.process.restarts and engine.ready, 20, "never restarted")
         assert engine.process.last_cause == "stalled: test" and engine.process.restarts == 1
         await engine.process.stop()
         assert engine.kill("stalled: test") is False
