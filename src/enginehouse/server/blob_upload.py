@@ -17,12 +17,12 @@ from aiohttp import web
 
 from enginehouse.config import Config
 from enginehouse.errors import InsufficientStorage, RequestTooLarge
+from enginehouse.sched.memory import MiB
 from enginehouse.server.bodies import read_chunk
 from enginehouse.store import Store
 
 __all__ = ["DISK_MARGIN", "receive_blob"]
 
-MiB = 1 << 20
 CHUNK = 1 * MiB
 DISK_MARGIN = 256 * MiB  # left free on the store's disk whatever an upload needs
 CHECK_EVERY = 64 * MiB  # free space is looked at again after this much was written
@@ -48,11 +48,10 @@ def ensure_room(store: Store, needed: int) -> None:
 async def receive_blob(request: web.Request, store: Store, digest: str, config: Config) -> None:
     """Stream the request body into the store as ``digest``; raise on any bound, leaving nothing."""
     limit = config.max_blob_mib * MiB
+    too_large = f"blob too large: the limit is {config.max_blob_mib} MiB (ENGINEHOUSE_MAX_BLOB_MIB)"
     declared = request.content_length
     if limit and declared is not None and declared > limit:
-        raise RequestTooLarge(
-            f"blob too large: the limit is {config.max_blob_mib} MiB (ENGINEHOUSE_MAX_BLOB_MIB)"
-        )
+        raise RequestTooLarge(too_large)
     ensure_room(store, declared or 0)
     loop = asyncio.get_running_loop()
     try:
@@ -60,9 +59,7 @@ async def receive_blob(request: web.Request, store: Store, digest: str, config: 
             unchecked = 0
             while chunk := await read_chunk(request, CHUNK, config.body_timeout):
                 if limit and writer.size + len(chunk) > limit:
-                    raise RequestTooLarge(
-                        f"blob too large: the limit is {config.max_blob_mib} MiB (ENGINEHOUSE_MAX_BLOB_MIB)"
-                    )
+                    raise RequestTooLarge(too_large)
                 unchecked += len(chunk)
                 if unchecked >= CHECK_EVERY:
                     ensure_room(store, CHECK_EVERY)

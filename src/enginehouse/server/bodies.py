@@ -9,19 +9,21 @@ Uploads to ``/api/blobs`` stream instead (:func:`read_chunk`, with the timeout b
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from enginehouse.config import Config
 from enginehouse.errors import InvalidRequest, RequestTimeout, RequestTooLarge, UnsupportedMediaType
+from enginehouse.sched.memory import MiB
 
-__all__ = ["body_guard", "end_connection", "read_chunk"]
-
-MiB = 1 << 20
+__all__ = ["body_guard", "end_connection", "is_blob_upload", "read_chunk"]
 
 
-def is_streamed_upload(request: web.Request) -> bool:
+def is_blob_upload(request: web.Request) -> bool:
+    """An upload to /api/blobs: streamed into the store by its handler, not read whole here."""
     return request.method == "POST" and request.path.startswith("/api/blobs/")
 
 
@@ -32,17 +34,24 @@ def end_connection(request: web.Request) -> None:
         request.content.feed_eof()  # aiohttp would otherwise drain the body for up to 10 s first
 
 
-async def read_chunk(request: web.Request, size: int, timeout: float) -> bytes:
-    """The next piece of a streamed body (b"" at its end), within ``timeout`` seconds."""
+@contextmanager
+def _body_errors(request: web.Request, stalled: str) -> Iterator[None]:
+    """A body read that ran out of time (408, ``stalled``) or broke its framing (400) ends the connection."""
     try:
-        async with asyncio.timeout(timeout or None):
-            return await request.content.read(size)
+        yield
     except TimeoutError:
         end_connection(request)
-        raise RequestTimeout(f"the request body stalled: no data for {timeout:g} s") from None
+        raise RequestTimeout(stalled) from None
     except RequestPayloadError as exc:
         end_connection(request)
         raise InvalidRequest(str(exc)) from None
+
+
+async def read_chunk(request: web.Request, size: int, timeout: float) -> bytes:
+    """The next piece of a streamed body (b"" at its end), within ``timeout`` seconds."""
+    with _body_errors(request, f"the request body stalled: no data for {timeout:g} s"):
+        async with asyncio.timeout(timeout or None):
+            return await request.content.read(size)
 
 
 def body_guard(config: Config):  # type: ignore[no-untyped-def]
@@ -62,21 +71,16 @@ def body_guard(config: Config):  # type: ignore[no-untyped-def]
                 f"compressed request bodies are not accepted (Content-Encoding: {encoding[:40]}): "
                 "send the body uncompressed"
             )
-        if not request.body_exists or is_streamed_upload(request):
+        if not request.body_exists or is_blob_upload(request):
             return await handler(request)
         if limit and (request.content_length or 0) > limit:
             raise too_large()
         try:
-            async with asyncio.timeout(timeout or None):
-                await request.read()
-        except TimeoutError:
-            end_connection(request)
-            raise RequestTimeout(f"the request body did not arrive within {timeout:g} s") from None
+            with _body_errors(request, f"the request body did not arrive within {timeout:g} s"):
+                async with asyncio.timeout(timeout or None):
+                    await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise too_large() from None
-        except RequestPayloadError as exc:
-            end_connection(request)
-            raise InvalidRequest(str(exc)) from None
         return await handler(request)
 
     return bodies

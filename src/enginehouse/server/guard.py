@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from aiohttp import web
 
 from enginehouse.config import Config
 from enginehouse.errors import Forbidden
+from enginehouse.server.bodies import is_blob_upload
 
 __all__ = ["OriginPattern", "allowed_host", "browser_guard", "cors_headers_hook", "is_loopback_name"]
 
@@ -167,8 +169,24 @@ def origin_allowed(origin: str, patterns: Iterable[OriginPattern]) -> bool:
     return parsed is not None and any(p.matches(parsed) for p in patterns)
 
 
-def is_loopback_bind(config: Config) -> bool:
-    return is_loopback_name(config.bind[0].strip("[]"))
+def is_loopback_bind(host: str) -> bool:
+    """Whether a bind address reaches this machine only: a loopback name or address, or a host name all of
+    whose addresses are loopback ("" and 0.0.0.0 are every interface)."""
+    host = host.strip("[]")
+    if not host:
+        return False
+    if is_loopback_name(host):
+        return True
+    try:
+        ipaddress.ip_address(host)
+        return False  # an address that is not loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback for i in infos)
 
 
 def _preflight(request: web.Request, origin: str) -> web.Response:
@@ -187,14 +205,10 @@ def _preflight(request: web.Request, origin: str) -> web.Response:
     return web.Response(status=204, headers=headers)
 
 
-def _is_blob_upload(request: web.Request) -> bool:
-    return request.method == "POST" and request.path.startswith("/api/blobs/")
-
-
 def browser_guard(config: Config):  # type: ignore[no-untyped-def]
     """The middleware: Host check on a loopback bind, then the Origin allowlist, preflights, and JSON-only
     writes from pages. It runs before the API-key check (a preflight carries no key)."""
-    check_host = is_loopback_bind(config)
+    check_host = is_loopback_bind(config.bind[0])
     patterns = origin_patterns(config.origins)
 
     @web.middleware
@@ -214,7 +228,7 @@ def browser_guard(config: Config):  # type: ignore[no-untyped-def]
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             return _preflight(request, origin)
         if request.method in WRITE_METHODS and request.content_type != "application/json":
-            blob = _is_blob_upload(request) and request.content_type == "application/octet-stream"
+            blob = is_blob_upload(request) and request.content_type == "application/octet-stream"
             if not blob:
                 raise Forbidden(
                     "a request from a web page that writes must send Content-Type: application/json"

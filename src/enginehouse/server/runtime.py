@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import signal
-import socket
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -19,6 +17,7 @@ from enginehouse.config import Config
 from enginehouse.errors import EnginehouseError
 from enginehouse.server.app import create_app
 from enginehouse.server.app_state import GATEWAY, Gateway
+from enginehouse.server.guard import is_loopback_bind
 from enginehouse.server.protocol import GatewayRunner
 
 log = logging.getLogger("enginehouse.server")
@@ -35,21 +34,6 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 def run_loop(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(main())
-
-
-def is_loopback_bind(host: str) -> bool:
-    """True when every address ``host`` names is a loopback one ("" and 0.0.0.0 are every interface)."""
-    if not host:
-        return False
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError:
-        return False
-    return bool(infos) and all(ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback for i in infos)
 
 
 def open_bind_warning(host: str, api_key: str) -> str | None:
