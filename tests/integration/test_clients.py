@@ -140,7 +140,10 @@ def test_empty_prompt_loads_and_keep_alive_zero_unloads(oclient: ollama.Client) 
 
 CITY_SCHEMA = {
     "type": "object",
-    "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+    "properties": {
+        "city": {"type": "string", "maxLength": 40},
+        "country": {"type": "string", "maxLength": 40},
+    },
     "required": ["city", "country"],
 }
 
@@ -153,12 +156,15 @@ def test_structured_output_follows_the_schema_on_both_doors(
     import jsonschema
 
     question = [{"role": "user", "content": "Which city is the capital of France? Answer in JSON."}]
-    resp = oclient.chat(model=MODEL, messages=question, format=CITY_SCHEMA, options={"num_predict": 60})
+    resp = oclient.chat(
+        model=MODEL, messages=question, format=CITY_SCHEMA, options={"num_predict": 120, "temperature": 0}
+    )
     jsonschema.validate(json.loads(resp.message.content), CITY_SCHEMA)
     completion = oai.chat.completions.create(
         model=MODEL,
         messages=question,
-        max_tokens=60,
+        max_tokens=120,
+        temperature=0,
         response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": CITY_SCHEMA}},
     )
     jsonschema.validate(json.loads(completion.choices[0].message.content), CITY_SCHEMA)

@@ -134,14 +134,21 @@ def test_openai_sdk_tool_call_forced_and_free(server: BackgroundServer) -> None:
     client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused")
     ask = [{"role": "user", "content": "What is the weather in Paris?"}]
     forced = client.chat.completions.create(
-        model=MODEL, messages=ask, tools=[WEATHER], tool_choice="required", max_tokens=60
+        model=MODEL,
+        messages=ask,
+        tools=[WEATHER],
+        tool_choice="required",
+        max_tokens=60,
+        temperature=0,
     )
     choice = forced.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
     call = choice.message.tool_calls[0]
     assert call.function.name == "get_weather"
     jsonschema.validate(json.loads(call.function.arguments), CITY)
-    free = client.chat.completions.create(model=MODEL, messages=ask, tools=[WEATHER], max_tokens=200)
+    free = client.chat.completions.create(
+        model=MODEL, messages=ask, tools=[WEATHER], max_tokens=200, temperature=0
+    )
     message = free.choices[0].message
     assert free.choices[0].finish_reason in ("stop", "tool_calls", "length")
     assert message.content or message.tool_calls

@@ -49,7 +49,12 @@ def srv(server_config: Config, tmp_path_factory: pytest.TempPathFactory) -> Iter
 def test_openai_forced_tool_call_then_the_answer(srv: BackgroundServer) -> None:
     client = openai.OpenAI(base_url=srv.base_url + "/v1", api_key="unused")
     first = client.chat.completions.create(
-        model=TOOLY, messages=ASK, tools=[WEATHER], tool_choice="required", max_tokens=60
+        model=TOOLY,
+        messages=ASK,
+        tools=[WEATHER],
+        tool_choice="required",
+        max_tokens=60,
+        temperature=0,
     )
     choice = first.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
@@ -71,6 +76,7 @@ def test_openai_named_tool_choice_streamed(srv: BackgroundServer) -> None:
         tools=[WEATHER, CLOCK],
         tool_choice={"type": "function", "function": {"name": "get_time"}},
         max_tokens=60,
+        temperature=0,
         stream=True,
         stream_options={"include_usage": True},
     )
@@ -84,7 +90,9 @@ def test_openai_named_tool_choice_streamed(srv: BackgroundServer) -> None:
 
 def test_ollama_tool_call_round_trip(srv: BackgroundServer) -> None:
     client = ollama.Client(host=srv.base_url)
-    first = client.chat(model=TOOLY, messages=ASK, tools=[WEATHER], options={"num_predict": 60})
+    first = client.chat(
+        model=TOOLY, messages=ASK, tools=[WEATHER], options={"num_predict": 60, "temperature": 0}
+    )
     calls = first.message.tool_calls
     assert calls and calls[0].function.name == "get_weather"
     jsonschema.validate(dict(calls[0].function.arguments), CITY)
@@ -99,14 +107,19 @@ def test_ollama_tool_call_round_trip(srv: BackgroundServer) -> None:
 def test_format_is_enforced_on_the_rendered_path(srv: BackgroundServer) -> None:
     schema = {
         "type": "object",
-        "properties": {"capital": {"type": "string"}, "population_millions": {"type": "number"}},
+        "properties": {
+            "capital": {"type": "string", "maxLength": 24},
+            "population_millions": {"type": "integer", "minimum": 0, "maximum": 1000},
+        },
         "required": ["capital", "population_millions"],
     }
+    # Bounded fields and greedy decoding: the grammar holds every token, but a budget too small for
+    # the document would cut it short (the model inherits the bundled sampling defaults).
     reply = ollama.Client(host=srv.base_url).chat(
         model=TOOLY,
         messages=[{"role": "user", "content": "France?"}],
         format=schema,
-        options={"num_predict": 60},
+        options={"num_predict": 120, "temperature": 0},
     )
     jsonschema.validate(json.loads(reply.message.content), schema)
     client = openai.OpenAI(base_url=srv.base_url + "/v1", api_key="unused")
@@ -114,7 +127,8 @@ def test_format_is_enforced_on_the_rendered_path(srv: BackgroundServer) -> None:
         model=TOOLY,
         messages=[{"role": "user", "content": "France?"}],
         response_format={"type": "json_schema", "json_schema": {"name": "country", "schema": schema}},
-        max_tokens=60,
+        max_tokens=120,
+        temperature=0,
     )
     jsonschema.validate(json.loads(out.choices[0].message.content), schema)
 
