@@ -11,7 +11,7 @@ tokens of deterministic, distinct filler prose, cut to size with the runner's to
 ``--turns`` short user questions; each answer is appended as a fixed short assistant text, so every
 strategy sends byte-identical prompts. The conversations wait in one queue; ``--concurrency`` clients
 each take the next one, send its next turn (a streamed /v1/chat/completions straight to the replica
-the :class:`~enginehouse.pool.balance.Balancer` picks, ``--max-tokens`` small because TTFT is what is
+the :class:`~enginehouse.routing.balance.Balancer` picks, ``--max-tokens`` small because TTFT is what is
 measured) and put it back at the end of the queue, so turns of different conversations interleave.
 
 Fairness: each strategy runs on two freshly started replicas (empty slot and ``--cache-ram``
@@ -47,8 +47,8 @@ from enginehouse.config import Config
 from enginehouse.engines.llama_install import require_llama_server
 from enginehouse.engines.llama_server import LlamaServerSettings, build_argv
 from enginehouse.loadgen.stats import percentile
-from enginehouse.pool.balance import STRATEGIES, Balancer, Replica, chat_prompt
-from enginehouse.pool.health import Health
+from enginehouse.routing.balance import STRATEGIES, Balancer, Replica, chat_prompt
+from enginehouse.routing.health import Health
 from enginehouse.store import bundled_model_file
 
 ALIAS = "bench"

@@ -192,4 +192,3 @@ def test_kill_ends_a_sigstopped_runner_and_only_a_ready_one(tmp_path: Path) -> N
         assert engine.kill("stalled: test") is False
 
     asyncio.run(scenario())
-

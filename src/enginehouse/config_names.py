@@ -25,7 +25,7 @@ from enginehouse.errors import InvalidRequest
 
 if TYPE_CHECKING:
     from enginehouse.config_file import FileConfig
-    from enginehouse.router.classify import Router
+    from enginehouse.routing.classify import Router
 
 BUILT_IN_ROUTERS = ("auto",)
 
@@ -38,7 +38,7 @@ def _error(keys: list[str], message: str) -> Exception:
 
 def routers_of(fc: FileConfig) -> dict[str, Router]:
     """Every router the file gives (``auto`` always, changed by ``[routers.auto]`` when present)."""
-    from enginehouse.router.default_routes import resolve_router
+    from enginehouse.routing.default_routes import resolve_router
 
     out: dict[str, Router] = {}
     for name in (*BUILT_IN_ROUTERS, *fc.routers):

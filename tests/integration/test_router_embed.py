@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from enginehouse.config import Config
-from enginehouse.router.classify import Classifier, Decision
-from enginehouse.router.default_routes import default_router
-from enginehouse.router.embedder import EMBED_MODEL, local_embedding_runner, prepare_cached
+from enginehouse.routing.classify import Classifier, Decision
+from enginehouse.routing.default_routes import default_router
+from enginehouse.routing.minilm import EMBED_MODEL, local_embedding_runner, prepare_cached
 from enginehouse.store import Store
 from tests.conftest import make_config
 from tests.integration.test_convert_bert import converter_install  # noqa: F401  (a fixture)

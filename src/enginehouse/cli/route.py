@@ -45,9 +45,9 @@ def first_in_store(config: Config, candidates: tuple[str, ...]) -> str | None:
 async def classify_locally(
     config: Config, router_name: str, prompt: str, system: str | None, model: str, log: Any
 ) -> dict[str, Any]:
-    from enginehouse.router.classify import Classifier, word_count
-    from enginehouse.router.default_routes import resolve_router
-    from enginehouse.router.embedder import local_embedding_runner, prepare_cached
+    from enginehouse.routing.classify import Classifier, word_count
+    from enginehouse.routing.default_routes import resolve_router
+    from enginehouse.routing.minilm import local_embedding_runner, prepare_cached
 
     router = resolve_router(router_name, router_tables(config))
     clf = Classifier(router)
@@ -150,7 +150,7 @@ def route(
     Locally, the keyword tier needs nothing; the embedding tier starts a private llama-server for the
     embedding model for the length of the command (the reported time is the decision's alone).
     """
-    from enginehouse.router.embedder import EMBED_MODEL
+    from enginehouse.routing.minilm import EMBED_MODEL
 
     text = " ".join(prompt)
     if not text and not sys.stdin.isatty():

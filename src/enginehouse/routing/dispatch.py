@@ -9,7 +9,7 @@ connection, answers 5xx or times out, its queue is full, or the prompt is longer
 the doors end the stream with an explicit error in their dialect and mark the request
 (:data:`FAILED_MID_STREAM`) so the failure still counts against the model's health.
 
-Engine failures (start, connection, 5xx, timeout) count in :class:`~enginehouse.pool.health.Health`:
+Engine failures (start, connection, 5xx, timeout) count in :class:`~enginehouse.routing.health.Health`:
 ``[cooldown] failures`` of them within ``window`` seconds set the model aside for ``seconds``
 (doubling on each repeat), then one trial request decides. A request whose only candidate is cooled
 down gets 503 saying until when.
@@ -43,9 +43,9 @@ from enginehouse.errors import (
     ServerBusy,
     UpstreamUnavailable,
 )
-from enginehouse.pool.health import Health
-from enginehouse.router.classify import Classifier, Decision, Router, word_count
+from enginehouse.routing.classify import Classifier, Decision, Router, word_count
 from enginehouse.routing.embedding import RouterEmbedding
+from enginehouse.routing.health import Health
 from enginehouse.routing.plan import Plan, describe, order_by_cost
 from enginehouse.routing.pools import Pools
 from enginehouse.sched.scheduler import Placement

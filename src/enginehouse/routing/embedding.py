@@ -12,11 +12,11 @@ import logging
 from typing import TYPE_CHECKING
 
 from enginehouse.errors import EnginehouseError
-from enginehouse.router.classify import Classifier, Router
+from enginehouse.routing.classify import Classifier, Router
 
 if TYPE_CHECKING:
     from enginehouse.config import Config
-    from enginehouse.router.embedder import RunnerEmbedder
+    from enginehouse.routing.minilm import RunnerEmbedder
     from enginehouse.store import Store
 
 log = logging.getLogger("enginehouse.routing")
@@ -56,7 +56,7 @@ class RouterEmbedding:
         life). Without it the router still works: keyword tier, then the default route."""
         from enginehouse.engines.llama_install import require_llama_server
         from enginehouse.engines.llama_server import LlamaServerEngine
-        from enginehouse.router.embedder import (
+        from enginehouse.routing.minilm import (
             EMBED_MODEL,
             RunnerEmbedder,
             ensure_embed_model,

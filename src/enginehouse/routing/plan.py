@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from enginehouse.router.classify import Decision
+from enginehouse.routing.classify import Decision
 from enginehouse.sched.scheduler import Placement
 
 

@@ -1,4 +1,4 @@
-"""Replica pools on the request path: one :class:`~enginehouse.pool.balance.Balancer` per pooled model,
+"""Replica pools on the request path: one :class:`~enginehouse.routing.balance.Balancer` per pooled model,
 the failover order of its members for each request, drains by hand, and what ``ps`` shows.
 
 A member is a candidate name: ``MODEL`` for this node's own runner, ``MODEL@NODE`` for a replica on an
@@ -13,8 +13,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from enginehouse.pool.balance import Balancer, Replica
-from enginehouse.pool.health import Health
+from enginehouse.routing.balance import Balancer, Replica
+from enginehouse.routing.health import Health
 from enginehouse.routing.plan import Plan
 
 if TYPE_CHECKING:

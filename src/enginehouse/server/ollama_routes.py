@@ -40,7 +40,7 @@ from enginehouse.engines.base import RunnerSpec
 from enginehouse.engines.factory import gguf_info_for
 from enginehouse.engines.openai_remote import auth_headers
 from enginehouse.errors import EnginehouseError, InvalidRequest, ollama_error_body
-from enginehouse.pool.balance import chat_prompt
+from enginehouse.routing.balance import chat_prompt
 from enginehouse.sched.keep_alive import parse_keep_alive
 from enginehouse.sched.scheduler import LoadedModel
 from enginehouse.server.app_state import (

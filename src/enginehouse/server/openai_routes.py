@@ -22,7 +22,7 @@ from enginehouse.api.openai import ChatCompletionRequest, CompletionRequest, Emb
 from enginehouse.catalog import is_gguf
 from enginehouse.engines.base import RunnerSpec
 from enginehouse.errors import EnginehouseError, RunnerError, openai_error_body
-from enginehouse.pool.balance import chat_prompt
+from enginehouse.routing.balance import chat_prompt
 from enginehouse.server.app_state import (
     FAILED_MID_STREAM,
     GATEWAY,

@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from enginehouse.errors import InvalidRequest
-from enginehouse.router.classify import Route, Router, Rule
-from enginehouse.router.tables import router_from_table
+from enginehouse.routing.classify import Route, Router, Rule
+from enginehouse.routing.tables import router_from_table
 
 BUNDLED = "smollm2:135m"
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from enginehouse.pool.balance import Balancer, Replica, block_keys, chat_prompt
-from enginehouse.pool.health import Health
+from enginehouse.routing.balance import Balancer, Replica, block_keys, chat_prompt
+from enginehouse.routing.health import Health
 
 
 class Clock:

@@ -1,7 +1,7 @@
 """The router's embedding side: the bundled all-MiniLM-L6-v2 as a GGUF in the store, a small pinned
 llama-server runner for it, and an ``embed(texts)`` callable that talks to a runner's ``/v1/embeddings``.
 
-The classifier (:mod:`enginehouse.router.classify`) only sees an ``Embed`` callable; the gateway passes
+The classifier (:mod:`enginehouse.routing.classify`) only sees an ``Embed`` callable; the gateway passes
 one bound to its own runner, the ``enginehouse route`` command and ``bench/routing.py`` start a private
 runner with :func:`local_embedding_runner`.
 
@@ -23,7 +23,7 @@ import orjson
 
 from enginehouse.config import Config
 from enginehouse.errors import EnginehouseError, ModelNotFound
-from enginehouse.router.classify import Classifier, examples_digest
+from enginehouse.routing.classify import Classifier, examples_digest
 from enginehouse.store import Store, bundled_minilm_dir
 
 # Names the router converts from the bundled package on first use, and their GGUF weight types. q8_0 is

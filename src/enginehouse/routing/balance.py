@@ -1,7 +1,7 @@
 """Choosing the replica that serves a request.
 
 A replica is *eligible* unless it is draining, listed in ``exclude`` (already tried by this request) or
-cooled down by :class:`~enginehouse.pool.health.Health`. Among the eligible ones:
+cooled down by :class:`~enginehouse.routing.health.Health`. Among the eligible ones:
 
 ``round-robin``
     each in turn.
@@ -33,7 +33,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from enginehouse.pool.health import Health
+from enginehouse.routing.health import Health
 
 STRATEGIES = ("round-robin", "least-outstanding", "prefix")
 PREFIX_BLOCK = 256  # characters

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from enginehouse.pool.health import Health, TargetHealth
+from enginehouse.routing.health import Health, TargetHealth
 
 
 class Clock:

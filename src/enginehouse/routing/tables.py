@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import Any
 
 from enginehouse.errors import InvalidRequest
-from enginehouse.router.classify import Route, Router, Rule
+from enginehouse.routing.classify import Route, Router, Rule
 
 _ROUTER_KEYS = {
     "routes", "default", "threshold", "keyword_min", "keyword_ratio", "top_k", "system_weight",

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from enginehouse.errors import InvalidRequest
-from enginehouse.router.classify import (
+from enginehouse.routing.classify import (
     ABSTAIN,
     Classifier,
     Route,
@@ -28,9 +28,9 @@ from enginehouse.router.classify import (
     truncate_tokens,
     word_count,
 )
-from enginehouse.router.default_routes import default_router, resolve_router
-from enginehouse.router.embedder import prepare_cached
-from enginehouse.router.tables import router_from_table
+from enginehouse.routing.default_routes import default_router, resolve_router
+from enginehouse.routing.minilm import prepare_cached
+from enginehouse.routing.tables import router_from_table
 
 DIM = 512
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "routing_prompts.jsonl"
