@@ -27,6 +27,7 @@ from enginehouse.config import Config
 from enginehouse.config_file import load_config_file
 from enginehouse.config_names import check_references
 from enginehouse.engines.factory import EngineFactory
+from enginehouse.engines.upstream import Upstream
 from enginehouse.errors import (
     AllCandidatesFailed,
     EnginehouseError,
@@ -55,7 +56,6 @@ from enginehouse.server.guard import browser_guard, cors_headers_hook
 from enginehouse.server.observe import metrics_endpoint, metrics_middleware
 from enginehouse.server.openapi import build_openapi
 from enginehouse.server.protocol import HANDLER_ARGS
-from enginehouse.server.upstream import Upstream
 from enginehouse.store import BUNDLED_NAME, Store, bundled_model_file, ensure_bundled
 
 log = logging.getLogger("enginehouse.server")

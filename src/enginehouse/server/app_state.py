@@ -16,10 +16,10 @@ from enginehouse.catalog import Catalog, is_gguf
 from enginehouse.config import Config
 from enginehouse.config_file import EMPTY, FileConfig
 from enginehouse.engines.factory import gguf_info_for
+from enginehouse.engines.upstream import Upstream
 from enginehouse.errors import InvalidRequest, RequestTooLarge
 from enginehouse.metrics import Metrics
 from enginehouse.sched.scheduler import Scheduler
-from enginehouse.server.upstream import Upstream
 from enginehouse.store import ModelRecord, Store
 
 if TYPE_CHECKING:

@@ -39,6 +39,7 @@ from enginehouse.catalog import ExternalRecord, is_gguf
 from enginehouse.engines.base import RunnerSpec
 from enginehouse.engines.factory import gguf_info_for
 from enginehouse.engines.openai_remote import auth_headers
+from enginehouse.engines.upstream import raise_for_engine, sse_events
 from enginehouse.errors import EnginehouseError, InvalidRequest, ollama_error_body
 from enginehouse.routing.balance import chat_prompt
 from enginehouse.sched.keep_alive import parse_keep_alive
@@ -56,7 +57,6 @@ from enginehouse.server.app_state import (
 from enginehouse.server.caching import answer_cached, open_stream
 from enginehouse.server.observe import note_model, observe_ollama
 from enginehouse.server.passthrough import ollama_passthrough, speaks_ollama
-from enginehouse.server.upstream import raise_for_engine, sse_events
 from enginehouse.store import ModelRecord
 from enginehouse.store.modelfile import modelfile_for
 

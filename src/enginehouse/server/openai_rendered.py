@@ -14,12 +14,12 @@ import orjson
 from aiohttp import web
 
 from enginehouse.api.rendered_chat import ChatChunks, completion_body
+from enginehouse.engines.upstream import raise_for_engine, sse_events
 from enginehouse.errors import EnginehouseError, openai_error_body
 from enginehouse.sched.scheduler import Lease
 from enginehouse.server.app_state import FAILED_MID_STREAM, GATEWAY, engine_headers, json_response
 from enginehouse.server.caching import open_stream
 from enginehouse.server.observe import record_openai
-from enginehouse.server.upstream import raise_for_engine, sse_events
 
 
 def _sse(obj: dict[str, Any]) -> bytes:

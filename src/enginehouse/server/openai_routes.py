@@ -21,6 +21,7 @@ from enginehouse.api.ollama import Options
 from enginehouse.api.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from enginehouse.catalog import is_gguf
 from enginehouse.engines.base import RunnerSpec
+from enginehouse.engines.upstream import raise_for_engine
 from enginehouse.errors import EnginehouseError, RunnerError, openai_error_body
 from enginehouse.routing.balance import chat_prompt
 from enginehouse.server.app_state import (
@@ -36,7 +37,6 @@ from enginehouse.server.app_state import (
 from enginehouse.server.caching import answer_cached, open_stream
 from enginehouse.server.observe import note_model, observe_openai
 from enginehouse.server.openai_rendered import rendered_chat
-from enginehouse.server.upstream import raise_for_engine
 from enginehouse.store import ModelRecord
 
 

@@ -14,9 +14,9 @@ import orjson
 from aiohttp import web
 
 from enginehouse.catalog import ExternalRecord
+from enginehouse.engines.upstream import error_text
 from enginehouse.errors import EnginehouseError, LoopDetected, RunnerError
 from enginehouse.server.app_state import FAILED_MID_STREAM, GATEWAY, engine_headers
-from enginehouse.server.upstream import error_text
 from enginehouse.store import ModelRecord
 
 NDJSON = "application/x-ndjson"

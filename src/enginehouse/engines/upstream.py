@@ -15,8 +15,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+from enginehouse.engines.engine_http import EngineHTTP, EngineResponse
 from enginehouse.errors import ContextOverflow, InvalidRequest, LoopDetected, RunnerError, UpstreamUnavailable
-from enginehouse.server.engine_http import EngineHTTP, EngineResponse
 
 _STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
