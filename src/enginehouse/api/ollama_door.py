@@ -1,7 +1,7 @@
-"""Pure converters between Ollama's dialect and the OpenAI dialect that every engine speaks.
+"""Ollama's door: its wire requests as canonical calls, and canonical events as its NDJSON lines.
 
-Engines only ever see OpenAI-shaped bodies (plus llama.cpp's sampling extensions, which vLLM accepts
-too). Everything here is a pure function or a small stateful stream translator, tested with tables.
+Pure functions and one small stateful encoder, tested with tables (tests/test_ollama_door.py). Ollama's
+option names become the canonical (OpenAI/llama.cpp) field names here, once.
 """
 
 from __future__ import annotations
@@ -12,9 +12,22 @@ from typing import Any
 
 import orjson
 
-from enginehouse.api.gotemplate import render, render_chat
-from enginehouse.api.ollama import ChatRequest, GenerateRequest, Message, Options
-from enginehouse.api.toolcalls import ToolCallSplitter, ToolFormat, forcing_schema, tool_format
+from enginehouse.api.ollama import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest, Options
+from enginehouse.canonical import (
+    ChatCall,
+    CompletionCall,
+    EmbedCall,
+    Event,
+    Message,
+    ReasoningDelta,
+    Tally,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+)
+from enginehouse.errors import EnginehouseError, ollama_error_body
+from enginehouse.sched.keep_alive import parse_keep_alive
+from enginehouse.wire import ndjson
 
 # Ollama option -> request field understood by llama-server (and vLLM's OpenAI server).
 SAMPLING_OPTIONS: dict[str, str] = {
@@ -48,16 +61,28 @@ def merge_options(defaults: dict[str, Any], options: Options | None) -> dict[str
     return merged
 
 
-def sampling_fields(options: dict[str, Any]) -> dict[str, Any]:
+def sampling_fields(options: dict[str, Any], *, unset: bool = False) -> dict[str, Any]:
+    """Ollama options as canonical sampling fields. A negative ``num_predict`` (-1 infinite, -2 fill the
+    context) means the engine's default: dropped, or with ``unset`` kept as ``None`` so that it also
+    overrides a model default when layered over one (:func:`with_defaults`)."""
     body: dict[str, Any] = {}
     for name, value in options.items():
         field = SAMPLING_OPTIONS.get(name)
         if field is None:
             continue
-        if name == "num_predict" and value < 0:  # -1 infinite, -2 fill the context: the engine's default
+        if name == "num_predict" and value < 0:
+            if unset:
+                body[field] = None
             continue
         body[field] = value
     return body
+
+
+def with_defaults(sampling: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """A call's sampling over a model's Modelfile PARAMETERs (Ollama names): the call wins; a ``None``
+    (see :func:`sampling_fields`) removes the field."""
+    merged = {**sampling_fields(params), **sampling}
+    return {k: v for k, v in merged.items() if v is not None}
 
 
 def response_format(fmt: str | dict[str, Any] | None) -> dict[str, Any] | None:
@@ -69,173 +94,71 @@ def response_format(fmt: str | dict[str, Any] | None) -> dict[str, Any] | None:
     return {"type": "json_schema", "json_schema": {"name": "response", "schema": fmt, "strict": True}}
 
 
-def message_to_openai(msg: Message) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": msg.role, "content": msg.content}
-    if msg.tool_calls:
-        out["tool_calls"] = [
-            {
-                "id": f"call_{i}",
-                "type": "function",
-                "function": {
-                    "name": c.function.name,
-                    "arguments": orjson.dumps(c.function.arguments).decode(),
-                },
-            }
-            for i, c in enumerate(msg.tool_calls)
-        ]
-    if msg.role == "tool" and msg.tool_name:
-        out["name"] = msg.tool_name
-    if msg.thinking and msg.role == "assistant":
-        out["reasoning_content"] = msg.thinking
-    return out
-
-
-def chat_body(
-    req: ChatRequest, served_model: str, defaults: dict[str, Any], system: str | None = None
-) -> dict[str, Any]:
-    """An Ollama chat request as an OpenAI chat-completions body for the engine."""
-    messages = [message_to_openai(m) for m in req.messages]
-    if system and not any(m["role"] == "system" for m in messages):
-        messages.insert(0, {"role": "system", "content": system})
-    body: dict[str, Any] = {
-        "model": served_model,
-        "messages": messages,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-        **sampling_fields(merge_options(defaults, req.options)),
-    }
-    if fmt := response_format(req.format):
-        body["response_format"] = fmt
-    if req.tools:
-        body["tools"] = req.tools
-    if req.logprobs:
-        body["logprobs"] = True
-        if req.top_logprobs:
-            body["top_logprobs"] = req.top_logprobs
-    if req.think is not None:
-        body["chat_template_kwargs"] = {"enable_thinking": bool(req.think)}
-    return body
-
-
-def generate_body(
-    req: GenerateRequest, served_model: str, defaults: dict[str, Any], system: str | None = None
-) -> tuple[str, dict[str, Any]]:
-    """An Ollama generate request as (engine path, body): raw prompts go to /v1/completions, the rest
-    through the model's chat template via /v1/chat/completions."""
-    sampling = sampling_fields(merge_options(defaults, req.options))
-    common: dict[str, Any] = {
-        "model": served_model,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-        **sampling,
-    }
-    if fmt := response_format(req.format):
-        common["response_format"] = fmt
-    if req.logprobs:
-        common["logprobs"] = True
-        if req.top_logprobs:
-            common["top_logprobs"] = req.top_logprobs
-    if req.raw:
-        if schema := raw_json_schema(common.pop("response_format", None)):
-            common["json_schema"] = schema
-        return "/v1/completions", {**common, "prompt": req.prompt}
-    messages: list[dict[str, Any]] = []
-    if req.system or system:
-        messages.append({"role": "system", "content": req.system or system})
-    messages.append({"role": "user", "content": req.prompt})
-    if req.think is not None:
-        common["chat_template_kwargs"] = {"enable_thinking": bool(req.think)}
-    return "/v1/chat/completions", {**common, "messages": messages}
-
-
-def is_jinja(template: str) -> bool:
-    """GGUF chat templates are Jinja; Ollama's TEMPLATE layers are Go templates."""
-    return "{%" in template
-
-
-def go_template(template: str | None) -> str | None:
-    return template if template and not is_jinja(template) else None
-
-
-def gateway_template(template: str | None, tools: bool, engine_tools: bool) -> str | None:
-    """The Go template the gateway renders a chat with, or None when the engine renders it itself.
-
-    A chat with tools whose Go template cannot write a call goes to an engine that can take tools for
-    any template (llama-server's --jinja generic tool format), rather than being refused."""
-    template = go_template(template)
-    if template and tools and engine_tools and tool_format(template) is None:
-        return None
-    return template
-
-
-def rendered_chat_body(
-    req: ChatRequest,
-    served_model: str,
-    defaults: dict[str, Any],
-    system: str | None,
-    template: str,
-    force: ToolFormat | None = None,
-) -> dict[str, Any]:
-    """A chat for a model with a Go template: the gateway renders the prompt exactly as Ollama would and
-    the engine completes it raw, so every engine sees the same prompt."""
-    messages = [m.model_dump(exclude_none=True) for m in req.messages]
-    if system and not any(m["role"] == "system" for m in messages):
-        messages.insert(0, {"role": "system", "content": system})
-    prompt = render_chat(
-        template, messages, tools=req.tools, think=req.think if req.think is None else bool(req.think)
+def canonical_message(m: Any) -> Message:
+    return Message(
+        role=m.role,
+        content=m.content,
+        images=list(m.images or []),
+        tool_calls=[ToolCall(c.function.name, c.function.arguments) for c in m.tool_calls or []],
+        tool_name=m.tool_name,
+        thinking=m.thinking,
     )
-    body = _raw_body(served_model, prompt, defaults, req.options, req.format, raw_logprobs(req))
-    if force is not None:  # a forced call: its opening in the prompt, the rest held to the tools' schema
-        body["prompt"] += force.prefix
-        body["json_schema"] = forcing_schema(req.tools or [], force)
-    return body
 
 
-def rendered_generate_body(
-    req: GenerateRequest, served_model: str, defaults: dict[str, Any], system: str | None, template: str
-) -> dict[str, Any]:
-    prompt = render(template, system=req.system or system or "", prompt=req.prompt, suffix=req.suffix)
-    return _raw_body(served_model, prompt, defaults, req.options, req.format, raw_logprobs(req))
-
-
-def raw_logprobs(req: ChatRequest | GenerateRequest) -> int | None:
-    """Ollama's ``logprobs``/``top_logprobs`` as raw completions' ``logprobs``: the number of candidates
-    per token (at least one, the sampled token's own)."""
-    return max(req.top_logprobs or 0, 1) if req.logprobs else None
-
-
-def _raw_body(
-    served_model: str,
-    prompt: str,
-    defaults: dict[str, Any],
-    options: Options | None,
-    fmt: str | dict[str, Any] | None,
-    logprobs: int | None = None,
-) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": served_model,
-        "prompt": prompt,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-        **sampling_fields(merge_options(defaults, options)),
+def _generation(req: ChatRequest | GenerateRequest) -> dict[str, Any]:
+    options = req.options.model_dump(exclude_none=True) if req.options is not None else {}
+    return {
+        "model": req.model,
+        "sampling": sampling_fields(options, unset=True),
+        "response_format": response_format(req.format),
+        "logprobs": (req.top_logprobs or 0) if req.logprobs else None,
+        "think": req.think,
+        "stream": req.stream,
+        "num_ctx": req.options.num_ctx if req.options is not None else None,
+        "keep_alive": parse_keep_alive(req.keep_alive),
     }
-    if schema := raw_json_schema(response_format(fmt)):
-        body["json_schema"] = schema
-    if logprobs:
-        body["logprobs"] = logprobs
-    return body
 
 
-def raw_json_schema(response: dict[str, Any] | None) -> dict[str, Any] | None:
-    """An OpenAI ``response_format`` as the top-level ``json_schema`` that llama-server's raw
-    ``/v1/completions`` enforces (it ignores ``response_format`` there)."""
-    if not response:
-        return None
-    if response.get("type") == "json_object":
-        return {"type": "object"}
-    if response.get("type") == "json_schema":
-        return (response.get("json_schema") or {}).get("schema") or {"type": "object"}
-    return None
+def chat_call(req: ChatRequest) -> ChatCall:
+    """``/api/chat``. Ollama's API has no ``tool_choice``: the model's entry may set one."""
+    return ChatCall(
+        **_generation(req), messages=[canonical_message(m) for m in req.messages], tools=req.tools or None
+    )
+
+
+def generate_call(req: GenerateRequest) -> CompletionCall:
+    """``/api/generate``: a raw prompt, or a user turn for the model's (or the request's) template."""
+    return CompletionCall(
+        **_generation(req),
+        prompt=req.prompt or "",
+        suffix=req.suffix,
+        images=list(req.images or []),
+        raw=req.raw,
+        system=req.system,
+        template=req.template,
+    )
+
+
+def embed_call(req: EmbedRequest) -> EmbedCall:
+    inputs = [req.input] if isinstance(req.input, str) else list(req.input)
+    return EmbedCall(
+        req.model,
+        [] if inputs == [""] else inputs,
+        dimensions=req.dimensions,
+        truncate=req.truncate,
+        num_ctx=req.options.num_ctx if req.options is not None else None,
+        keep_alive=parse_keep_alive(req.keep_alive),
+    )
+
+
+def embeddings_call(req: EmbeddingsRequest) -> EmbedCall:
+    """The older ``/api/embeddings``: one prompt, one vector."""
+    return EmbedCall(
+        req.model,
+        [req.prompt] if req.prompt else [],
+        num_ctx=req.options.num_ctx if req.options is not None else None,
+        keep_alive=parse_keep_alive(req.keep_alive),
+    )
 
 
 def ollama_logprob(lp: dict[str, Any]) -> dict[str, Any]:
@@ -249,37 +172,23 @@ def ollama_logprob(lp: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class OllamaStream:
-    """Turns an engine's OpenAI stream chunks into Ollama's chat or generate lines.
+class OllamaEncoder:
+    """Canonical events in, Ollama's chat or generate lines out.
 
-    Tool-call fragments are accumulated and sent whole, as Ollama does. The final line carries Ollama's
-    timing fields in nanoseconds, from the engine's own timings where it reports them (llama-server does)
-    and from our clock otherwise.
+    Tool-call fragments are gathered and sent whole, as Ollama does. The final line carries Ollama's
+    timing fields in nanoseconds, from the engine's own timings where it reports them (llama-server
+    does) and from our clock otherwise (:class:`~enginehouse.canonical.Tally`).
     """
 
-    def __init__(
-        self,
-        model: str,
-        kind: str,
-        *,
-        started: float,
-        load_duration: float,
-        tool_format: ToolFormat | None = None,
-        forced: bool = False,
-    ) -> None:
-        self.model = model
+    content_type = "application/x-ndjson"
+    closing_bytes = b""
+
+    def __init__(self, model: str, kind: str, *, started: float, load_duration: float) -> None:
+        self.model = model  # the name the client asked for (an alias, a router)
         self.kind = kind  # "chat" or "generate"
-        self.started = started
         self.load_duration = load_duration
-        self.first_token_at: float | None = None
-        self.sent_at: float | None = None  # when the engine got the request (for the overhead metric)
-        self.finish_reason: str | None = None
-        self.timings: dict[str, Any] = {}
-        self.usage: dict[str, Any] = {}
-        self.chunks = 0
+        self.tally = Tally(started)
         self._tool_calls: dict[int, dict[str, Any]] = {}
-        # A Go-template model's calls are in its raw text: split them out as the template writes them.
-        self._splitter = ToolCallSplitter(tool_format, forced) if tool_format else None
 
     def _line(self, content: str, thinking: str | None = None, tool_calls: list | None = None) -> dict:
         line: dict[str, Any] = {"model": self.model, "created_at": now_rfc3339()}
@@ -297,43 +206,22 @@ class OllamaStream:
         line["done"] = False
         return line
 
-    def feed(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
-        """One parsed upstream chunk -> one Ollama line, or None when there is nothing to send yet."""
-        if "timings" in chunk:
-            self.timings = chunk["timings"]
-        if chunk.get("usage"):
-            self.usage = chunk["usage"]
-        choices = chunk.get("choices") or []
-        if not choices:
-            return None
-        choice = choices[0]
-        if choice.get("finish_reason"):
-            self.finish_reason = choice["finish_reason"]
-        delta = choice.get("delta")
-        if delta is not None:  # a chat-completions chunk (also behind Ollama's generate)
-            content = delta.get("content") or ""
-            thinking = delta.get("reasoning_content") or None
-            for call in delta.get("tool_calls") or []:
-                self._merge_tool_call(call)
-        else:  # a raw completions chunk
-            content, thinking = choice.get("text") or "", None
-            if self._splitter is not None:
-                content = self._splitter.feed(content)
-        if not content and not thinking:
-            return None
-        if self.first_token_at is None:
-            self.first_token_at = time.monotonic()
-        self.chunks += 1
-        line = self._line(content, thinking)
-        if logprobs := (choice.get("logprobs") or {}).get("content"):
-            line["logprobs"] = [ollama_logprob(lp) for lp in logprobs]
-        return line
-
-    def _merge_tool_call(self, call: dict[str, Any]) -> None:
-        slot = self._tool_calls.setdefault(call.get("index", len(self._tool_calls)), {"name": "", "args": ""})
-        fn = call.get("function") or {}
-        slot["name"] += fn.get("name") or ""
-        slot["args"] += fn.get("arguments") or ""
+    def objects(self, event: Event) -> list[dict[str, Any]]:
+        """The lines one event makes (often one, none while a tool call is gathered)."""
+        if isinstance(event, TextDelta):
+            if not event.text:
+                return []
+            line = self._line(event.text)
+            if event.logprobs:
+                line["logprobs"] = [ollama_logprob(lp) for lp in event.logprobs]
+            return [line]
+        if isinstance(event, ReasoningDelta):
+            return [self._line("", event.text)] if event.text else []
+        if isinstance(event, ToolCallDelta):
+            slot = self._tool_calls.setdefault(event.index, {"name": "", "args": ""})
+            slot["name"] += event.name
+            slot["args"] += event.arguments
+        return []
 
     def tool_calls(self) -> list[dict[str, Any]]:
         calls = []
@@ -345,50 +233,19 @@ class OllamaStream:
             calls.append({"function": {"index": index, "name": slot["name"], "arguments": arguments}})
         return calls
 
-    def counts(self, end: float) -> tuple[int, int, int, int]:
-        """(prompt tokens, prompt ns, output tokens, output ns): the engine's timings where it reports
-        them (llama-server does), our clock otherwise."""
-        t = self.timings
-        prompt_n = t.get("prompt_n", self.usage.get("prompt_tokens", 0))
-        eval_n = t.get("predicted_n", self.usage.get("completion_tokens", self.chunks))
-        first = self.first_token_at or end
-        prompt_ns = int(t["prompt_ms"] * 1e6) if "prompt_ms" in t else int((first - self.started) * 1e9)
-        eval_ns = int(t["predicted_ms"] * 1e6) if "predicted_ms" in t else int((end - first) * 1e9)
-        return prompt_n, prompt_ns, eval_n, eval_ns
-
-    def summary(self) -> dict[str, Any]:
-        """What the metrics record of this generation: the same numbers as the last line."""
-        prompt_n, _, eval_n, eval_ns = self.counts(time.monotonic())
-        ttft = self.first_token_at - self.started if self.first_token_at is not None else None
-        return {
-            "ttft": ttft,
-            "prompt_tokens": prompt_n,
-            "output_tokens": eval_n,
-            "decode_seconds": eval_ns / 1e9,
-        }
-
-    def final(self) -> list[dict[str, Any]]:
-        """The closing line(s): pending tool calls, then ``done: true`` with the metrics."""
+    def closing(self) -> list[dict[str, Any]]:
+        """The closing line(s): gathered tool calls, then ``done: true`` with the metrics."""
         lines = []
-        if self._splitter is not None:
-            rest, calls = self._splitter.finish()
-            if rest:
-                lines.append(self._line(rest))
-            for call in calls:
-                self._tool_calls[len(self._tool_calls)] = {
-                    "name": call["name"],
-                    "args": orjson.dumps(call["arguments"]).decode(),
-                }
         if self._tool_calls:
             lines.append(self._line("", tool_calls=self.tool_calls()))
         end = time.monotonic()
-        prompt_n, prompt_ns, eval_n, eval_ns = self.counts(end)
+        prompt_n, prompt_ns, eval_n, eval_ns = self.tally.counts(end)
         done = self._line("")
-        reason = {"length": "length"}.get(self.finish_reason or "stop", "stop")
+        reason = {"length": "length"}.get(self.tally.finish or "stop", "stop")
         done.update(
             done=True,
             done_reason=reason,
-            total_duration=int((end - self.started) * 1e9),
+            total_duration=int((end - self.tally.started) * 1e9),
             load_duration=int(self.load_duration * 1e9),
             prompt_eval_count=prompt_n,
             prompt_eval_duration=prompt_ns,
@@ -397,6 +254,14 @@ class OllamaStream:
         )
         lines.append(done)
         return lines
+
+    def fold(self, lines: list[dict[str, Any]]) -> dict[str, Any]:
+        return collapse(lines, self.kind)
+
+    frame = staticmethod(ndjson)
+
+    def error(self, exc: EnginehouseError) -> bytes:
+        return ndjson(ollama_error_body(exc))
 
 
 def collapse(lines: list[dict[str, Any]], kind: str) -> dict[str, Any]:

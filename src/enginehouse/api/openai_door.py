@@ -1,10 +1,11 @@
-"""The OpenAI chat door for models with an Ollama (Go) template.
+"""OpenAI's door: its wire requests as canonical calls, and canonical events as chat-completion chunks.
 
-Such a model's prompt is rendered by the gateway, as on Ollama's door, so both doors and every engine
-give the model the same prompt; the engine completes it raw (``/v1/completions``) and this module turns
-the completion stream back into ``chat.completion`` chunks, with tool calls parsed as the template
-writes them. Models with a GGUF (Jinja) template do not come here: llama-server renders those itself
-and its stream is passed through untouched.
+Most OpenAI requests never need the events side: client and engine speak the same dialect, so the
+body goes to the engine as it came and the engine's bytes come back untouched (``server/relay.py``).
+The calls made here are what routing reads, and what an engine gets when the gateway must rewrite the
+request: a model with an Ollama (Go) template, whose prompt the gateway renders so that both doors and
+every engine give the model the same prompt (``api/prepare.py``); the completion stream then comes back
+through :class:`OpenAIChatEncoder`.
 """
 
 from __future__ import annotations
@@ -15,128 +16,118 @@ from typing import Any
 
 import orjson
 
-from enginehouse.api.convert import raw_json_schema
-from enginehouse.api.gotemplate.render import render_chat
-from enginehouse.api.toolcalls import (
-    ToolCallSplitter,
-    ToolFormat,
-    entry_tool_choice,
-    forcing_schema,
-    tool_format,
+from enginehouse.canonical import (
+    SAMPLING,
+    ChatCall,
+    CompletionCall,
+    EmbedCall,
+    Event,
+    Message,
+    Tally,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
 )
-from enginehouse.errors import InvalidRequest
-
-# Fields that mean the same on /v1/chat/completions and /v1/completions.
-_SHARED = (
-    "max_tokens",
-    "temperature",
-    "top_p",
-    "stop",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "logit_bias",
-    "top_k",
-    "min_p",
-    "typical_p",
-    "repeat_penalty",
-    "repeat_last_n",
-)
+from enginehouse.errors import EnginehouseError, InvalidRequest, openai_error_body
+from enginehouse.wire import SSE_DONE, sse
 
 
 def _text(content: Any) -> str:
-    if isinstance(content, list):  # content parts: only text reaches a text model
+    if isinstance(content, list):  # content parts: the text ones
         return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return content or ""
+    return content if isinstance(content, str) else ""
 
 
-def ollama_messages(messages: list[dict[str, Any]], system: str | None) -> list[dict[str, Any]]:
-    """OpenAI messages as Ollama's templates see them (arguments as objects, tool results by name)."""
-    out: list[dict[str, Any]] = []
-    names: dict[str, str] = {}  # tool_call_id -> function name, for the tool results
-    for m in messages:
-        role = "system" if m.get("role") == "developer" else m.get("role", "user")
-        msg: dict[str, Any] = {"role": role, "content": _text(m.get("content"))}
-        calls = []
-        for c in m.get("tool_calls") or []:
-            fn = c.get("function") or {}
-            args = fn.get("arguments") or "{}"
-            try:
-                parsed = orjson.loads(args) if isinstance(args, str) else args
-            except orjson.JSONDecodeError:
-                raise InvalidRequest(f"tool call arguments are not JSON: {args[:80]!r}") from None
-            names[c.get("id", "")] = fn.get("name", "")
-            calls.append({"id": c.get("id"), "function": {"name": fn.get("name", ""), "arguments": parsed}})
-        if calls:
-            msg["tool_calls"] = calls
-        if role == "tool":
-            msg["tool_name"] = m.get("name") or names.get(m.get("tool_call_id", ""), "")
-            if m.get("tool_call_id"):
-                msg["tool_call_id"] = m["tool_call_id"]
-        out.append(msg)
-    if system and not any(m["role"] == "system" for m in out):
-        out.insert(0, {"role": "system", "content": system})
+def _images(content: Any) -> list[str]:
+    """Base64 data of ``image_url`` parts given as data URLs."""
+    if not isinstance(content, list):
+        return []
+    out = []
+    for part in content:
+        url = ((part.get("image_url") or {}) if isinstance(part, dict) else {}).get("url", "")
+        if isinstance(url, str) and url.startswith("data:") and "," in url:
+            out.append(url.split(",", 1)[1])
     return out
 
 
-def forced_tool(data: dict[str, Any]) -> tuple[bool, str | None]:
-    """(whether a call is forced, the function it must be) from ``tool_choice``."""
-    choice = data.get("tool_choice")
-    if not data.get("tools") or choice in (None, "auto", "none"):
-        return False, None
-    if choice == "required":
-        return True, None
-    if isinstance(choice, dict) and isinstance((choice.get("function") or {}).get("name"), str):
-        return True, choice["function"]["name"]
-    raise InvalidRequest("tool_choice must be 'auto', 'none', 'required' or {'type': 'function', ...}")
+def _message(m: dict[str, Any], names: dict[str, str]) -> Message:
+    role = "system" if m.get("role") == "developer" else str(m.get("role", "user"))
+    calls = []
+    for c in m.get("tool_calls") or []:
+        fn = c.get("function") or {}
+        args = fn.get("arguments") or "{}"
+        try:
+            parsed = orjson.loads(args) if isinstance(args, str) else args
+        except orjson.JSONDecodeError:
+            raise InvalidRequest(f"tool call arguments are not JSON: {args[:80]!r}") from None
+        names[c.get("id", "")] = fn.get("name", "")
+        calls.append(ToolCall(fn.get("name", ""), parsed, c.get("id")))
+    msg = Message(role, _text(m.get("content")), _images(m.get("content")), calls)
+    if role == "tool":
+        msg.tool_name = m.get("name") or names.get(m.get("tool_call_id", ""), "")
+        msg.tool_call_id = m.get("tool_call_id")
+    return msg
 
 
-def completion_body(
-    data: dict[str, Any], served_model: str, template: str, system: str | None, default_choice: str = "auto"
-) -> tuple[dict[str, Any], ToolFormat | None, bool]:
-    """The raw completion that stands for chat request ``data``; also the tool format and whether a
-    call is forced (its prefix is then already in the prompt)."""
-    if (data.get("n") or 1) > 1:
-        raise InvalidRequest("n > 1 is not supported for models with an Ollama template; send n requests")
-    tools = data.get("tools") if data.get("tool_choice") != "none" else None
-    fmt = tool_format(template) if tools else None
-    if tools and fmt is None:
-        raise InvalidRequest("this model's template does not support tools")
-    if tools and data.get("tool_choice") is None:
-        last = data["messages"][-1].get("role") if data["messages"] else None
-        data = {**data, "tool_choice": entry_tool_choice(default_choice, last)}
-    forced, name = forced_tool(data) if tools else (False, None)
-    if name is not None and not any((t.get("function") or {}).get("name") == name for t in tools or []):
-        raise InvalidRequest(f"tool_choice names {name!r}, which is not in tools")
-    prompt = render_chat(template, ollama_messages(data["messages"], system), tools=tools)
-    body: dict[str, Any] = {"model": served_model, "prompt": prompt, "stream": True}
-    body["stream_options"] = {"include_usage": True}
-    body.update({k: data[k] for k in _SHARED if data.get(k) is not None})
-    if data.get("logprobs"):
-        body["logprobs"] = data.get("top_logprobs") or 1
-    # llama-server's raw completions enforce a top-level json_schema (and ignore response_format).
-    if forced and fmt is not None:
-        body["prompt"] += fmt.prefix
-        body["json_schema"] = forcing_schema(tools or [], fmt, name)
-    elif schema := raw_json_schema(data.get("response_format")):
-        body["json_schema"] = schema
-    return body, fmt, forced
+def _sampling(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: data[k] for k in SAMPLING if data.get(k) is not None}
 
 
-class ChatChunks:
-    """Raw completion chunks in, ``chat.completion.chunk`` objects out (and the whole answer at the end
-    for ``stream: false``)."""
+def chat_call(data: dict[str, Any]) -> ChatCall:
+    """A validated ``/v1/chat/completions`` body (``max_completion_tokens`` already mapped)."""
+    names: dict[str, str] = {}  # tool_call_id -> function name, for the tool results
+    messages = [_message(m, names) for m in data.get("messages") or [] if isinstance(m, dict)]
+    logprobs = (data.get("top_logprobs") or 0) if data.get("logprobs") else None
+    return ChatCall(
+        model=data["model"],
+        messages=messages,
+        tools=data.get("tools") or None,
+        tool_choice=data.get("tool_choice"),
+        sampling=_sampling(data),
+        response_format=data.get("response_format"),
+        logprobs=logprobs,
+        stream=bool(data.get("stream")),
+        include_usage=bool((data.get("stream_options") or {}).get("include_usage")),
+        n=data.get("n") or 1,
+    )
 
-    def __init__(self, model: str, fmt: ToolFormat | None, forced: bool, include_usage: bool) -> None:
+
+def completion_call(data: dict[str, Any]) -> CompletionCall:
+    """A validated ``/v1/completions`` body; a list of prompts is read by its first one here."""
+    prompt = data.get("prompt")
+    first = prompt[0] if isinstance(prompt, list) and prompt else prompt
+    return CompletionCall(
+        model=data["model"],
+        prompt=first if isinstance(first, str) else "",
+        sampling=_sampling(data),
+        stream=bool(data.get("stream")),
+    )
+
+
+def embed_call(data: dict[str, Any]) -> EmbedCall:
+    value = data.get("input")
+    inputs = [value] if isinstance(value, str) else [v for v in value or [] if isinstance(v, str)]
+    return EmbedCall(data["model"], inputs, dimensions=data.get("dimensions"))
+
+
+class OpenAIChatEncoder:
+    """Canonical events in, ``chat.completion.chunk`` objects out (and the whole answer for
+    ``stream: false``). Tool calls are gathered and sent in one chunk before the finish."""
+
+    content_type = "text/event-stream"
+    closing_bytes = SSE_DONE
+
+    def __init__(self, model: str, include_usage: bool, started: float) -> None:
         self.model = model
         self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
-        self.splitter = ToolCallSplitter(fmt, forced) if fmt else None
         self.include_usage = include_usage
-        self.finish_reason: str | None = None
+        self.tally = Tally(started)
         self.usage: dict[str, Any] | None = None
         self.content: list[str] = []
         self.calls: list[dict[str, Any]] = []
+        self._args: dict[int, dict[str, str]] = {}
         self.started = False
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
@@ -148,18 +139,21 @@ class ChatChunks:
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
         }
 
-    def feed(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
-        if chunk.get("usage"):
-            self.usage = chunk["usage"]
-        out = []
-        for choice in chunk.get("choices") or []:
-            self.finish_reason = choice.get("finish_reason") or self.finish_reason
-            text = choice.get("text") or ""
-            if self.splitter is not None:
-                text = self.splitter.feed(text)
-            if text:
-                out.append(self._content(text))
-        return out
+    def objects(self, event: Event) -> list[dict[str, Any]]:
+        if isinstance(event, TextDelta):
+            return [self._content(event.text)] if event.text else []
+        if isinstance(event, ToolCallDelta):
+            slot = self._args.setdefault(event.index, {"name": "", "arguments": ""})
+            slot["name"] += event.name
+            slot["arguments"] += event.arguments
+        elif isinstance(event, Usage) and event.prompt_tokens is not None:
+            prompt, output = event.prompt_tokens, event.completion_tokens or 0
+            self.usage = {
+                "prompt_tokens": prompt,
+                "completion_tokens": output,
+                "total_tokens": prompt + output,
+            }
+        return []
 
     def _content(self, text: str) -> dict[str, Any]:
         self.content.append(text)
@@ -169,12 +163,11 @@ class ChatChunks:
             delta = {"role": "assistant", "content": text}
         return self._chunk(delta)
 
-    def final(self) -> list[dict[str, Any]]:
+    def closing(self) -> list[dict[str, Any]]:
         out = []
-        if self.splitter is not None:
-            rest, self.calls = self.splitter.finish()
-            if rest:
-                out.append(self._content(rest))
+        self.calls = [
+            {"name": slot["name"], "arguments": slot["arguments"]} for _, slot in sorted(self._args.items())
+        ]
         if self.calls:
             delta = {"tool_calls": [self._call(i, c) for i, c in enumerate(self.calls)]}
             if not self.started:
@@ -188,18 +181,18 @@ class ChatChunks:
     def _finish(self) -> str:
         if self.calls:
             return "tool_calls"
-        return "length" if self.finish_reason == "length" else "stop"
+        return "length" if self.tally.finish == "length" else "stop"
 
     def _call(self, index: int, call: dict[str, Any]) -> dict[str, Any]:
         return {
             "index": index,
             "id": f"call_{uuid.uuid4().hex[:24]}",
             "type": "function",
-            "function": {"name": call["name"], "arguments": orjson.dumps(call["arguments"]).decode()},
+            "function": {"name": call["name"], "arguments": call["arguments"]},
         }
 
-    def completion(self) -> dict[str, Any]:
-        """The non-streamed answer, after :meth:`final`."""
+    def fold(self, chunks: list[dict[str, Any]]) -> dict[str, Any]:
+        """The non-streamed answer, after :meth:`closing`."""
         message: dict[str, Any] = {"role": "assistant", "content": "".join(self.content) or None}
         if self.calls:
             message["tool_calls"] = [self._call(i, c) for i, c in enumerate(self.calls)]
@@ -213,3 +206,8 @@ class ChatChunks:
             "choices": [{"index": 0, "message": message, "finish_reason": self._finish(), "logprobs": None}],
             "usage": self.usage or {},
         }
+
+    frame = staticmethod(sse)
+
+    def error(self, exc: EnginehouseError) -> bytes:
+        return sse(openai_error_body(exc))

@@ -1,17 +1,68 @@
-"""The Engine contract: a model served behind an OpenAI-compatible HTTP endpoint.
+"""The Engine contract: a model served behind an OpenAI-compatible HTTP endpoint, lifecycle and traffic.
 
 The gateway never links an engine into its own process. A local engine is a managed runner process
 (llama-server, vLLM) on loopback; a remote one (another Ollama, any OpenAI-compatible URL) is attached to.
 Either way the gateway talks HTTP to ``base_url``, so the same code path serves a runner on this machine
 and one across the room. Engine modules keep heavy imports inside themselves so ``import enginehouse``
 stays fast.
+
+Traffic: :meth:`Engine.stream` takes a canonical call and answers with canonical events;
+:meth:`Engine.embed` answers an embedding call; where a client's dialect is one the engine speaks
+(:attr:`Engine.dialects`) and nothing must be rewritten, :meth:`Engine.forward` sends the client's body
+as it came and the door streams the engine's bytes back untouched. The doors never ask which engine
+they talk to.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+import aiohttp
+import orjson
+
+from enginehouse.canonical import ChatCall, CompletionCall, EmbedCall, Event
+from enginehouse.engines.engine_http import EngineResponse
+from enginehouse.engines.openai_wire import events, request_for
+from enginehouse.engines.upstream import Upstream, raise_for_engine
+from enginehouse.errors import RunnerError
+
+#: What a broken engine stream looks like from the clients' side: reported as "closed early".
+STREAM_BROKEN = (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+
+
+class EventStream:
+    """An engine's answer as canonical events. ``close()`` drops the engine's stream, which cancels its
+    generation (also when the client left)."""
+
+    def __init__(self, source: AsyncIterator[Event], close: Callable[[], None]) -> None:
+        self._source = source
+        self._close = close
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[Event]:
+        try:
+            async for event in self._source:
+                yield event
+        except STREAM_BROKEN as exc:
+            raise RunnerError("the engine closed the stream early") from exc
+
+    def through(self, transform: Callable[[AsyncIterator[Event]], AsyncIterator[Event]]) -> EventStream:
+        """The same answer with ``transform`` applied to its events (e.g. tool calls split from text)."""
+        return EventStream(transform(self._source), self._close)
+
+    def close(self) -> None:
+        self._close()
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    vectors: list[list[float]]
+    prompt_tokens: int
 
 
 @dataclass(frozen=True)
@@ -43,6 +94,10 @@ class Engine(abc.ABC):
     kind: ClassVar[str]
     #: "completion", "embedding", "tools", "vision", "insert", "thinking": Ollama's capability names.
     capabilities: frozenset[str] = frozenset({"completion"})
+    #: Client dialects this engine takes as clients send them ("openai": ``/v1/*``; "ollama": ``/api/*``).
+    dialects: ClassVar[frozenset[str]] = frozenset({"openai"})
+    #: Another gateway or server across the network: requests carry the loop guard's header to it.
+    forwards: ClassVar[bool] = False
 
     @property
     @abc.abstractmethod
@@ -82,3 +137,37 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def info(self) -> EngineInfo:
         """A snapshot for ``ps``."""
+
+    # ---- traffic ----------------------------------------------------------------------------------------
+    def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        return {**self.request_headers, **extra} if extra else self.request_headers
+
+    async def stream(
+        self, call: ChatCall | CompletionCall, http: Upstream, extra: dict[str, str] | None = None
+    ) -> EventStream:
+        """Send a generating call; returns once the engine accepted it (its refusal raises here, before
+        the client saw a byte), and the answer follows as events."""
+        path, body = request_for(call, self.served_model)
+        resp = await http.post(self.base_url + path, body, self.headers(extra))
+        try:
+            await raise_for_engine(resp)
+        except BaseException:
+            resp.close()
+            raise
+        return EventStream(events(resp.content.iter_any()), resp.close)
+
+    async def embed(self, call: EmbedCall, http: Upstream, extra: dict[str, str] | None = None) -> Embeddings:
+        if not call.inputs:
+            return Embeddings([], 0)
+        body = {"model": self.served_model, "input": call.inputs}
+        data = await http.post_json(self.base_url + "/v1/embeddings", body, self.headers(extra))
+        vectors = [d["embedding"] for d in sorted(data["data"], key=lambda d: d.get("index", 0))]
+        return Embeddings(vectors, int((data.get("usage") or {}).get("prompt_tokens", 0)))
+
+    async def forward(
+        self, path: str, body: dict[str, Any] | bytes, http: Upstream, extra: dict[str, str] | None = None
+    ) -> EngineResponse | aiohttp.ClientResponse:
+        """Send a client's body in one of :attr:`dialects` as it is; the caller checks the status and
+        releases or closes the answer."""
+        data = body if isinstance(body, bytes) else orjson.dumps(body)
+        return await http.post(self.base_url + path, data, self.headers(extra))

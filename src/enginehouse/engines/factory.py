@@ -271,6 +271,16 @@ class EngineFactory:
         )
 
     # ---- the engine -----------------------------------------------------------------------------
+    def dialects_for(self, record: ModelRecord) -> frozenset[str]:
+        """The client dialects the model's engine takes as they come (:attr:`Engine.dialects`), known
+        before it is started: a door forwards a request that only the engine can answer (an Ollama
+        upstream's own load and unload) without loading anything here."""
+        if isinstance(record, ExternalRecord) and self.engine_for(record) == "ollama":
+            from enginehouse.engines.ollama_remote import OllamaRemoteEngine
+
+            return OllamaRemoteEngine.dialects
+        return Engine.dialects
+
     def __call__(self, record: ModelRecord, spec: RunnerSpec | None = None) -> Engine:
         engine = self.engine_for(record)
         if engine in ("ollama", "openai"):
