@@ -7,7 +7,6 @@ an in-memory LRU bounded in bytes or in Redis (:mod:`.backends`). Only determini
 """
 
 from enginehouse.cache.backends import Backend, CacheConfigError, MemoryBackend, RedisBackend, redact
-from enginehouse.cache.http import respond_from_cache, tee
 from enginehouse.cache.key import cache_key, canonical_body, digest_of, is_deterministic, scope_for
 from enginehouse.cache.record import CorruptEntry, Entry, Framing, Recorder, decode, encode, replay
 from enginehouse.cache.response_cache import (
@@ -50,7 +49,5 @@ __all__ = [
     "metric_families",
     "redact",
     "replay",
-    "respond_from_cache",
     "scope_for",
-    "tee",
 ]
