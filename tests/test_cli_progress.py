@@ -149,8 +149,10 @@ def test_terminal_gets_bars() -> None:
     with Reporter(stream=out, interactive=True, labels=STAGES) as reporter:
         reporter.stage("build", 50, 100)
         reporter.note("a note")
+        reporter.update("convert", 0, None, label="Converting ./m[/x]", detail="[/tmp/x] not markup")
     text = out.getvalue()
     assert "Compiling llama-server, rpc-server" in text and "50%" in text and "a note" in text
+    assert "Converting ./m[/x]" in text and "[/tmp/x] not markup" in text
 
 
 @pytest.mark.parametrize(

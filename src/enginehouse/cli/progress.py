@@ -123,11 +123,12 @@ class Reporter:
     def __enter__(self) -> Reporter:
         if self.interactive:
             self._bars = Progress(
-                TextColumn(f"{{task.description:<{self.width}}}"),
+                # markup off: a path or a log line may hold "[/...]", which rich would reject
+                TextColumn(f"{{task.description:<{self.width}}}", markup=False),
                 BarColumn(),
                 _Amount(),
                 TimeElapsedColumn(),
-                TextColumn("{task.fields[detail]}", style="dim"),
+                TextColumn("{task.fields[detail]}", style="dim", markup=False),
                 console=self.console,
             )
             self._bars.start()
