@@ -25,5 +25,14 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -n
   touch "$stamp"
 fi
 
+# systemd-analyze checks the units `enginehouse service install` writes (tests/test_service_units.py);
+# Debian's systemd package has it. Only where apt-get can install it; the test says so elsewhere.
+if ! command -v systemd-analyze >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "==> installing systemd (systemd-analyze, to verify service units)"
+  { DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends systemd >/dev/null 2>&1 ||
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends systemd >/dev/null; }; } ||
+    echo "    (could not install systemd: the systemd-analyze tests in tests/test_service_units.py need it)"
+fi
+
 echo "==> llama-server"
 enginehouse engines install llama-server

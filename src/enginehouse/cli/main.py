@@ -38,7 +38,18 @@ def cli(ctx: click.Context) -> None:
 
 
 def main() -> None:
-    from enginehouse.cli import bench, config_cmd, convert, doctor, engines, models, route, rpc_worker, serve
+    from enginehouse.cli import (
+        bench,
+        config_cmd,
+        convert,
+        doctor,
+        engines,
+        models,
+        route,
+        rpc_worker,
+        serve,
+        service,
+    )
 
     for command in (
         *models.COMMANDS,
@@ -50,6 +61,7 @@ def main() -> None:
         *route.COMMANDS,
         *config_cmd.COMMANDS,
         *rpc_worker.COMMANDS,
+        *service.COMMANDS,
     ):
         cli.add_command(command)
     cli()
