@@ -232,7 +232,7 @@ class FileConfig(_Strict):
     upstreams: dict[str, Upstream] = {}
     groups: dict[str, Group] = {}
     aliases: dict[str, str] = {}  # another name for a model: "chat" = "smollm2:135m"
-    routers: dict[str, dict[str, Any]] = {}  # [routers.NAME]: see router.tables
+    routers: dict[str, dict[str, Any]] = {}  # [routers.NAME]: see config_routers
     cooldown: Cooldown = Cooldown()
     nodes: tuple[Node, ...] = ()  # [[nodes]]
     pools: Pools = Pools()

@@ -38,7 +38,7 @@ def _error(keys: list[str], message: str) -> Exception:
 
 def routers_of(fc: FileConfig) -> dict[str, Router]:
     """Every router the file gives (``auto`` always, changed by ``[routers.auto]`` when present)."""
-    from enginehouse.routing.default_routes import resolve_router
+    from enginehouse.config_auto_router import resolve_router
 
     out: dict[str, Router] = {}
     for name in (*BUILT_IN_ROUTERS, *fc.routers):

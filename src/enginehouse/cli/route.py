@@ -45,8 +45,8 @@ def first_in_store(config: Config, candidates: tuple[str, ...]) -> str | None:
 async def classify_locally(
     config: Config, router_name: str, prompt: str, system: str | None, model: str, log: Any
 ) -> dict[str, Any]:
+    from enginehouse.config_auto_router import resolve_router
     from enginehouse.routing.classify import Classifier, word_count
-    from enginehouse.routing.default_routes import resolve_router
     from enginehouse.routing.minilm import local_embedding_runner, prepare_cached
 
     router = resolve_router(router_name, router_tables(config))
