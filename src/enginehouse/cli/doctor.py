@@ -32,9 +32,10 @@ from enginehouse.engines.choose import (
     model_format,
     requested_engine,
 )
+from enginehouse.engines.llama_memory import MiB, estimate_runner
 from enginehouse.errors import EnginehouseError
 from enginehouse.sched.fit import fit_context
-from enginehouse.sched.memory import MemoryBudget, MiB, estimate_runner
+from enginehouse.sched.memory import MemoryBudget
 from enginehouse.store import ModelRecord, Store
 
 #: vLLM's default --gpu-memory-utilization: the share of GPU memory it takes for weights and KV cache.

@@ -1,6 +1,6 @@
 """Which engine runs a model, and with what settings: the one place that decides.
 
-- A record from the catalog that names its engine (:class:`~enginehouse.catalog.ExternalRecord`):
+- A record from the catalog that names its engine (:class:`~enginehouse.engines.external.ExternalRecord`):
   ``ollama`` / ``openai`` attach to the upstream, ``vllm`` starts ``vllm serve`` on the HF directory or
   repo id, ``llama-server`` runs a GGUF given by path.
 - A store model: its entry's ``engine`` (or the file's ``defaults.engine``); ``auto`` picks by format,
@@ -22,14 +22,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from enginehouse.catalog import ExternalRecord, is_gguf
 from enginehouse.config import Config
 from enginehouse.config_file import EMPTY, FileConfig, ModelEntry
 from enginehouse.engines.base import Engine, RunnerSpec
+from enginehouse.engines.external import ExternalRecord, is_gguf
 from enginehouse.engines.llama_install import require_llama_server
+from enginehouse.engines.llama_memory import MemoryEstimate, estimate_runner
 from enginehouse.engines.llama_server import LlamaServerEngine, LlamaServerSettings
 from enginehouse.errors import EngineNotInstalled, InvalidRequest
-from enginehouse.sched.memory import MemoryEstimate, estimate_runner
 from enginehouse.store import ModelRecord, Store
 from enginehouse.store.gguf_info import GGUFInfo, read_gguf_info
 
