@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from enginehouse.config import Config
-from enginehouse.store.convert_hf import OUTTYPES
+from enginehouse.engines.convert_hf import OUTTYPES
 
 
 @click.command()
@@ -34,7 +34,7 @@ def convert(config: Config, source: str, name: str, outtype: str, trust_remote_c
     (llama.cpp's convert_hf_to_gguf.py from the pinned source, in a venv with torch and transformers).
     """
     from enginehouse.cli.models import human_size, open_store
-    from enginehouse.store.convert_hf import convert_hf
+    from enginehouse.engines.convert_hf import convert_hf
 
     console = Console(stderr=True)
     with console.status(f"Converting {escape(source)}", spinner="dots") as status:

