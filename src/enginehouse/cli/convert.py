@@ -6,8 +6,9 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
+from enginehouse.cli.models import human_size, open_store
 from enginehouse.config import Config
-from enginehouse.engines.convert_hf import OUTTYPES
+from enginehouse.engines.convert_hf import OUTTYPES, convert_hf
 
 
 @click.command()
@@ -33,8 +34,6 @@ def convert(config: Config, source: str, name: str, outtype: str, trust_remote_c
     for a repository pulled whole into the store. Needs `enginehouse engines install converter` first
     (llama.cpp's convert_hf_to_gguf.py from the pinned source, in a venv with torch and transformers).
     """
-    from enginehouse.cli.models import human_size, open_store
-    from enginehouse.engines.convert_hf import convert_hf
 
     console = Console(stderr=True)
     with console.status(f"Converting {escape(source)}", spinner="dots") as status:

@@ -7,6 +7,7 @@ import sys
 import click
 
 from enginehouse import __version__
+from enginehouse.cli import bench, config_cmd, convert, doctor, engines, models, route, rpc_worker, serve
 from enginehouse.config import Config, settings_blocks
 from enginehouse.errors import EnginehouseError
 
@@ -38,8 +39,6 @@ def cli(ctx: click.Context) -> None:
 
 
 def main() -> None:
-    from enginehouse.cli import bench, config_cmd, convert, doctor, engines, models, route, rpc_worker, serve
-
     for command in (
         *models.COMMANDS,
         *convert.COMMANDS,
