@@ -19,6 +19,10 @@ Models that are not in the store come back as :class:`~enginehouse.engines.exter
 :class:`ModelRecord` that says which engine serves them and where (defined beside the engines, which read
 it; re-exported here); :func:`is_gguf` tells the routes whether a record has a local GGUF (for capabilities,
 templates and the trained context) or belongs to an engine that decides for itself.
+
+Layer: below routing (which resolves names through it) and beside the scheduler (neither imports the
+other: the scheduler gets records), above engines (their upstream listings; the engine factory reads the
+records) and store (its manifests). The order is written once, in tests/test_layers.py.
 """
 
 from __future__ import annotations
