@@ -40,7 +40,7 @@ from enginehouse.errors import (
 )
 from enginehouse.metrics import HealthCollector, Metrics, PoolCollector
 from enginehouse.redact import hide_paths_under
-from enginehouse.sched.keep_alive import parse_keep_alive
+from enginehouse.config_values import parse_keep_alive
 from enginehouse.sched.memory import MemoryBudget, MiB
 from enginehouse.sched.scheduler import Scheduler
 from enginehouse.server import model_routes, ollama_routes, openai_routes
