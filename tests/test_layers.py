@@ -34,7 +34,8 @@ LAYERS: tuple[tuple[tuple[str, ...], bool], ...] = (
     (("metrics",), True),  # Prometheus families (it reads the scheduler and engines, typed only)
     (("sched", "catalog"), True),  # loaded runners, memory, keep_alive | names -> records, upstream discovery
     (("engines",), True),  # one module per engine, the factory, installs, the llama-server memory model
-    (("store", "process", "hardware", "child_output", "cache", "service_units"), True),  # blobs+manifests; subprocesses; ...
+    # blobs+manifests; subprocesses; the machine; child output; the response cache; service unit files
+    (("store", "process", "hardware", "child_output", "cache", "service_units"), True),
     (("api",), True),  # each door's wire types and converters, the model's prompt (templates, tools)
     (("canonical", "wire"), True),  # calls and events every door and engine share; SSE/NDJSON framing
     (CONFIG, False),  # settings, enginehouse.toml and everything it needs to check itself

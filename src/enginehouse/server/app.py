@@ -26,6 +26,7 @@ from enginehouse.catalog import Catalog
 from enginehouse.config import Config
 from enginehouse.config_file import load_config_file
 from enginehouse.config_names import check_references
+from enginehouse.config_values import parse_keep_alive
 from enginehouse.engines.factory import EngineFactory
 from enginehouse.engines.upstream import Upstream
 from enginehouse.errors import (
@@ -40,7 +41,6 @@ from enginehouse.errors import (
 )
 from enginehouse.metrics import HealthCollector, Metrics, PoolCollector
 from enginehouse.redact import hide_paths_under
-from enginehouse.config_values import parse_keep_alive
 from enginehouse.sched.memory import MemoryBudget, MiB
 from enginehouse.sched.scheduler import Scheduler
 from enginehouse.server import model_routes, ollama_routes, openai_routes
