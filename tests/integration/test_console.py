@@ -132,7 +132,6 @@ def test_page_loads_with_no_console_errors(ui: Console) -> None:
     row.click()
     expect(page.locator("#model-detail")).to_contain_text("completion")  # capabilities from /api/show
     expect(page.locator("#model-detail pre.modelfile")).to_contain_text("FROM")
-    ui.shot("models")
     for view in ("loaded", "metrics", "chat", "logs", "routing", "bench", "models"):
         ui.open(view)
         page.wait_for_timeout(300)
@@ -151,8 +150,10 @@ def test_pull_shows_progress_then_copy_and_delete(ui: Console, registry: FakeReg
     assert any(total > 90e6 and done == total for total, done in sizes), sizes  # the GGUF, whole
     assert page.locator("#pull-layers").inner_text().count("MiB") >= 2
     expect(page.locator(f'#models-table tr[data-model="{name}"]')).to_be_visible()
-
     page.locator(f'#models-table tr[data-model="{name}"]').click()
+    expect(page.locator("#model-detail h3")).to_have_text(name)
+    ui.shot("models")
+
     page.fill("#copy-name", "tiny-copy")
     page.click("#copy-form button[type=submit]")
     expect(page.locator('#models-table tr[data-model="tiny-copy:latest"]')).to_be_visible()
@@ -196,7 +197,7 @@ def test_chat_streams_an_answer_on_both_doors_and_the_router(ui: Console) -> Non
     expect(page.locator(f'#chat-model option[value="{MODEL}"]')).to_have_count(1)
     page.select_option("#chat-model", MODEL)
     page.select_option("#chat-door", "ollama")
-    page.fill("#chat-max", "24")
+    page.fill("#chat-max", "16")
     _count_text_changes(page)
     answer = _send(page, "What is the capital of France?")
     text = answer.locator(".text").inner_text()
@@ -223,7 +224,7 @@ def test_metrics_charts_and_bench_reports(ui: Console, server: BackgroundServer)
         server,
         "bench",
         *("-t", f"ollama-door:ollama={server.base_url}", "-t", f"openai-door:openai={server.base_url}/v1"),
-        *("-m", MODEL, "-c", "1,2", "-n", "4", "--input-len", "16", "--output-len", "16"),
+        *("-m", MODEL, "-c", "1,2", "-n", "2", "--warmup", "0", "--input-len", "8", "--output-len", "8"),
         *("--json", str(report)),
     )
     assert result.returncode == 0, result.stderr

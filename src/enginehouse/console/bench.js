@@ -52,7 +52,7 @@ async function open(name) {
       points: results.filter((r) => r.target === label && r.completed).map((r) => [r.level, field(r)]),
     }));
   const xLabel = report.mode === "concurrency" ? "concurrency (requests in flight)" : "request rate (req/s)";
-  const opts = { xTicks: levels, xLabel, dots: true, width: 440, height: 230 };
+  const opts = { xTicks: levels, xFormat: String, xLabel, dots: true, width: 440, height: 230 };
   const rows = results.map((r) => {
     if (r.skipped) return [r.target, r.level, "skipped", "", "", "", "", "", r.skipped];
     const t = r.ttft_ms || {};
