@@ -53,8 +53,10 @@ function draw() {
     tps.push({ label: model, points: a });
     ttft.push({ label: model, points: b });
   }
-  const range = [-KEEP * 2, 0];
-  const opts = { xRange: range, xTicks: [-180, -120, -60, 0], xFormat: (t) => (t ? `${t} s` : "now") };
+  // the span sampled so far, up to three minutes: a short history fills the chart too
+  const span = samples.length ? Math.min(KEEP * 2, Math.max(20, Math.ceil((now - samples[0].t) / 10) * 10)) : KEEP * 2;
+  const ticks = [-span, Math.round(-span / 1.5), Math.round(-span / 3), 0];
+  const opts = { xRange: [-span, 0], xTicks: ticks, xFormat: (t) => (t ? `${t} s` : "now") };
   const totals = models.map((m) => {
     const last = samples[samples.length - 1];
     return h("li", {}, `${m}: ${last.tokens[m] || 0} output tokens, ${last.ttftCount[m] || 0} timed requests since start`);
