@@ -29,13 +29,16 @@ CONFIG = (
 LAYERS: tuple[tuple[tuple[str, ...], bool], ...] = (
     (("__main__",), True),  # ``python -m enginehouse``
     (("cli",), True),  # commands: start the server, bench, manage models and engines
-    (("server", "loadgen"), True),  # the HTTP gateway (doors, routes); the load generator behind `bench`
+    (
+        ("server", "loadgen", "console"),
+        True,
+    ),  # the HTTP gateway (doors, routes); the load generator behind `bench`
     (("routing",), True),  # which model answers: routers, plans, failover, pools, the router's embedder
     (("metrics",), True),  # Prometheus families (it reads the scheduler and engines, typed only)
     (("sched", "catalog"), True),  # loaded runners, memory, keep_alive | names -> records, upstream discovery
     (("engines",), True),  # one module per engine, the factory, installs, the llama-server memory model
-    # blobs+manifests; subprocesses; the machine; child output; the response cache; service unit files
-    (("store", "process", "hardware", "child_output", "cache", "service_units"), True),
+    # blobs+manifests; subprocesses; the machine; child output; the response cache; service units; logs
+    (("store", "process", "hardware", "child_output", "cache", "service_units", "runner_logs"), True),
     (("api",), True),  # each door's wire types and converters, the model's prompt (templates, tools)
     (("canonical", "wire"), True),  # calls and events every door and engine share; SSE/NDJSON framing
     (CONFIG, False),  # settings, enginehouse.toml and everything it needs to check itself

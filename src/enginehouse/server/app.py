@@ -43,7 +43,7 @@ from enginehouse.metrics import HealthCollector, Metrics, PoolCollector
 from enginehouse.redact import hide_paths_under
 from enginehouse.sched.memory import MemoryBudget, MiB
 from enginehouse.sched.scheduler import Scheduler
-from enginehouse.server import model_routes, ollama_routes, openai_routes
+from enginehouse.server import console, console_api, model_routes, ollama_routes, openai_routes
 from enginehouse.server.app_state import (
     GATEWAY,
     Gateway,
@@ -62,7 +62,7 @@ log = logging.getLogger("enginehouse.server")
 CLOSE_TIMEOUT_S = 5.0  # each shutdown step that is not a runner stop (those have their own grace)
 
 
-OPEN_PATHS = frozenset({"/", "/api/version"})  # health checks work without the key
+OPEN_PATHS = frozenset({"/", "/api/version"}) | console.PUBLIC_PATHS  # health checks; the page's files
 
 
 def auth_middleware(api_key: str):  # type: ignore[no-untyped-def]
@@ -283,4 +283,6 @@ def create_app(config: Config, gateway: Gateway | None = None) -> web.Applicatio
     ollama_routes.add_routes(app)
     model_routes.add_routes(app)
     openai_routes.add_routes(app)
+    console_api.add_routes(app)
+    console.add_routes(app)
     return app
