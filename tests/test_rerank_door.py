@@ -18,8 +18,8 @@ from enginehouse.api.rerank_door import (
     rerank_response,
 )
 from enginehouse.canonical import Ranked, RerankCall, RerankResult
-from enginehouse.engines.base import rerank_result
-from enginehouse.errors import RunnerError
+from enginehouse.engines.base import rerank_result, too_long
+from enginehouse.errors import ContextOverflow, RunnerError
 
 DOCS = ["cats purr", "dogs bark", "fish swim"]
 
@@ -173,3 +173,11 @@ def test_engine_answers_are_ordered_and_cut(
 def test_malformed_engine_answers_are_the_engines_fault(answer: dict[str, Any], message: str) -> None:
     with pytest.raises(RunnerError, match=message):
         rerank_result(answer, 3, None)
+
+
+def test_an_encoders_too_long_pair_is_the_clients_error() -> None:
+    message = "input (700 tokens) is too large to process. "
+    message += "increase the physical batch size (current batch size: 512)"
+    found = too_long(RunnerError(message))
+    assert isinstance(found, ContextOverflow) and "700 tokens" in found.message and "(512)" in found.message
+    assert too_long(RunnerError("the engine closed the stream early")) is None

@@ -16,6 +16,7 @@ they talk to.
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -27,7 +28,7 @@ from enginehouse.canonical import ChatCall, CompletionCall, EmbedCall, Event, Ra
 from enginehouse.engines.engine_http import EngineResponse
 from enginehouse.engines.openai_wire import events, request_for
 from enginehouse.engines.upstream import Upstream, raise_for_engine
-from enginehouse.errors import RunnerError
+from enginehouse.errors import ContextOverflow, RunnerError
 
 #: What a broken engine stream looks like from the clients' side: reported as "closed early".
 STREAM_BROKEN = (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
@@ -89,6 +90,21 @@ class RunnerSpec:
         if self.rerank:
             return f"{model} (rerank)"
         return f"{model} (embedding)" if self.embedding else model
+
+
+_TOO_LARGE = re.compile(r"input \((\d+) tokens\) is too large to process.*batch size: (\d+)", re.S)
+
+
+def too_long(exc: RunnerError) -> ContextOverflow | None:
+    """llama-server's 500 for an encoder's input longer than its micro-batch, which a rerank runner sizes
+    to the context (engines/factory.py): the client's too-long pair, not a failing engine."""
+    found = _TOO_LARGE.search(exc.message)
+    if found is None:
+        return None
+    tokens, context = found.groups()
+    return ContextOverflow(
+        f"a query and document together are {tokens} tokens, more than the reranker's context ({context})"
+    )
 
 
 def rerank_result(data: Any, count: int, top_n: int | None) -> RerankResult:
@@ -191,7 +207,10 @@ class Engine(abc.ABC):
         body: dict[str, Any] = {"model": self.served_model, "query": call.query, "documents": call.documents}
         if call.top_n is not None:
             body["top_n"] = call.top_n
-        data = await http.post_json(self.base_url + "/v1/rerank", body, self.headers(extra))
+        try:
+            data = await http.post_json(self.base_url + "/v1/rerank", body, self.headers(extra))
+        except RunnerError as exc:
+            raise too_long(exc) or exc from exc
         return rerank_result(data, len(call.documents), call.top_n)
 
     async def forward(
