@@ -43,7 +43,7 @@ from enginehouse.errors import EngineNotInstalled, InvalidRequest
 from enginehouse.hardware import Hardware
 from enginehouse.hardware import detect as detect_hardware
 from enginehouse.store import ModelRecord, Store
-from enginehouse.store.gguf_info import GGUFInfo, read_gguf_info
+from enginehouse.store.gguf_info import EMBEDDING_ARCHITECTURES, GGUFInfo, read_gguf_info
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,14 @@ class EngineFactory:
         if info.context_length:
             ctx = min(ctx, info.context_length)  # beyond the trained context the model degrades
         extra: tuple[str, ...] = ()
+        # An encoder scores a (query, document) pair in one micro-batch: one as large as a slot's context
+        # lets every pair that fits the context through (llama-server refuses a longer one as too long).
+        encoder = spec.rerank and info.architecture in EMBEDDING_ARCHITECTURES
+        pair_batch = max(ctx, 512) if encoder else None
+        if spec.rerank and not info.is_reranker:
+            raise InvalidRequest(f"{record.name.display} is not a reranking model")
+        if spec.embedding and info.is_reranker:  # rank pooling gives one score per input, not a vector
+            raise InvalidRequest(f"{record.name.display} is a reranking model: use /api/rerank or /v1/rerank")
         if spec.embedding and not info.is_embedding:
             extra = ("--pooling", "mean")  # a chat model asked to embed: average its hidden states
         for adapter in record.adapters:  # Modelfile ADAPTER lines: LoRA applied by llama-server
@@ -152,14 +160,15 @@ class EngineFactory:
             num_parallel=self.num_parallel_for(record),
             threads=opts.threads or int(record.params.get("num_thread") or self.config.threads),
             cache_ram_mib=self.config.cache_ram_mib,
-            embedding=info.is_embedding or spec.embedding,
+            embedding=info.is_embedding or spec.embedding or spec.rerank,
+            rerank=spec.rerank,
             extra_args=extra,
             n_gpu_layers=opts.n_gpu_layers,
             flash_attn=opts.flash_attn,
             cache_type_k=opts.cache_type_k,
             cache_type_v=opts.cache_type_v,
-            batch_size=opts.batch_size,
-            ubatch_size=opts.ubatch_size,
+            batch_size=opts.batch_size or pair_batch,
+            ubatch_size=opts.ubatch_size or pair_batch,
             draft_model=self._draft_path(opts.draft_model) if opts.draft_model else None,
             jinja=opts.jinja is not False,
             # Split over llama.cpp RPC workers: part of the weights and KV cache then live on those hosts,
@@ -286,6 +295,10 @@ class EngineFactory:
             if spec is not None and spec.embedding:  # a second GPU runner that vLLM would refuse anyway
                 raise InvalidRequest(
                     f"{record.name.display}: embeddings from vLLM models are not supported yet"
+                )
+            if spec is not None and spec.rerank:
+                raise InvalidRequest(
+                    f"{record.name.display}: reranking with vLLM models is not supported yet"
                 )
 
             return VllmEngine(

@@ -43,7 +43,7 @@ from enginehouse.metrics import HealthCollector, Metrics, PoolCollector
 from enginehouse.redact import hide_paths_under
 from enginehouse.sched.memory import MemoryBudget, MiB
 from enginehouse.sched.scheduler import Scheduler
-from enginehouse.server import console, console_api, model_routes, ollama_routes, openai_routes
+from enginehouse.server import console, console_api, model_routes, ollama_routes, openai_routes, rerank_routes
 from enginehouse.server.app_state import (
     GATEWAY,
     Gateway,
@@ -85,7 +85,7 @@ def auth_middleware(api_key: str):  # type: ignore[no-untyped-def]
 
 @web.middleware
 async def error_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
-    openai = request.path.startswith("/v1")
+    openai = request.path.startswith("/v1") or request.path in rerank_routes.OPENAI_SHAPED
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -283,6 +283,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> web.Applicatio
     ollama_routes.add_routes(app)
     model_routes.add_routes(app)
     openai_routes.add_routes(app)
+    rerank_routes.add_routes(app)
     console_api.add_routes(app)
     console.add_routes(app)
     return app
