@@ -24,7 +24,7 @@ SKIP = frozenset({"/metrics", "/", "/api/version"})
 
 
 def door_of(path: str) -> str:
-    return "openai" if path.startswith("/v1") else "ollama"
+    return "openai" if path.startswith("/v1") or path == "/rerank" else "ollama"
 
 
 def note_model(request: web.Request, lease: Lease) -> None:
