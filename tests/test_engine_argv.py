@@ -48,7 +48,14 @@ def flags_after(argv: list[str], flag: str) -> str:
 def test_default_argv_is_unchanged_by_the_new_options() -> None:
     argv = build_argv(Path("/bin/llama-server"), LlamaServerSettings(Path("/m.gguf"), "m:latest"), 8080)
     assert "--jinja" in argv and "--no-jinja" not in argv
-    for flag in ("--n-gpu-layers", "--flash-attn", "--cache-type-k", "--model-draft", "--batch-size"):
+    for flag in (
+        "--n-gpu-layers",
+        "--flash-attn",
+        "--cache-type-k",
+        "--model-draft",
+        "--batch-size",
+        "--mmproj",
+    ):
         assert flag not in argv
 
 
@@ -65,6 +72,7 @@ def test_default_argv_is_unchanged_by_the_new_options() -> None:
         ),
         ({"batch_size": 1024, "ubatch_size": 256}, ["--batch-size", "1024", "--ubatch-size", "256"]),
         ({"draft_model": Path("/d.gguf")}, ["--model-draft", "/d.gguf"]),
+        ({"mmproj": Path("/p.gguf")}, ["--mmproj", "/p.gguf"]),
     ],
 )
 def test_llama_server_option_flags(settings: dict, expected: list[str]) -> None:

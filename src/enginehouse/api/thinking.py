@@ -79,28 +79,34 @@ class ThinkingSplitter:
         self.tags = tags
         self.state = "thinking" if inside else "start"  # start -> thinking -> content
         self.buffer = ""
+        self.trim = True  # blanks right after a tag (and before the first) are the template's, not text
 
     def feed(self, text: str) -> tuple[str, str]:
         self.buffer += text
         reasoning = content = ""
         while self.buffer:
+            if self.trim and self.state != "start":
+                self.buffer = self.buffer.lstrip()
+                if not self.buffer:
+                    break
+                self.trim = False
             if self.state == "content":
                 content, self.buffer = content + self.buffer, ""
             elif self.state == "start":
                 stripped = self.buffer.lstrip()
                 if stripped.startswith(self.tags.open):
-                    self.buffer = stripped[len(self.tags.open) :].lstrip()
-                    self.state = "thinking"
+                    self.buffer = stripped[len(self.tags.open) :]
+                    self.state, self.trim = "thinking", True
                 elif self.tags.open.startswith(stripped):
                     break  # maybe the opening tag, still arriving
                 else:
-                    self.state = "content"
+                    self.state, self.trim = "content", False
             else:  # thinking
                 at = self.buffer.find(self.tags.close)
                 if at >= 0:
                     reasoning += self.buffer[:at]
-                    self.buffer = self.buffer[at + len(self.tags.close) :].lstrip()
-                    self.state = "content"
+                    self.buffer = self.buffer[at + len(self.tags.close) :]
+                    self.state, self.trim = "content", True
                 else:
                     keep = _held(self.buffer, self.tags.close)
                     reasoning += self.buffer[: len(self.buffer) - keep]
