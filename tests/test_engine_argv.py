@@ -9,6 +9,7 @@ import pytest
 
 from enginehouse.config import Config
 from enginehouse.config_file import parse_config_text
+from enginehouse.engines.base import RunnerSpec
 from enginehouse.engines.choose import InstalledEngine
 from enginehouse.engines.factory import EngineFactory
 from enginehouse.engines.llama_server import LlamaServerSettings, build_argv
@@ -18,6 +19,7 @@ from enginehouse.engines.vllm import build_argv as vllm_argv
 from enginehouse.errors import EngineNotInstalled
 from enginehouse.hardware import CPU, GPU, Hardware, Memory
 from enginehouse.store import BUNDLED_NAME, Store, ensure_bundled
+from tests.fakes.vision_projector import write_projector
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -305,3 +307,14 @@ def test_auto_hf_directory_without_gpu_is_refused_with_the_reason(tmp_path: Path
     record = Catalog(store, factory.file_config).resolve("hf")
     with pytest.raises(EngineNotInstalled, match="NVIDIA GPU"):
         factory.engine_for(record)
+
+
+def test_a_projector_layer_is_the_runners_mmproj(tmp_path: Path, store: Store, bundled_gguf: Path) -> None:
+    projector = write_projector(tmp_path / "mmproj.gguf")
+    seer = store.import_gguf(bundled_gguf, "seer:1", projector=projector)
+    factory = factory_for(tmp_path, store, "")
+    argv = build_argv(Path("/x"), factory.settings_for(seer), 9)
+    assert flags_after(argv, "--mmproj") == str(seer.projectors[0])
+    assert factory.settings_for(store.resolve(BUNDLED_NAME)).mmproj is None
+    embedding = factory.settings_for(seer, RunnerSpec(embedding=True))
+    assert embedding.mmproj is None  # an embedding runner needs no projector
