@@ -77,3 +77,16 @@ MISTRAL_TOOLS = """{{- range $i, $_ := .Messages }}
 {{- end }}
 {{- end }}
 {{- end }}"""
+
+# A ChatML template with a thinking section in Qwen3's manner: ``think: true`` opens ``<think>`` for the
+# model, ``think: false`` writes an empty one, unset leaves it to the model.
+CHATML_THINK = """{{- range .Messages }}<|im_start|>{{ .Role }}
+{{ if .Thinking }}<think>{{ .Thinking }}</think>
+{{ end }}{{ .Content }}<|im_end|>
+{{ end }}<|im_start|>assistant
+{{ if .Think }}<think>
+{{ else if .IsThinkSet }}<think>
+
+</think>
+
+{{ end }}"""

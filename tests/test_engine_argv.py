@@ -19,6 +19,7 @@ from enginehouse.engines.vllm import build_argv as vllm_argv
 from enginehouse.errors import EngineNotInstalled, InvalidRequest
 from enginehouse.hardware import CPU, GPU, Hardware, Memory
 from enginehouse.store import BUNDLED_NAME, Store, ensure_bundled
+from tests.fakes.vision_projector import write_projector
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -49,7 +50,14 @@ def flags_after(argv: list[str], flag: str) -> str:
 def test_default_argv_is_unchanged_by_the_new_options() -> None:
     argv = build_argv(Path("/bin/llama-server"), LlamaServerSettings(Path("/m.gguf"), "m:latest"), 8080)
     assert "--jinja" in argv and "--no-jinja" not in argv
-    for flag in ("--n-gpu-layers", "--flash-attn", "--cache-type-k", "--model-draft", "--batch-size"):
+    for flag in (
+        "--n-gpu-layers",
+        "--flash-attn",
+        "--cache-type-k",
+        "--model-draft",
+        "--batch-size",
+        "--mmproj",
+    ):
         assert flag not in argv
 
 
@@ -66,6 +74,7 @@ def test_default_argv_is_unchanged_by_the_new_options() -> None:
         ),
         ({"batch_size": 1024, "ubatch_size": 256}, ["--batch-size", "1024", "--ubatch-size", "256"]),
         ({"draft_model": Path("/d.gguf")}, ["--model-draft", "/d.gguf"]),
+        ({"mmproj": Path("/p.gguf")}, ["--mmproj", "/p.gguf"]),
     ],
 )
 def test_llama_server_option_flags(settings: dict, expected: list[str]) -> None:
@@ -322,3 +331,14 @@ def test_auto_hf_directory_without_gpu_is_refused_with_the_reason(tmp_path: Path
     record = Catalog(store, factory.file_config).resolve("hf")
     with pytest.raises(EngineNotInstalled, match="NVIDIA GPU"):
         factory.engine_for(record)
+
+
+def test_a_projector_layer_is_the_runners_mmproj(tmp_path: Path, store: Store, bundled_gguf: Path) -> None:
+    projector = write_projector(tmp_path / "mmproj.gguf")
+    seer = store.import_gguf(bundled_gguf, "seer:1", projector=projector)
+    factory = factory_for(tmp_path, store, "")
+    argv = build_argv(Path("/x"), factory.settings_for(seer), 9)
+    assert flags_after(argv, "--mmproj") == str(seer.projectors[0])
+    assert factory.settings_for(store.resolve(BUNDLED_NAME)).mmproj is None
+    embedding = factory.settings_for(seer, RunnerSpec(embedding=True))
+    assert embedding.mmproj is None  # an embedding runner needs no projector

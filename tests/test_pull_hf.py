@@ -31,6 +31,7 @@ from enginehouse.store.hf import (
 from enginehouse.store.pull import pull_model
 from enginehouse.store.store import MEDIA_MODEL
 from tests.fakes.hf_hub import FakeHub
+from tests.fakes.vision_projector import write_projector
 
 TOKEN = "hf_test_token_0123456789"
 Q4 = "SmolLM2-135M-Instruct-Q4_1.gguf"
@@ -414,3 +415,17 @@ def test_download_whole_gated_repo(
     same_tree(got, minilm_dir, ("*.safetensors",))
     assert hub.stats.cdn_headers and not any(has_auth(h) for h in hub.stats.cdn_headers)
     assert any(h.get("Authorization") == f"Bearer {TOKEN}" for h in hub.stats.hub_headers)
+
+
+def test_a_vision_repository_brings_its_projector(
+    hub: FakeHub, store: Store, gguf: Path, tmp_path: Path
+) -> None:
+    projector = write_projector(tmp_path / "mmproj.gguf")
+    files = {"m-Q4_K_M.gguf": gguf, "mmproj-m-BF16.gguf": b"not this one", "mmproj-m-F16.gguf": projector}
+    hub.add_repo("owner", "vision", files)
+    rec = pull(store, "hf.co/owner/vision")
+    assert rec.name.tag == "Q4_K_M"  # the projector is never taken for the weights
+    assert len(rec.projectors) == 1 and filecmp.cmp(rec.projectors[0], projector, shallow=False)
+    assert store.resolve("hf.co/owner/vision").projectors == rec.projectors  # ...:latest too
+    again = pull(store, "hf.co/owner/vision")
+    assert again.manifest_digest == rec.manifest_digest

@@ -38,6 +38,11 @@ MAX_RERANK_DOCUMENTS = 1_000  # Cohere's recommended cap on one rerank request; 
 MAX_RERANK_CHARS = 65_536  # a query or one document: ~16k tokens, past the context of today's rerankers
 MAX_TOOLS = 128  # OpenAI's cap
 MAX_BODY_DEPTH = 128  # JSON nesting of a whole request body
+# Images: each one is decoded and encoded by the engine's projector before the first token (seconds of
+# CPU per image for real projectors), so a request carries a few, each within OpenAI's 20 MB.
+MAX_IMAGES = 16  # per request, all messages together
+MAX_IMAGE_BYTES = 20 * 1024 * 1024  # decoded
+MAX_IMAGE_CHARS = (MAX_IMAGE_BYTES + 2) // 3 * 4  # the same, base64-encoded
 
 # Structured output (see bench/schema_compile.py and docs/api.md for the measured table).
 MAX_SCHEMA_BYTES = 32_768  # a schema, serialised
@@ -83,3 +88,12 @@ def check_depth(value: Any, limit: int = MAX_BODY_DEPTH, param: str | None = Non
 def check_count(items: Any, limit: int, param: str, what: str) -> None:
     if isinstance(items, list | dict) and len(items) > limit:
         raise InvalidRequest(f"'{param}': at most {limit} {what} are allowed, got {len(items)}", param=param)
+
+
+def check_images(images: list[str], param: str) -> None:
+    """Bound a request's images (base64 data, all messages together): how many and how big."""
+    check_count(images, MAX_IMAGES, param, "images")
+    for image in images:
+        if len(image) > MAX_IMAGE_CHARS:
+            mib = MAX_IMAGE_BYTES // (1024 * 1024)
+            raise InvalidRequest(f"'{param}': an image is larger than {mib} MiB", param=param)

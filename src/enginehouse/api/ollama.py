@@ -114,6 +114,11 @@ class ChatRequest(_GenerationRequest):
     messages: list[Message] = Field(default_factory=list, max_length=limits.MAX_MESSAGES)
     tools: list[dict[str, Any]] | None = Field(None, max_length=limits.MAX_TOOLS)
 
+    @model_validator(mode="after")
+    def _bounded_images(self) -> ChatRequest:
+        limits.check_images([i for m in self.messages for i in m.images or []], "messages.images")
+        return self
+
     @field_validator("tools")
     @classmethod
     def _tool_schemas_check(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
@@ -129,6 +134,12 @@ class GenerateRequest(_GenerationRequest):
     raw: bool = False
     images: list[str] | None = None
     context: list[int] | None = None
+
+    @field_validator("images")
+    @classmethod
+    def _bounded_images(cls, value: list[str] | None) -> list[str] | None:
+        limits.check_images(value or [], "images")
+        return value
 
 
 class NameRequest(_Wire):

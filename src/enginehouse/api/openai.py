@@ -44,6 +44,19 @@ class ChatMessage(_Wire):
     content: str | list[dict[str, Any]] | None = None
 
 
+def image_urls(content: Any) -> list[str]:
+    """The ``image_url`` parts' URLs of one message's content (data URLs or links)."""
+    if not isinstance(content, list):
+        return []
+    out = []
+    for part in content:
+        if isinstance(part, dict) and part.get("type") == "image_url":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            out.append(url if isinstance(url, str) else "")
+    return out
+
+
 class StreamOptions(_Wire):
     include_usage: bool | None = None
 
@@ -123,11 +136,26 @@ class _Sampling(_Body, _LlamaServerFields):
     options: Options | None = Field(None, description="Ollama options (num_ctx, top_k, ...): an extension")
 
 
+Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
+
+
+class Reasoning(_Wire):
+    effort: Effort | None = None
+
+
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(max_length=limits.MAX_MESSAGES)
     response_format: dict[str, Any] | None = None
+    reasoning_effort: Effort | None = None
+    reasoning: Reasoning | None = Field(None, description="the Responses API's spelling of reasoning_effort")
     tools: list[dict[str, Any]] | None = Field(None, max_length=limits.MAX_TOOLS)
     tool_choice: str | dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _bounded_images(self) -> ChatCompletionRequest:
+        urls = [url for m in self.messages for url in image_urls(m.content)]
+        limits.check_images([u.split(",", 1)[-1] for u in urls], "messages.content.image_url")
+        return self
 
     @field_validator("response_format")
     @classmethod

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from enginehouse.api.thinking import think_from_openai
 from enginehouse.canonical import (
     SAMPLING,
     ChatCall,
@@ -23,6 +24,7 @@ from enginehouse.canonical import (
     EmbedCall,
     Event,
     Message,
+    ReasoningDelta,
     Tally,
     TextDelta,
     ToolCall,
@@ -90,6 +92,7 @@ def chat_call(data: dict[str, Any]) -> ChatCall:
         stream=bool(data.get("stream")),
         include_usage=bool((data.get("stream_options") or {}).get("include_usage")),
         n=data.get("n") or 1,
+        think=think_from_openai(data),
     )
 
 
@@ -113,7 +116,8 @@ def embed_call(data: dict[str, Any]) -> EmbedCall:
 
 class OpenAIChatEncoder:
     """Canonical events in, ``chat.completion.chunk`` objects out (and the whole answer for
-    ``stream: false``). Tool calls are gathered and sent in one chunk before the finish."""
+    ``stream: false``). Reasoning streams as ``reasoning_content`` deltas (llama-server's and vLLM's
+    field); tool calls are gathered and sent in one chunk before the finish."""
 
     content_type = "text/event-stream"
     closing_bytes = SSE_DONE
@@ -126,6 +130,7 @@ class OpenAIChatEncoder:
         self.tally = Tally(started)
         self.usage: dict[str, Any] | None = None
         self.content: list[str] = []
+        self.reasoning: list[str] = []
         self.calls: list[dict[str, Any]] = []
         self._args: dict[int, dict[str, str]] = {}
         self.started = False
@@ -142,6 +147,8 @@ class OpenAIChatEncoder:
     def objects(self, event: Event) -> list[dict[str, Any]]:
         if isinstance(event, TextDelta):
             return [self._content(event.text)] if event.text else []
+        if isinstance(event, ReasoningDelta):
+            return [self._reasoning(event.text)] if event.text else []
         if isinstance(event, ToolCallDelta):
             slot = self._args.setdefault(event.index, {"name": "", "arguments": ""})
             slot["name"] += event.name
@@ -157,11 +164,18 @@ class OpenAIChatEncoder:
 
     def _content(self, text: str) -> dict[str, Any]:
         self.content.append(text)
-        delta = {"content": text}
+        return self._chunk(self._opening({"content": text}))
+
+    def _reasoning(self, text: str) -> dict[str, Any]:
+        self.reasoning.append(text)
+        return self._chunk(self._opening({"reasoning_content": text}))
+
+    def _opening(self, delta: dict[str, Any]) -> dict[str, Any]:
+        """The first delta names the role."""
         if not self.started:
             self.started = True
-            delta = {"role": "assistant", "content": text}
-        return self._chunk(delta)
+            return {"role": "assistant", **delta}
+        return delta
 
     def closing(self) -> list[dict[str, Any]]:
         out = []
@@ -194,6 +208,8 @@ class OpenAIChatEncoder:
     def fold(self, chunks: list[dict[str, Any]]) -> dict[str, Any]:
         """The non-streamed answer, after :meth:`closing`."""
         message: dict[str, Any] = {"role": "assistant", "content": "".join(self.content) or None}
+        if self.reasoning:
+            message["reasoning_content"] = "".join(self.reasoning)
         if self.calls:
             message["tool_calls"] = [self._call(i, c) for i, c in enumerate(self.calls)]
         elif message["content"] is None:

@@ -5,7 +5,10 @@
   so every door and every engine give the model the same prompt: the call becomes a raw completion,
   and the tool calls the template writes are split out of the answer's text (``api/toolcalls.py``);
   a forced call (``tool_choice`` "required" or named) has its opening in the prompt and the rest held
-  to the tools' schema, so even a small model calls by construction;
+  to the tools' schema, so even a small model calls by construction; with thinking on, what the model
+  writes between the template's ``<think>`` tags becomes reasoning (``api/thinking.py``);
+- a call with images goes through the engine's own chat template, which places them for the model's
+  projector (llama-server's raw completions take no images in the vendored version);
 - a chat with tools whose Go template cannot write a call goes to an engine that takes tools for any
   template (llama-server's ``--jinja`` generic format) rather than being refused.
 """
@@ -18,6 +21,7 @@ from typing import Any
 from enginehouse.api.gotemplate import parse as parse_template
 from enginehouse.api.gotemplate import render, render_chat
 from enginehouse.api.ollama_door import with_defaults
+from enginehouse.api.thinking import ThinkTags, opens_inside, think_tags
 from enginehouse.api.toolcalls import ToolFormat, entry_tool_choice, forcing_schema, tool_format
 from enginehouse.canonical import ChatCall, CompletionCall, Message
 from enginehouse.errors import InvalidRequest
@@ -39,6 +43,14 @@ class Prepared:
     call: ChatCall | CompletionCall
     tools: ToolFormat | None = None  # split calls written this way out of the answer's text
     forced: bool = False  # a call's opening is already in the prompt
+    thinking: ThinkTags | None = None  # split the text between these tags out as reasoning
+    thinking_open: bool = False  # the prompt opened the section: the answer starts inside it
+
+
+def _thinking(template: str, think: object, prompt: str) -> tuple[ThinkTags | None, bool]:
+    """(tags, opened) of a rendered prompt: thinking is split out unless the call said ``think: false``."""
+    tags = think_tags(template) if think is not False else None
+    return tags, tags is not None and opens_inside(prompt, tags)
 
 
 def is_jinja(template: str) -> bool:
@@ -60,8 +72,14 @@ def gateway_template(template: str | None, tools: bool, engine_tools: bool) -> s
 
 def renders(call: ChatCall, facts: ModelFacts) -> bool:
     """Whether this chat is rendered by the gateway (else the engine applies its own template)."""
+    return _chat_template(call, facts) is not None
+
+
+def _chat_template(call: ChatCall, facts: ModelFacts) -> str | None:
+    if call.images:  # the engine's template places images for its projector
+        return None
     tools = bool(call.tools) and call.tool_choice != "none"
-    return gateway_template(facts.template, tools, facts.engine_tools) is not None
+    return gateway_template(facts.template, tools, facts.engine_tools)
 
 
 def template_messages(messages: list[Message], system: str | None) -> list[dict[str, Any]]:
@@ -105,7 +123,7 @@ def _forced(tools: list[dict[str, Any]], choice: Any) -> tuple[bool, str | None]
 def prepare_chat(call: ChatCall, facts: ModelFacts) -> Prepared:
     sampling = with_defaults(call.sampling, facts.params)
     tools = call.tools if call.tool_choice != "none" else None
-    template = gateway_template(facts.template, bool(tools), facts.engine_tools)
+    template = _chat_template(call, facts)
     if template is None:
         return Prepared(replace(call, sampling=sampling, system=call.system or facts.system))
     if call.n > 1:
@@ -136,7 +154,8 @@ def prepare_chat(call: ChatCall, facts: ModelFacts) -> Prepared:
         keep_alive=call.keep_alive,
         prompt=prompt,
     )
-    return Prepared(completion, fmt, forced and fmt is not None)
+    tags, inside = _thinking(template, call.think, prompt)
+    return Prepared(completion, fmt, forced and fmt is not None, tags, inside)
 
 
 def prepare_completion(call: CompletionCall, facts: ModelFacts) -> Prepared:
@@ -144,14 +163,18 @@ def prepare_completion(call: CompletionCall, facts: ModelFacts) -> Prepared:
     template, rendered here, or, for a Jinja template, through the engine's as a one-turn chat."""
     sampling = with_defaults(call.sampling, facts.params)
     if call.raw:
+        if call.images:
+            raise InvalidRequest("images need the model's template: send them without raw")
         return Prepared(replace(call, sampling=sampling))
     template = call.template or go_template(facts.template)
-    if template:
+    if template and not call.images:
         parse_template(template)
-        prompt = render(
-            template, system=call.system or facts.system or "", prompt=call.prompt, suffix=call.suffix
-        )
-        return Prepared(replace(call, sampling=sampling, prompt=prompt, raw=True, template=None, system=None))
+        think = call.think if call.think is None else bool(call.think)
+        system = call.system or facts.system or ""
+        prompt = render(template, system=system, prompt=call.prompt, suffix=call.suffix, think=think)
+        prepared = replace(call, sampling=sampling, prompt=prompt, raw=True, template=None, system=None)
+        tags, inside = _thinking(template, call.think, prompt)
+        return Prepared(prepared, thinking=tags, thinking_open=inside)
     messages = [Message("system", call.system or facts.system or "")] if call.system or facts.system else []
     messages.append(Message("user", call.prompt, list(call.images)))
     chat = ChatCall(

@@ -170,6 +170,8 @@ class EngineFactory:
             batch_size=opts.batch_size or pair_batch,
             ubatch_size=opts.ubatch_size or pair_batch,
             draft_model=self._draft_path(opts.draft_model) if opts.draft_model else None,
+            # The first projector: Ollama's manifests carry one; an embedding runner needs none.
+            mmproj=record.projectors[0] if record.projectors and not spec.embedding else None,
             jinja=opts.jinja is not False,
             # Split over llama.cpp RPC workers: part of the weights and KV cache then live on those hosts,
             # but the local memory estimate (_estimate) is left whole, so it errs on the safe side.
@@ -236,6 +238,9 @@ class EngineFactory:
         if settings.draft_model is not None:  # the draft model's weights are resident too
             draft = _gguf_info(settings.draft_model, settings.draft_model.stat().st_size)
             estimate = dataclasses.replace(estimate, weights=estimate.weights + draft.tensor_bytes)
+        if settings.mmproj is not None:  # so are the projector's (its file size: close enough)
+            extra = settings.mmproj.stat().st_size
+            estimate = dataclasses.replace(estimate, weights=estimate.weights + extra)
         return estimate
 
     def estimate_for(self, record: ModelRecord, spec: RunnerSpec | None = None) -> MemoryEstimate | None:

@@ -40,6 +40,7 @@ class LlamaServerSettings:
     batch_size: int | None = None
     ubatch_size: int | None = None
     draft_model: Path | None = None  # speculative decoding
+    mmproj: Path | None = None  # a vision projector (the model's projector layer or HF mmproj file)
     jinja: bool = True
     # llama.cpp RPC workers ("host:port", each an `enginehouse rpc-worker`): --rpc splits the model's
     # layers across them (and any local device) in proportion to the memory each reports free.
@@ -91,6 +92,8 @@ def build_argv(binary: Path, s: LlamaServerSettings, port: int) -> list[str]:
         argv += ["--ubatch-size", str(s.ubatch_size)]
     if s.draft_model is not None:
         argv += ["--model-draft", str(s.draft_model)]
+    if s.mmproj is not None:
+        argv += ["--mmproj", str(s.mmproj)]
     if s.rpc:  # needs a llama-server built with GGML_RPC=ON; others exit "RPC not supported in this build"
         argv += ["--rpc", ",".join(s.rpc)]
     return argv + list(s.extra_args)

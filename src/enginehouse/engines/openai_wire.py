@@ -21,6 +21,7 @@ from enginehouse.canonical import (
     Message,
     ReasoningDelta,
     TextDelta,
+    Think,
     ToolCallDelta,
     Usage,
 )
@@ -60,6 +61,18 @@ def engine_message(msg: Message) -> dict[str, Any]:
     return out
 
 
+def think_fields(think: Think) -> dict[str, Any]:
+    """``think`` as the fields llama-server (and vLLM) read for a template they render themselves:
+    the template's ``enable_thinking``, and a level as ``reasoning_effort`` (llama-server hands it to
+    the template too)."""
+    if think is None:
+        return {}
+    fields: dict[str, Any] = {"chat_template_kwargs": {"enable_thinking": bool(think)}}
+    if isinstance(think, str):
+        fields["reasoning_effort"] = think
+    return fields
+
+
 def _common(call: ChatCall | CompletionCall, served_model: str) -> dict[str, Any]:
     body: dict[str, Any] = {"model": served_model, "stream": True, "stream_options": {"include_usage": True}}
     body.update(call.sampling)
@@ -83,8 +96,7 @@ def chat_request(call: ChatCall, served_model: str) -> tuple[str, dict[str, Any]
         body["logprobs"] = True
         if call.logprobs:
             body["top_logprobs"] = call.logprobs
-    if call.think is not None:
-        body["chat_template_kwargs"] = {"enable_thinking": bool(call.think)}
+    body.update(think_fields(call.think))
     body.update(call.extra)
     return "/v1/chat/completions", body
 

@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from enginehouse.api.prepare import ModelFacts, Prepared, prepare_chat, prepare_completion
+from enginehouse.api.thinking import split_thinking
 from enginehouse.api.toolcalls import split_tool_calls
 from enginehouse.canonical import Call, ChatCall, CompletionCall
 from enginehouse.engines.base import Engine, RunnerSpec
@@ -84,6 +85,8 @@ async def run_generation(
     engine = lease.model.engine
     sent = time.monotonic()
     answer = await engine.stream(prepared.call, request.app[GATEWAY].upstream, link_headers(request, engine))
+    if prepared.thinking is not None:  # a Go template's model thinks in its text, between tags
+        answer = answer.through(split_thinking(prepared.thinking, prepared.thinking_open))
     if prepared.tools is not None:  # a Go template's calls come back as text, written its way
         answer = answer.through(split_tool_calls(prepared.tools, prepared.forced))
     response = await relay_events(request, answer, encoder, outcome, prepared.call.stream)

@@ -140,6 +140,8 @@ def capabilities(record: ModelRecord, engine_tools: bool = False) -> list[str]:
         caps.append("thinking")
     if "tokenizer.ggml.fim_pre_token_id" in info.model_info or ".Suffix" in template:
         caps.append("insert")
+    if record.projectors:  # a vision projector beside the weights (llama-server --mmproj)
+        caps.append("vision")
     return caps
 
 

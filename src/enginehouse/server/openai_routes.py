@@ -18,14 +18,14 @@ from pydantic import BaseModel
 
 from enginehouse.api.ollama import Options
 from enginehouse.api.ollama_door import sampling_fields
-from enginehouse.api.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from enginehouse.api.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, image_urls
 from enginehouse.api.openai_door import OpenAIChatEncoder, chat_call, completion_call, embed_call
 from enginehouse.api.prepare import renders
 from enginehouse.canonical import Call
 from enginehouse.catalog import is_gguf
 from enginehouse.engines.base import RunnerSpec
 from enginehouse.engines.upstream import raise_for_engine
-from enginehouse.errors import EnginehouseError, openai_error_body
+from enginehouse.errors import EnginehouseError, InvalidRequest, openai_error_body
 from enginehouse.routing.dispatch import Outcome
 from enginehouse.server.app_state import GATEWAY, clamp_num_ctx, json_response, read_json
 from enginehouse.server.caching import answer_cached
@@ -86,6 +86,10 @@ def normalise_request(data: dict[str, Any], path: str) -> RunnerSpec:
     embedding = path == "/v1/embeddings"
     if "max_completion_tokens" in data:
         data.setdefault("max_tokens", data.pop("max_completion_tokens"))
+    if "reasoning" in data:  # the Responses API's spelling; engines read reasoning_effort on chat
+        effort = (data.pop("reasoning") or {}).get("effort")
+        if effort is not None:
+            data.setdefault("reasoning_effort", effort)
     raw_options = data.pop("options", None)
     if raw_options is None:
         return RunnerSpec(embedding=embedding)
@@ -93,6 +97,19 @@ def normalise_request(data: dict[str, Any], path: str) -> RunnerSpec:
     for name, value in sampling_fields(options.model_dump(exclude_none=True)).items():
         data.setdefault(name, value)
     return RunnerSpec(embedding=embedding, num_ctx=options.num_ctx)
+
+
+def has_images(data: dict[str, Any], path: str) -> bool:
+    """Whether a chat body carries image parts (only such requests are checked for vision)."""
+    if path != "/v1/chat/completions":
+        return False
+    return any(isinstance(m, dict) and image_urls(m.get("content")) for m in data.get("messages") or [])
+
+
+def refuse_images(record: ModelRecord) -> None:
+    """A local GGUF without a vision projector cannot take images: a clear 400, as Ollama's door says."""
+    if is_gguf(record) and not record.projectors:
+        raise InvalidRequest(f"{record.name.display} does not support vision", param="messages")
 
 
 def apply_model_defaults(data: dict[str, Any], record: ModelRecord, path: str) -> None:
@@ -152,9 +169,12 @@ async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
     call = CALLS[path](data)
     if spec.num_ctx is not None:
         call = replace(call, num_ctx=spec.num_ctx)  # type: ignore[type-var]
+    images = has_images(data, path)
 
     async def attempt(name: str, outcome: Outcome) -> web.StreamResponse:
         record = gw.catalog.resolve(name)
+        if images:
+            refuse_images(record)
         run_spec = spec
         if spec.num_ctx is not None:
             run_spec = replace(spec, num_ctx=clamp_num_ctx(request, record, spec.num_ctx))

@@ -525,14 +525,20 @@ class Store:
         template: str | None = None,
         system: str | None = None,
         params: dict[str, Any] | None = None,
+        projector: Path | str | None = None,
     ) -> ModelRecord:
-        """Add a local GGUF file as a model: blobs first, manifest last."""
+        """Add a local GGUF file as a model: blobs first, manifest last. ``projector``: a vision
+        projector GGUF (llama.cpp's mmproj), kept as Ollama's projector layer."""
         mn = as_model_name(name)
         info = read_gguf_info(path)  # refuses non-GGUF input before anything is written
         digest, size = self.add_blob_from_file(path, link=link)
         if size != info.size:
             raise StoreError(f"{path} changed while it was being imported")
         layers = [{"mediaType": MEDIA_MODEL, "digest": digest, "size": size}]
+        if projector is not None:
+            read_gguf_info(projector)
+            p_digest, p_size = self.add_blob_from_file(projector, link=link)
+            layers.append({"mediaType": MEDIA_PROJECTOR, "digest": p_digest, "size": p_size})
         extra: list[tuple[str, bytes]] = []
         if template:
             extra.append((MEDIA_TEMPLATE, template.encode()))

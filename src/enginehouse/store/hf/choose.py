@@ -1,7 +1,7 @@
 """Choosing the GGUF of a repository: the file whose name carries the quant asked for
 (case-insensitive); without one, Q4_K_M if there is one, else the only GGUF. Anything else is an
-InvalidRequest that lists the choices. Split GGUFs (``-00001-of-00003.gguf``) and ``mmproj``
-projector files are not pulled (yet).
+InvalidRequest that lists the choices. Split GGUFs (``-00001-of-00003.gguf``) are not pulled (yet).
+A vision model's ``mmproj*.gguf`` projector comes with it (:func:`choose_projector`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from enginehouse.store.hf.hub import HfFile
 from enginehouse.store.hf.names import HF_STORE_HOST
 from enginehouse.store.names import DEFAULT_TAG, ModelName
 
-__all__ = ["DEFAULT_QUANT", "choose_gguf"]
+__all__ = ["DEFAULT_QUANT", "choose_gguf", "choose_projector"]
 
 DEFAULT_QUANT = "Q4_K_M"
 
@@ -63,6 +63,15 @@ def _ggufs(files: list[HfFile]) -> list[_Gguf]:
             out.append(_Gguf(f, stem, 1))
     out.sort(key=lambda g: (g.label.lower(), g.file.path))
     return out
+
+
+def choose_projector(files: list[HfFile]) -> HfFile | None:
+    """The repository's vision projector (``mmproj*.gguf``), or None: the F16 one where there are
+    several (the precision llama.cpp's converter writes by default), else the first by name."""
+    base = [(f, f.path.rsplit("/", 1)[-1].lower()) for f in files]
+    found = sorted((f for f, b in base if b.endswith(".gguf") and "mmproj" in b), key=lambda f: f.path)
+    preferred = [f for f in found if "f16" in f.path.lower() and "bf16" not in f.path.lower()]
+    return (preferred or found or [None])[0]
 
 
 def _matches(quant: str, stem: str, exact: bool) -> bool:

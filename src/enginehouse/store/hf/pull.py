@@ -7,8 +7,9 @@
 3. Download ``{endpoint}/{owner}/{repo}/resolve/{commit}/{file}`` (the hub 302s to a CDN, which
    gets no token) with :func:`download_blob`: parallel ranges, resume, and the sha256 from the
    listing verified. A file the listing gives no sha256 for is refused.
-4. Register the blob as ``hf.co/{owner}/{repo}:{quant}`` the way an import does (no template
-   layer: the GGUF carries its chat template). Pulled without a quant, the name typed
+4. Register the blob (and a vision projector, ``mmproj*.gguf``, pulled beside it) as
+   ``hf.co/{owner}/{repo}:{quant}`` the way an import does (no template layer: the GGUF carries its
+   chat template). Pulled without a quant, the name typed
    (``...:latest``) is written as well, so it resolves as it does after an Ollama pull.
 
 Progress events are those of an Ollama pull. Pulling what is already there costs the listing only.
@@ -23,10 +24,12 @@ from urllib.parse import urlsplit
 
 from enginehouse.errors import EnginehouseError, StoreError, UpstreamUnavailable
 from enginehouse.store.download import HttpSession, check_free_space, download_blob, pending_bytes
-from enginehouse.store.hf.choose import choose_gguf
+from enginehouse.store.hf.choose import choose_gguf, choose_projector
 from enginehouse.store.hf.hub import (
     DEFAULT_REVISION,
     HfAccessDenied,
+    HfFile,
+    HfListing,
     HubAuth,
     hf_endpoint,
     hf_token,
@@ -44,23 +47,55 @@ __all__ = ["PullProgress", "pull_hf"]
 PullProgress = Callable[[dict[str, Any]], Awaitable[None] | None]
 
 
-def _existing(store: Store, mn: ModelName, digest: str) -> ModelRecord | None:
+def _existing(store: Store, mn: ModelName, digest: str, projector: str | None) -> ModelRecord | None:
     try:
         rec = store.resolve(mn)
     except EnginehouseError:
         return None
-    return rec if rec.model_digest == digest else None  # (tags are found case-insensitively)
+    projectors = [store.blob_path(projector)] if projector else []
+    # (tags are found case-insensitively)
+    return rec if rec.model_digest == digest and rec.projectors == projectors else None
 
 
-def _register(store: Store, names: list[ModelName], digest: str) -> ModelRecord:
-    """Manifests for the downloaded blob, as an import writes them (the blob is linked, not copied)."""
-    first = _existing(store, names[0], digest)
+def _register(store: Store, names: list[ModelName], digest: str, projector: str | None) -> ModelRecord:
+    """Manifests for the downloaded blobs, as an import writes them (the blobs are linked, not copied)."""
+    first = _existing(store, names[0], digest, projector)
     if first is None:
-        first = store.import_gguf(store.blob_path(digest), names[0], link=True)
+        mmproj = store.blob_path(projector) if projector else None
+        first = store.import_gguf(store.blob_path(digest), names[0], link=True, projector=mmproj)
     for other in names[1:]:
-        if _existing(store, other, digest) is None:
+        if _existing(store, other, digest, projector) is None:
             store.copy(first.name, other)
     return first
+
+
+async def _pull_file(
+    store: Store,
+    http: HttpSession,
+    file: HfFile,
+    listing: HfListing,
+    endpoint: str,
+    token: str | None,
+    shown: str,
+    emit: Callable[[dict[str, Any]], Awaitable[None]],
+    blob_kw: dict[str, Any],
+) -> None:
+    """One LFS file of the repository into the store's blobs (verified), with progress lines."""
+    digest, size = file.digest, file.size or 0
+    status = f"pulling {(file.sha256 or '')[:12]}"
+
+    async def report(completed: int, total: int) -> None:
+        await emit({"status": status, "digest": digest, "total": total, "completed": completed})
+
+    if store.has_blob(digest):
+        await report(size, size)
+        return
+    url = resolve_url(endpoint, listing.repo_id, listing.commit, file.path)
+    if listing.gated or listing.private:
+        await probe_access(
+            http, url, shown=shown, repo_id=listing.repo_id, endpoint=endpoint, token=token, path=file.path
+        )
+    await download_blob(store, digest, size, url, http, progress=report, **blob_kw)
 
 
 async def pull_hf(
@@ -112,34 +147,26 @@ async def pull_hf(
                 f" {ep}/{listing.repo_id}, then set HF_TOKEN to an access token of that account"
             )
         file, tag = choose_gguf(listing.files, ref.quant, label)
-        if file.sha256 is None or file.size is None:
-            raise UpstreamUnavailable(
-                f"Hugging Face gives no sha256 for {file.path} of {listing.repo_id} (not an LFS file):"
-                " refusing to pull bytes that cannot be verified"
-            )
-        digest, size = file.digest, file.size
+        projector = choose_projector(listing.files)
+        files = [file] if projector is None else [file, projector]
+        for f in files:
+            if f.sha256 is None or f.size is None:
+                raise UpstreamUnavailable(
+                    f"Hugging Face gives no sha256 for {f.path} of {listing.repo_id} (not an LFS file):"
+                    " refusing to pull bytes that cannot be verified"
+                )
         mn = ModelName(HF_STORE_HOST, ref.name.namespace, ref.name.model, tag)
         names = [mn] if ref.name.tag == tag else [mn, ref.name]
-        status = f"pulling {file.sha256[:12]}"
-
-        async def report(completed: int, total: int) -> None:
-            await emit({"status": status, "digest": digest, "total": total, "completed": completed})
-
-        if not store.has_blob(digest):
-            url = resolve_url(ep, listing.repo_id, listing.commit, file.path)
-            check_free_space(store, pending_bytes(store, digest, size))
-            if listing.gated or listing.private:
-                await probe_access(
-                    http, url, shown=shown, repo_id=listing.repo_id, endpoint=ep, token=tok, path=file.path
-                )
-            await download_blob(store, digest, size, url, http, progress=report, **blob_kw)
-        else:
-            await report(size, size)
+        check_free_space(store, sum(pending_bytes(store, f.digest, f.size or 0) for f in files))
+        for f in files:  # the weights, then the vision projector if the repository has one
+            await _pull_file(store, http, f, listing, ep, tok, shown, emit, blob_kw)
 
     await emit({"status": "verifying sha256 digest"})
-    if not store.has_blob(digest):
-        raise StoreError(f"blob {digest} of {shown} vanished from the store during the pull")
+    for f in files:
+        if not store.has_blob(f.digest):
+            raise StoreError(f"blob {f.digest} of {shown} vanished from the store during the pull")
     await emit({"status": "writing manifest"})
-    record = await asyncio.to_thread(_register, store, names, digest)
+    mmproj = projector.digest if projector is not None else None
+    record = await asyncio.to_thread(_register, store, names, file.digest, mmproj)
     await emit({"status": "success"})
     return record
