@@ -238,15 +238,15 @@ def _ctx_per_slot(opts: dict[str, Any]) -> int:
 
 
 async def _measure(targets: list, plan: Any, slos: dict[str, float], opts: dict[str, Any], err: Any) -> dict:
-    import aiohttp
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from enginehouse import http_client
     from enginehouse.loadgen import runner as runner_mod
     from enginehouse.loadgen.targets import discover_model
     from enginehouse.loadgen.workload import find_tokenizer, load_prompts, synthetic
 
     notes: list[str] = []
-    async with aiohttp.ClientSession() as session:
+    async with http_client.session() as session:
         for i, t in enumerate(targets):
             if not t.model:
                 found = await discover_model(session, t)

@@ -21,6 +21,7 @@ import aiohttp
 import numpy as np
 import orjson
 
+from enginehouse import http_client
 from enginehouse.config import Config
 from enginehouse.errors import EnginehouseError, ModelNotFound
 from enginehouse.routing.classify import Classifier, examples_digest
@@ -107,10 +108,8 @@ class RunnerEmbedder:
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=4, keepalive_timeout=60),
-                timeout=self.timeout,
-                json_serialize=lambda o: orjson.dumps(o).decode(),
+            self._session = http_client.session(
+                timeout=self.timeout, connector_args={"limit": 4, "keepalive_timeout": 60}
             )
         return self._session
 
