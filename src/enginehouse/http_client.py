@@ -3,11 +3,12 @@
 
 Why aiohttp: the server already depends on it (pinned), its HTTP parser is in C, the bench's load
 generator must stay cheap on 2 cores (it runs beside the server it measures), and one async stack
-means one connection, timeout and TLS model. httpx is not a runtime dependency (tests may use it).
+means one connection, timeout and TLS model. No second client library is a runtime dependency
+(tests and bench scripts may use one as a client; tests/test_http_client.py holds src/ to this).
 
-- :func:`session` builds every :class:`aiohttp.ClientSession` (tests/test_http_client.py checks that
-  no other module does): a ``User-Agent: enginehouse/<version>``, orjson for ``json=`` bodies, the
-  default timeouts below, and TLS that trusts the system's roots plus certifi's bundle.
+- :func:`session` builds every :class:`aiohttp.ClientSession` outside server/ (tests/test_http_client.py
+  checks that no other module does): a ``User-Agent: enginehouse/<version>``, orjson for ``json=``
+  bodies, the default timeouts below, and TLS that trusts the system's roots plus certifi's bundle.
 - :func:`request`, :func:`stream` and :func:`get_json` are SYNC helpers for the CLI. Each call runs
   its own event loop (:class:`asyncio.Runner`), so they must not be called from a running loop. On
   Ctrl-C the runner cancels the pending read and re-raises :class:`KeyboardInterrupt`; the
