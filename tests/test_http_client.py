@@ -23,9 +23,9 @@ from enginehouse.http_client import HttpError
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src" / "enginehouse"
-# server/ is being rewritten on its own; its hot-path client (upstream.py) and the /metrics scrape
-# session (observe.py) build their own sessions until then. No other module may.
-SESSION_EXCEPTIONS = {"server/observe.py", "server/upstream.py"}
+# server/ is being rewritten on its own: its /metrics scrape session (observe.py) is built there until
+# then. No other module may build one (the engines' plain-http hot path, engine_http.py, uses none).
+SESSION_EXCEPTIONS = {"server/observe.py"}
 
 
 def modules() -> Iterator[tuple[str, ast.Module]]:
@@ -164,6 +164,21 @@ def server() -> Iterator[Server]:
     yield srv
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
+
+
+def test_the_session_factory_sets_the_project_defaults(server: Server) -> None:
+    async def go() -> tuple[dict, float | None]:
+        async with (
+            http_client.session(connector_args={"force_close": True}) as http,
+            http.post(server.url + "/echo", json={"a": [1, 2]}) as resp,
+        ):
+            return await resp.json(), http.timeout.sock_read
+
+    data, sock_read = asyncio.run(go())
+    assert data["body"] == '{"a":[1,2]}'  # orjson
+    assert server.seen[-1]["User-Agent"] == f"enginehouse/{__version__}"
+    assert server.seen[-1].get("Connection", "").lower() == "close"  # the site's connector arguments
+    assert sock_read == http_client.DEFAULT_TIMEOUT.sock_read
 
 
 def test_get_json_sends_the_user_agent_and_headers(server: Server) -> None:

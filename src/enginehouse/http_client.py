@@ -1,5 +1,5 @@
 """The project's one HTTP client library, aiohttp, for everything but the engine hot path
-(``server/engine_http.py`` keeps its own lean client there).
+(``engines/engine_http.py`` keeps its own lean client there).
 
 Why aiohttp: the server already depends on it (pinned), its HTTP parser is in C, the bench's load
 generator must stay cheap on 2 cores (it runs beside the server it measures), and one async stack
