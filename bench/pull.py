@@ -130,19 +130,19 @@ def time_curl_verify(reg: Registry, work: Path) -> float:
     return dt
 
 
-def time_pull(reg: Registry, work: Path, part_size: int, backend: str) -> float:
+def time_pull(reg: Registry, work: Path, part_size: int) -> float:
     root = work / "store"
     shutil.rmtree(root, ignore_errors=True)
     store = Store(root)
     name = f"{reg.host}/{MODEL}"
     t = time.perf_counter()
-    run_loop(lambda: pull_ollama(store, name, insecure=True, part_size=part_size, http_backend=backend))
+    run_loop(lambda: pull_ollama(store, name, insecure=True, part_size=part_size))
     dt = time.perf_counter() - t
     shutil.rmtree(root, ignore_errors=True)
     return dt
 
 
-def measure_resume(reg: Registry, work: Path, part_size: int, backend: str) -> dict[str, Any]:
+def measure_resume(reg: Registry, work: Path, part_size: int) -> dict[str, Any]:
     root = work / "store-resume"
     shutil.rmtree(root, ignore_errors=True)
     store = Store(root)
@@ -152,9 +152,7 @@ def measure_resume(reg: Registry, work: Path, part_size: int, backend: str) -> d
     dl.tuning.RETRIES = 0
     try:
         with contextlib.suppress(UpstreamUnavailable):
-            run_loop(
-                lambda: pull_ollama(store, name, insecure=True, part_size=part_size, http_backend=backend)
-            )
+            run_loop(lambda: pull_ollama(store, name, insecure=True, part_size=part_size))
     finally:
         dl.tuning.RETRIES = retries
     first = reg.call("/_fake/stats")["bytes_sent"].get(reg.digest, 0)
@@ -162,7 +160,7 @@ def measure_resume(reg: Registry, work: Path, part_size: int, backend: str) -> d
     kept = sum(done for _, _, done in state["parts"])
     reg.call("/_fake/control", {"reset_stats": True, "clear_outage": True})
     t = time.perf_counter()
-    run_loop(lambda: pull_ollama(store, name, insecure=True, part_size=part_size, http_backend=backend))
+    run_loop(lambda: pull_ollama(store, name, insecure=True, part_size=part_size))
     dt = time.perf_counter() - t
     second = reg.call("/_fake/stats")["bytes_sent"].get(reg.digest, 0)
     shutil.rmtree(root, ignore_errors=True)
@@ -183,9 +181,7 @@ asyncio.run(pull_ollama(Store(sys.argv[1]), sys.argv[2], insecure=True, part_siz
 """
 
 
-def measure_kill_resume(
-    reg: Registry, work: Path, part_size: int, backend: str, rate: float
-) -> dict[str, Any]:
+def measure_kill_resume(reg: Registry, work: Path, part_size: int, rate: float) -> dict[str, Any]:
     """kill -9 a pull (its own process, served at ``rate`` bytes/s per connection) at ~50%, then resume."""
     root = work / "store-kill"
     shutil.rmtree(root, ignore_errors=True)
@@ -208,7 +204,7 @@ def measure_kill_resume(
     first = reg.call("/_fake/stats")["bytes_sent"].get(reg.digest, 0)
     kept = sum(done for _, _, done in json.loads(state.read_bytes())["parts"])
     reg.call("/_fake/control", {"reset_stats": True, "rate": None})
-    run_loop(lambda: pull_ollama(store, name, insecure=True, part_size=part_size, http_backend=backend))
+    run_loop(lambda: pull_ollama(store, name, insecure=True, part_size=part_size))
     second = reg.call("/_fake/stats")["bytes_sent"].get(reg.digest, 0)
     shutil.rmtree(root, ignore_errors=True)
     return {
@@ -226,7 +222,6 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--part-size-mib", type=int, default=64)
-    parser.add_argument("--backend", choices=["aiohttp", "httpx"], default="aiohttp")
     parser.add_argument(
         "--kill-rate-mb", type=float, default=50.0, help="MB/s per connection while a pull is killed"
     )
@@ -248,7 +243,7 @@ def main() -> None:
                 "curl-null": lambda: time_curl_null(reg),
                 "curl-file": lambda: time_curl_file(reg, work),
                 "curl-verify": lambda: time_curl_verify(reg, work),
-                "pull": lambda: time_pull(reg, work, part_size, args.backend),
+                "pull": lambda: time_pull(reg, work, part_size),
             }
             for p in paths:  # warm-up: page cache, connections, imports
                 runners[p]()
@@ -257,9 +252,9 @@ def main() -> None:
                     settle()
                     times[p].append(runners[p]())
             settle()
-            resume = measure_resume(reg, work, part_size, args.backend)
+            resume = measure_resume(reg, work, part_size)
             settle()
-            killed = measure_kill_resume(reg, work, part_size, args.backend, args.kill_rate_mb * 1e6)
+            killed = measure_kill_resume(reg, work, part_size, args.kill_rate_mb * 1e6)
         finally:
             reg.close()
     mbps = {p: [reg.size / t / 1e6 for t in ts] for p, ts in times.items()}
@@ -267,7 +262,6 @@ def main() -> None:
         "blob_mib": args.size_mib,
         "rounds": args.rounds,
         "part_size_mib": args.part_size_mib,
-        "backend": args.backend,
         "cpus": os.cpu_count(),
         "curl": have_curl,
         "mbps_median": {p: round(statistics.median(v), 1) for p, v in mbps.items()},
@@ -282,9 +276,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(result))
         return
-    print(
-        f"blob {args.size_mib} MiB, {args.rounds} rounds, parts of {args.part_size_mib} MiB, {args.backend}"
-    )
+    print(f"blob {args.size_mib} MiB, {args.rounds} rounds, parts of {args.part_size_mib} MiB")
     if not have_curl:
         print("curl not found on PATH: only the pull is measured")
     print(f"{'path':<12} {'median MB/s':>12}   all rounds")

@@ -40,7 +40,7 @@ LAYERS: tuple[tuple[tuple[str, ...], bool], ...] = (
     # blobs+manifests; subprocesses; the machine; child output; the response cache; service units; logs
     (("store", "process", "hardware", "child_output", "cache", "service_units", "runner_logs"), True),
     (("api",), True),  # each door's wire types and converters, the model's prompt (templates, tools)
-    (("canonical", "wire"), True),  # calls and events every door and engine share; SSE/NDJSON framing
+    (("canonical", "wire", "http_client"), True),  # calls and events; SSE/NDJSON framing; the HTTP client
     (CONFIG, False),  # settings, enginehouse.toml and everything it needs to check itself
     (("errors", "redact"), False),  # the exception tree and what a client may read of a message
 )

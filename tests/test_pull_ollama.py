@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from enginehouse.errors import InvalidDigest, ModelNotFound, StoreError, UpstreamUnavailable
@@ -140,19 +139,10 @@ def test_pull_resolves_verbatim_via_realm_and_cdn_with_ranges(
     check_progress(events, json.loads(manifest_bytes))
 
 
-def test_pull_namespace_model_tag_form_with_httpx_bodies(
-    registry: FakeRegistry, store: Store, gguf: Path
-) -> None:
+def test_pull_namespace_model_tag_form(registry: FakeRegistry, store: Store, gguf: Path) -> None:
     registry.add_model("someone", "other", "Q4_K_M", gguf, template=None)
     name = registry.name("someone", "other", "Q4_K_M")
-
-    async def go() -> Any:
-        async with httpx.AsyncClient() as client:
-            return await pull_ollama(
-                store, name, insecure=True, client=client, http_backend="httpx", part_size=32 << 20
-            )
-
-    rec = asyncio.run(go())
+    rec = pull(store, name, part_size=32 << 20)
     assert (rec.name.namespace, rec.name.model, rec.name.tag) == ("someone", "other", "Q4_K_M")
     assert filecmp.cmp(rec.model_path, gguf, shallow=False)
     digest, _ = big_digest(registry)

@@ -45,6 +45,7 @@ from typing import Any
 
 import aiohttp
 
+from enginehouse import http_client
 from enginehouse.errors import EnginehouseError, RunnerError, RunnerStartFailed
 
 log = logging.getLogger(__name__)
@@ -423,7 +424,7 @@ class ManagedProcess:
         """Poll the health URL until 200: returns "ready", "exited" or "timeout"."""
         assert self._loop is not None
         url, delay = self.base_url + self.health_path, 0.02
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        async with http_client.session(connector_args={"force_close": True}) as http:
             while True:
                 if exited.done():
                     return "exited"

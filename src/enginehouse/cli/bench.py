@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from enginehouse import http_client
 from enginehouse.config import Config
 from enginehouse.loadgen import report as rep
 from enginehouse.loadgen import runner as runner_mod
@@ -240,11 +241,10 @@ def _ctx_per_slot(opts: dict[str, Any]) -> int:
 
 
 async def _measure(targets: list, plan: Any, slos: dict[str, float], opts: dict[str, Any], err: Any) -> dict:
-    import aiohttp
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     notes: list[str] = []
-    async with aiohttp.ClientSession() as session:
+    async with http_client.session() as session:
         for i, t in enumerate(targets):
             if not t.model:
                 found = await discover_model(session, t)

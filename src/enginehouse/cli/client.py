@@ -11,10 +11,12 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-import httpx
+import orjson
 
+from enginehouse import http_client
 from enginehouse.config import Config
 from enginehouse.errors import EnginehouseError
+from enginehouse.http_client import HttpError, Reply
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -41,37 +43,37 @@ def api_key_option(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def server_error(resp: httpx.Response, base_url: str) -> EnginehouseError:
+def server_error(status: int, body: bytes, base_url: str) -> EnginehouseError:
     """A server's error answer as one line: its own message, or what to do about a refused key."""
-    if resp.status_code == 401:
+    if status == 401:
         return EnginehouseError(
             f"the server at {base_url} refused the API key (missing or wrong): "
             "set ENGINEHOUSE_API_KEY or pass --api-key"
         )
-    resp.read()
+    text = body.decode("utf-8", errors="replace")
     try:
-        data = resp.json()
-        message = data.get("error", resp.text) if isinstance(data, dict) else resp.text
+        data = orjson.loads(body)
+        message = data.get("error", text) if isinstance(data, dict) else text
         if isinstance(message, dict):  # the OpenAI door's shape
             message = message.get("message", message)
     except ValueError:
-        message = resp.text
-    return EnginehouseError(str(message)[:500] or f"the server answered {resp.status_code}")
+        message = text
+    return EnginehouseError(str(message)[:500] or f"the server answered {status}")
 
 
-def check(resp: httpx.Response, base_url: str) -> httpx.Response:
-    """Raise the server's error as one line when it answered one; the response otherwise."""
-    if resp.status_code >= 400:
-        raise server_error(resp, base_url)
-    return resp
+def check(reply: Reply, base_url: str) -> Reply:
+    """Raise the server's error as one line when it answered one; the reply otherwise."""
+    if reply.status >= 400:
+        raise server_error(reply.status, reply.body, base_url)
+    return reply
 
 
 def request(config: Config, method: str, path: str, *, timeout: float | None = 10, **kwargs: Any) -> Any:
     """One request to the running server with the CLI's key; its JSON answer, or one clear error."""
     try:
-        resp = httpx.request(
+        reply = http_client.request(
             method, config.base_url + path, headers=client_headers(config), timeout=timeout, **kwargs
         )
-    except httpx.HTTPError as exc:
+    except HttpError as exc:
         raise EnginehouseError(f"no server at {config.base_url}: {exc}") from None
-    return check(resp, config.base_url).json()
+    return check(reply, config.base_url).json()

@@ -17,7 +17,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from enginehouse import hardware
+from enginehouse import hardware, http_client
 from enginehouse.cli.client import api_key_option, client_headers
 from enginehouse.cli.models import open_store
 from enginehouse.config import Config
@@ -182,7 +182,6 @@ def build_report(
 
 def node_rows(config: Config, timeout: float = 2.0) -> list[dict[str, Any]]:
     """Each [[nodes]] and [upstreams] entry of enginehouse.toml, asked once whether it answers."""
-    import httpx
 
     fc = load_config_file(config.config_path)
     rows = []
@@ -191,13 +190,13 @@ def node_rows(config: Config, timeout: float = 2.0) -> list[dict[str, Any]]:
         path = HEALTH_PATHS[up.engine]
         headers = auth_headers(up.api_key)
         try:
-            resp = httpx.get(up.url + path, headers=headers, timeout=timeout)
-            ok = resp.status_code == 200
-            detail = f"answers {path}" if ok else f"{path} answered {resp.status_code}"
+            resp = http_client.request("GET", up.url + path, headers=headers, timeout=timeout)
+            ok = resp.status == 200
+            detail = f"answers {path}" if ok else f"{path} answered {resp.status}"
             if ok and kind == "node":
                 data = resp.json()
                 detail = f"enginehouse {data.get('version', '?')}, node {data.get('node', '?')}"
-        except (httpx.HTTPError, ValueError) as exc:
+        except (http_client.HttpError, ValueError) as exc:
             ok, detail = False, f"{exc.__class__.__name__}: {exc}"
         rows.append({"name": name, "kind": kind, "url": up.url, "ok": ok, "detail": detail})
     return rows
@@ -205,12 +204,11 @@ def node_rows(config: Config, timeout: float = 2.0) -> list[dict[str, Any]]:
 
 def server_state(config: Config) -> dict[str, Any] | None:
     """The running server's pools and what it has set aside (None when no server answers)."""
-    import httpx
+    from enginehouse import http_client
 
     try:
-        resp = httpx.get(f"{config.base_url}/api/ps", headers=client_headers(config), timeout=2)
-        data = resp.raise_for_status().json()
-    except (httpx.HTTPError, ValueError):
+        data = http_client.get_json(f"{config.base_url}/api/ps", headers=client_headers(config), timeout=2)
+    except (http_client.HttpError, ValueError):
         return None
     return {"pools": data.get("pools", []), "cooled_down": data.get("cooled_down", [])}
 

@@ -76,14 +76,16 @@ async def classify_locally(
 def ask_server(config: Config, router_name: str, prompt: str, system: str | None) -> dict[str, Any]:
     """POST /api/route on a running server: its decision, with each candidate's cost there (what is
     loaded, what a load would evict) and the order it would try them in."""
-    import httpx
+    from enginehouse import http_client
 
     base_url, body = config.base_url, {"router": router_name, "prompt": prompt, "system": system}
     try:
-        resp = httpx.post(f"{base_url}/api/route", json=body, headers=client_headers(config), timeout=30)
-    except httpx.HTTPError as exc:
+        resp = http_client.request(
+            "POST", f"{base_url}/api/route", json=body, headers=client_headers(config), timeout=30
+        )
+    except http_client.HttpError as exc:
         raise EnginehouseError(f"no server at {base_url}: {exc}") from None
-    if resp.status_code == 404:
+    if resp.status == 404:
         raise EnginehouseError(f"the server at {base_url} has no /api/route; run without --server")
     return check(resp, base_url).json()
 

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-import httpx
 import orjson
 
-from enginehouse.cli.client import api_key_option, check, client_headers, request
+from enginehouse import http_client
+from enginehouse.cli.client import api_key_option, check, client_headers, request, server_error
 from enginehouse.config import Config
 from enginehouse.config_file import load_config_file
 from enginehouse.engines.llama_install import find_llama_server
@@ -66,8 +66,8 @@ def serve(config: Config, host: str | None, preload: tuple[str, ...], config_fil
 
 def _server_up(base_url: str) -> bool:
     try:  # /api/version answers without a key, so a wrong key is named by the next request, not here
-        return httpx.get(f"{base_url}/api/version", timeout=2).status_code == 200
-    except httpx.HTTPError:
+        return http_client.request("GET", f"{base_url}/api/version", timeout=2).status == 200
+    except http_client.HttpError:
         return False
 
 
@@ -91,8 +91,11 @@ def stream_chat(base_url: str, body: dict[str, Any], headers: dict[str, str]) ->
     final: dict[str, Any] = {}
     content = []
     try:
-        with httpx.stream("POST", f"{base_url}/api/chat", json=body, headers=headers, timeout=None) as resp:
-            check(resp, base_url)
+        with http_client.stream(
+            "POST", f"{base_url}/api/chat", json=body, headers=headers, timeout=None
+        ) as resp:
+            if resp.status >= 400:
+                raise server_error(resp.status, resp.read(), base_url)
             for raw in resp.iter_lines():
                 if not raw:
                     continue
@@ -105,6 +108,8 @@ def stream_chat(base_url: str, body: dict[str, Any], headers: dict[str, str]) ->
                 sys.stdout.flush()
                 if line.get("done"):
                     final = line
+    except http_client.HttpError as exc:
+        raise EnginehouseError(f"the server at {base_url} stopped answering: {exc}") from None
     except KeyboardInterrupt:
         final = {"interrupted": True}
     click.echo()
@@ -173,7 +178,7 @@ def run(
                 print_stats(final)
             return
         load = {"model": model, "messages": []}
-        check(httpx.post(f"{url}/api/chat", json=load, headers=headers, timeout=None), url)
+        check(http_client.request("POST", f"{url}/api/chat", json=load, headers=headers, timeout=None), url)
         click.secho("Send a message (/bye to quit, /clear to forget the conversation)", dim=True)
         while True:
             try:

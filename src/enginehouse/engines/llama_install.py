@@ -30,8 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urljoin
 
-import httpx
-
+from enginehouse import http_client
 from enginehouse.child_output import output_lines, wait_exit
 from enginehouse.config import Config
 from enginehouse.errors import EngineBuildFailed, EngineNotInstalled
@@ -210,19 +209,19 @@ def fetch_sdist(config: Config, progress: Progress = _noop) -> Path:
     tmp = dest.with_suffix(".part")
     digest = hashlib.sha256()
     try:
-        with httpx.stream("GET", url, follow_redirects=True, timeout=60) as resp:
+        with http_client.stream("GET", url, follow_redirects=True, timeout=60) as resp:
             resp.raise_for_status()
             total = float(resp.headers.get("content-length") or 0) or None
             done = 0
             with tmp.open("wb") as fh:
-                for chunk in resp.iter_bytes(1 << 20):
+                for chunk in resp.iter_chunks():
                     fh.write(chunk)
                     digest.update(chunk)
                     done += len(chunk)
                     progress("download", done, total)
                 fh.flush()
                 os.fsync(fh.fileno())
-    except httpx.HTTPError as exc:
+    except http_client.HttpError as exc:
         tmp.unlink(missing_ok=True)
         raise EngineBuildFailed(f"could not download {SDIST_FILENAME} from {url}: {exc}") from exc
     if digest.hexdigest() != SDIST_SHA256:
@@ -238,7 +237,8 @@ def _sdist_url(index: str) -> str:
     """Find the sdist's URL through the index's PEP 691 JSON API (works for PyPI and its mirrors)."""
     listing = f"{index.rstrip('/')}/{SDIST_PACKAGE}/"
     try:
-        resp = httpx.get(
+        resp = http_client.request(
+            "GET",
             listing,
             headers={"Accept": "application/vnd.pypi.simple.v1+json"},
             follow_redirects=True,
@@ -246,11 +246,11 @@ def _sdist_url(index: str) -> str:
         )
         resp.raise_for_status()
         files = resp.json()["files"]
-    except (httpx.HTTPError, ValueError, KeyError) as exc:
+    except (http_client.HttpError, ValueError, KeyError, TypeError) as exc:
         raise EngineBuildFailed(f"could not read the package index at {listing}: {exc}") from exc
     for entry in files:
         if entry.get("filename") == SDIST_FILENAME:
-            return urljoin(str(resp.url), entry["url"])  # PEP 691 allows URLs relative to the page
+            return urljoin(resp.url, entry["url"])  # PEP 691 allows URLs relative to the page
     raise EngineBuildFailed(f"{SDIST_FILENAME} is not listed at {listing}")
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import aiohttp
 import orjson
 
+from enginehouse import http_client
 from enginehouse.engines.base import Engine, EngineInfo
 from enginehouse.errors import UpstreamUnavailable
 
@@ -37,7 +38,7 @@ async def get_json(url: str, *, headers: dict[str, str] | None = None, timeout: 
     """GET ``url`` and parse its JSON; any failure is an :class:`UpstreamUnavailable` that says why."""
     try:
         async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http,
+            http_client.session(timeout=timeout) as http,
             http.get(url, headers=headers or {}) as resp,
         ):
             body = await resp.read()

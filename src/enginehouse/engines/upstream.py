@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from enginehouse import http_client
 from enginehouse.engines.engine_http import EngineHTTP, EngineResponse
 from enginehouse.errors import ContextOverflow, InvalidRequest, LoopDetected, RunnerError, UpstreamUnavailable
 
@@ -30,10 +31,9 @@ class Upstream:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
-            connector = aiohttp.TCPConnector(limit=self._limit, keepalive_timeout=30)
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=timeout, json_serialize=lambda o: orjson.dumps(o).decode()
+            self._session = http_client.session(
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+                connector_args={"limit": self._limit, "keepalive_timeout": 30},
             )
         return self._session
 

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import aiohttp
 
+from enginehouse import http_client
 from enginehouse.engines.base import Engine, EngineInfo
 from enginehouse.engines.llama_server import log_name
 from enginehouse.errors import EngineNotInstalled, RunnerError
@@ -205,7 +206,7 @@ class VllmEngine(Engine):
     async def _call(self, method: str, path: str, timeout: float = 120.0) -> dict:
         """One call to the runner's management endpoints; a JSON body or {}."""
         async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http,
+            http_client.session(timeout=timeout) as http,
             http.request(method, self.base_url + path, headers=self.request_headers) as resp,
         ):
             text = await resp.text()

@@ -26,7 +26,7 @@ from typing import Any
 
 import aiohttp
 
-from enginehouse import __version__
+from enginehouse import __version__, http_client
 from enginehouse.config import Config
 from enginehouse.engines.llama_install import require_llama_server
 from enginehouse.engines.llama_server import LlamaServerSettings, build_argv
@@ -84,7 +84,7 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 async def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
+    async with http_client.session() as session:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise EnginehouseError(f"{url} exited with code {proc.returncode}:\n{_tail(log)}")
@@ -98,7 +98,7 @@ async def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeou
 
 async def _probe(targets: list[Target], timeout: float) -> None:
     """One short answer from each path, so the gateway's runner is loaded before any timing."""
-    async with aiohttp.ClientSession() as session:
+    async with http_client.session() as session:
         for t in targets:
             body: dict[str, Any] = {"model": t.model, "messages": [{"role": "user", "content": "Hi"}]}
             body |= {"stream": True}

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import aiohttp
 
+from enginehouse import http_client
 from enginehouse.loadgen.stats import RequestResult, error_kinds, level_metrics
 from enginehouse.loadgen.targets import Target, chat_body, stream_chat
 from enginehouse.loadgen.workload import WorkItem, Workload
@@ -188,10 +189,7 @@ class Runner:
 
     async def run(self) -> list[LevelRun]:
         connector_args = {"limit": 0, "force_close": True}  # a fresh connection each: no stale keep-alive
-        sessions = {
-            t.label: aiohttp.ClientSession(connector=aiohttp.TCPConnector(**connector_args))
-            for t in self.targets
-        }
+        sessions = {t.label: http_client.session(connector_args=connector_args) for t in self.targets}
         try:
             return await self._run_levels(sessions)
         finally:

@@ -21,6 +21,7 @@ import aiohttp
 import numpy as np
 import orjson
 
+from enginehouse import http_client
 from enginehouse.config import Config
 from enginehouse.engines.convert_hf import convert_hf
 from enginehouse.engines.llama_install import require_llama_server
@@ -106,10 +107,8 @@ class RunnerEmbedder:
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=4, keepalive_timeout=60),
-                timeout=self.timeout,
-                json_serialize=lambda o: orjson.dumps(o).decode(),
+            self._session = http_client.session(
+                timeout=self.timeout, connector_args={"limit": 4, "keepalive_timeout": 60}
             )
         return self._session
 

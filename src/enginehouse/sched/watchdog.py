@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from enginehouse import http_client
+
 if TYPE_CHECKING:
     from enginehouse.sched.scheduler import LoadedModel
 
@@ -161,7 +163,7 @@ class Watchdog:
     async def _probe(self, model: LoadedModel, path: str, watch: _Watch) -> None:
         if self._session is None:
             # A fresh connection per probe: cpp-httplib drops idle keep-alive connections after 5 s.
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+            self._session = http_client.session(connector_args={"force_close": True})
         engine = model.engine
         timeout = aiohttp.ClientTimeout(total=max(self.stall_timeout, self.interval))
         sent = time.monotonic()

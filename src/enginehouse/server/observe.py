@@ -9,10 +9,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 
+from enginehouse import http_client
 from enginehouse.canonical import Tally
 from enginehouse.metrics import CONTENT_TYPE, Metrics
 from enginehouse.sched.scheduler import Lease
@@ -111,6 +111,6 @@ def _last_counts(tail: bytes) -> dict[str, Any]:
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    async with aiohttp.ClientSession() as session:
+    async with http_client.session() as session:
         body = await gw.metrics.exposition(gw.scheduler, session)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

@@ -25,12 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
-
 from enginehouse.errors import InvalidDigest, ModelNotFound, StoreError, UpstreamUnavailable
 from enginehouse.store import download
 from enginehouse.store.download import (
-    Backend,
     BearerAuth,
     HttpSession,
     TransientError,
@@ -155,19 +152,15 @@ async def pull_ollama(
     *,
     progress: PullProgress | None = None,
     insecure: bool = False,
-    client: httpx.AsyncClient | None = None,
     max_parallel_blobs: int = 4,
     part_size: int = 64 << 20,
     stall_timeout: float = 30.0,
-    http_backend: Backend = "aiohttp",
 ) -> ModelRecord:
     """Pull ``name`` into ``store`` and return the resolved model.
 
     ``insecure`` allows plain http, for the name's own host only (redirects to, and token services
-    on, other hosts must still be https). ``client`` carries the manifest and token requests (one
-    is made and closed when omitted); blob bodies go through ``http_backend`` (aiohttp, or httpx
-    through ``client``). Errors: InvalidName, RegistryModelNotFound (a ModelNotFound), InvalidDigest,
-    UpstreamUnavailable, StoreError (including too little disk space).
+    on, other hosts must still be https). Errors: InvalidName, RegistryModelNotFound (a
+    ModelNotFound), InvalidDigest, UpstreamUnavailable, StoreError (including too little disk space).
     """
     mn = ModelName.parse(name)
     shown = mn.display
@@ -178,8 +171,6 @@ async def pull_ollama(
     host = (urlsplit(f"//{mn.host}").hostname or mn.host).lower()
     base = _base_url(mn, insecure)
     async with HttpSession(
-        client=client,
-        backend=http_backend,
         auth=BearerAuth(),
         allow_http_hosts={host} if insecure else set(),
         stall_timeout=stall_timeout,

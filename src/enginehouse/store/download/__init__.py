@@ -7,7 +7,7 @@
 - :mod:`~enginehouse.store.download.hashing`: the thread that hashes the arrived prefix;
 - :mod:`~enginehouse.store.download.space`: bytes still to fetch and the free-space check;
 - :mod:`~enginehouse.store.download.http`: :class:`HttpSession` (manual redirects, plain-http
-  rules, stall timeouts, aiohttp or httpx for bodies);
+  rules, stall timeouts; one aiohttp session from :mod:`enginehouse.http_client`);
 - :mod:`~enginehouse.store.download.auth`: :class:`BearerAuth` (tokens bound to origins, token
   realms) and registry error bodies in plain words;
 - :mod:`~enginehouse.store.download.tuning`: retry, back-off, interval and size tunables.
@@ -21,13 +21,12 @@ from __future__ import annotations
 from enginehouse.store.download import tuning
 from enginehouse.store.download.auth import BearerAuth, error_text, origin
 from enginehouse.store.download.blob import ProgressFn, download_blob, run_all
-from enginehouse.store.download.http import USER_AGENT, Backend, HttpSession, Response, TransientError
+from enginehouse.store.download.http import USER_AGENT, HttpSession, Response, TransientError
 from enginehouse.store.download.resume import boot_id, partial_dir
 from enginehouse.store.download.space import check_free_space, pending_bytes
 
 __all__ = [
     "USER_AGENT",
-    "Backend",
     "BearerAuth",
     "HttpSession",
     "ProgressFn",

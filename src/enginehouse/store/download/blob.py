@@ -241,7 +241,7 @@ class _BlobJob:
         start, end = part.start + part.done, part.end
         whole = start == 0 and end == self.size
         headers = {"Accept-Encoding": "identity", "Range": f"bytes={start}-{end - 1}"}
-        resp = await self.http.open(self.url, headers, body=True)
+        resp = await self.http.open(self.url, headers)
         try:
             if resp.status == 200:
                 if not whole:

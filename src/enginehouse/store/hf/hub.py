@@ -274,7 +274,7 @@ async def probe_access(
     """One byte of the file: turns a gated repository's 401/403 into a clear error before anything
     is written (the listing of a gated repository is public)."""
     try:
-        resp = await http.open(url, {"Range": "bytes=0-0", "Accept-Encoding": "identity"}, body=True)
+        resp = await http.open(url, {"Range": "bytes=0-0", "Accept-Encoding": "identity"})
     except EnginehouseError:
         raise
     except Exception as e:  # TransientError

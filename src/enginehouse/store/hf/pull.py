@@ -112,15 +112,12 @@ async def pull_hf(
     """Pull ``hf.co/{owner}/{repo}[:{quant}]`` into ``store``; returns the model as registered
     (``hf.co/{owner}/{repo}:{quant}``, the chosen quant when none was named).
 
-    ``insecure`` allows plain http to the endpoint's host only. ``download_kwargs``: ``client``
-    (httpx.AsyncClient for the listing), ``http_backend`` ("aiohttp" or "httpx"), ``stall_timeout``,
+    ``insecure`` allows plain http to the endpoint's host only. ``download_kwargs``: ``stall_timeout``,
     ``part_size``, ``connections``. Errors: InvalidName, InvalidRequest (no such quant, ambiguous,
     split), HfAccessDenied (gated/private: set HF_TOKEN), HfRepoNotFound (a ModelNotFound),
     InvalidDigest, UpstreamUnavailable, StoreError.
     """
-    session_kw = {k: download_kwargs.pop(k) for k in ("client", "stall_timeout") if k in download_kwargs}
-    if "http_backend" in download_kwargs:
-        session_kw["backend"] = download_kwargs.pop("http_backend")
+    session_kw = {k: download_kwargs.pop(k) for k in ("stall_timeout",) if k in download_kwargs}
     blob_kw = {k: download_kwargs.pop(k) for k in ("part_size", "connections") if k in download_kwargs}
     if download_kwargs:
         raise TypeError(f"pull_hf() got unexpected keyword arguments: {', '.join(sorted(download_kwargs))}")
