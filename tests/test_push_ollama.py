@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,19 @@ def test_a_dropped_connection_resumes_from_the_registrys_range(registry: FakeReg
     assert registry.stats.upload_requests["GET"] >= 1
     assert registry.manifests[("you", "tiny", "v1")] == store.manifest_bytes(name)[1]
     assert not list(partial_dir(store).glob("push-*.json"))  # finished sessions leave no record
+
+
+def test_a_registry_that_stops_reading_is_left_and_the_upload_resumed(
+    registry: FakeRegistry, store: Store
+) -> None:
+    name = registry.name("you", "tiny", "v1")
+    store.copy("tiny:v1", name)
+    registry.uploads.stall_upload_at = (3 << 20, 5.0)
+    t0 = time.monotonic()
+    push(store, name, chunk_size=32 << 20, stall_timeout=1.0)
+    assert time.monotonic() - t0 < 4.5  # left after about a second, not after the registry's 5 s
+    assert registry.stats.upload_bytes == sum(blob_sizes(store, name).values())
+    assert registry.manifests[("you", "tiny", "v1")] == store.manifest_bytes(name)[1]
 
 
 def test_an_interrupted_push_resumes_its_session_next_time(

@@ -11,13 +11,15 @@ Docker's registry answers it.
 Writes want a token issued for a ``...:pull,push`` scope (a pull token gets a fresh challenge).
 Fault switch ``drop_upload_after`` (bytes): the upload request whose body would take a session past
 that many bytes keeps what arrived up to there (as Docker's registry does) and has its connection
-closed, once.
+closed, once. ``stall_upload_at`` (bytes, seconds): the same request stops reading there for that long,
+once (what came before it is kept).
 Counters in :class:`~tests.fakes.registry.Stats`: ``upload_bytes`` (body bytes received),
 ``upload_requests`` (by method), ``blob_heads``, ``manifest_puts``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import secrets
@@ -44,6 +46,7 @@ class Uploads:
         self.reg = reg
         self.sessions: dict[str, Path] = {}  # id -> the bytes received so far
         self.drop_upload_after: int | None = None
+        self.stall_upload_at: tuple[int, float] | None = None
 
     def _dir(self, name: str) -> Path:
         path = self.reg.root / name
@@ -90,15 +93,29 @@ class Uploads:
     async def _receive(self, request: web.Request, path: Path) -> bool:
         """Append the body to ``path``; False when the connection was dropped on purpose."""
         held = path.stat().st_size
+        end = held + (request.content_length or 0)
         drop = self.drop_upload_after
-        if drop is not None and held < drop < held + (request.content_length or 0):
+        if drop is not None and held < drop < end:
             self.drop_upload_after = None
             drop -= held  # where in this body
         else:
             drop = None
+        stall = self.stall_upload_at
+        if stall is not None and held < stall[0] < end:
+            self.stall_upload_at = None
+        else:
+            stall = None
         got = 0
         with open(path, "ab") as fh:
             async for data in request.content.iter_chunked(256 << 10):
+                if stall is not None and held + got + len(data) >= stall[0]:
+                    keep = stall[0] - held - got
+                    fh.write(data[:keep])
+                    fh.flush()
+                    self.reg.stats.upload_bytes += keep
+                    await asyncio.sleep(stall[1])  # the client gives up and closes the connection
+                    request.transport.close()  # type: ignore[union-attr]
+                    return False
                 if drop is not None and got + len(data) >= drop:
                     fh.write(data[: drop - got])
                     self.reg.stats.upload_bytes += drop - got
