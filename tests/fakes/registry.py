@@ -11,6 +11,9 @@ one JSON line with its address, then serves until killed):
              with ``WWW-Authenticate: Bearer realm=...,service=...,scope=...``)
   cdn        GET /cdn/<digest>?sig=...              the bytes; records the headers it received
 
+Pushes (HEAD of a blob, upload sessions, manifest PUT) are tests/fakes/registry_uploads.py's: a pushed
+model is pulled back from the same registry.
+
 Blobs are real files; single byte ranges are served as 206. Fault switches (attributes, or
 ``POST /_fake/control`` with the same names): ``drop_after`` {digest: n} close the next response's
 connection after n bytes (once); ``corrupt`` [digest] flip bytes; ``stall`` {digest: [after, seconds,
@@ -36,6 +39,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.registry_uploads import Uploads
 from tests.fakes.threaded import ThreadedApps, parse_range
 
 MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
@@ -57,11 +61,16 @@ class Stats:
     bytes_sent: Counter[str] = field(default_factory=Counter)  # digest -> body bytes written
     cdn_headers: list[dict[str, str]] = field(default_factory=list)
     registry_headers: list[dict[str, str]] = field(default_factory=list)
+    blob_heads: int = 0
+    upload_requests: Counter[str] = field(default_factory=Counter)  # method -> upload-session requests
+    upload_bytes: int = 0  # body bytes received by upload sessions
+    manifest_puts: int = 0
 
     def as_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["range_requests"] = dict(self.range_requests)
         d["bytes_sent"] = dict(self.bytes_sent)
+        d["upload_requests"] = dict(self.upload_requests)
         return d
 
 
@@ -79,6 +88,7 @@ class FakeRegistry(ThreadedApps):
         self.blobs: dict[str, Path] = {}
         self.manifests: dict[tuple[str, str, str], bytes] = {}
         self.tokens: set[str] = set()
+        self.push_tokens: set[str] = set()  # issued for a scope that ends in "push"
         self.stats = Stats()
         # faults
         self.drop_after: dict[str, int] = {}
@@ -88,6 +98,7 @@ class FakeRegistry(ThreadedApps):
         self.fail_after: dict[str, int] = {}
         self.outage: set[str] = set()
         self.cdn_hostname = "127.0.0.1"  # where blob GETs are redirected (another host name: "localhost")
+        self.uploads = Uploads(self)
         self.port = 0
         self.cdn_port = 0
         super().__init__()
@@ -181,20 +192,22 @@ class FakeRegistry(ThreadedApps):
             self.ranges = bool(body["ranges"])
         if body.get("clear_outage"):
             self.outage.clear()
+        if "drop_upload_after" in body:
+            self.uploads.drop_upload_after = body["drop_upload_after"]
 
     # -- handlers ---------------------------------------------------------------------------------
 
-    def _authorized(self, request: web.Request) -> bool:
+    def authorized(self, request: web.Request, *, push: bool = False) -> bool:
         if not self.auth:
             return True
         header = request.headers.get("Authorization", "")
-        return header.startswith("Bearer ") and header[7:] in self.tokens
+        return header.startswith("Bearer ") and header[7:] in (self.push_tokens if push else self.tokens)
 
-    def _challenge(self, ns: str, model: str) -> web.Response:
+    def challenge(self, ns: str, model: str, *, push: bool = False) -> web.Response:
         self.stats.unauthorized += 1
         challenge = (
             f'Bearer realm="http://127.0.0.1:{self.port}/token",service="{SERVICE}",'
-            f'scope="repository:{ns}/{model}:pull"'
+            f'scope="repository:{ns}/{model}:{"pull,push" if push else "pull"}"'
         )
         return _errors("UNAUTHORIZED", "authentication required", 401, **{"WWW-Authenticate": challenge})
 
@@ -206,13 +219,15 @@ class FakeRegistry(ThreadedApps):
             return _errors("DENIED", "bad token request", 400)
         token = "tok-" + secrets.token_hex(8)
         self.tokens.add(token)
+        if request.query["scope"].endswith("push"):
+            self.push_tokens.add(token)
         return web.json_response({"token": token, "expires_in": 300})
 
     async def _manifest(self, request: web.Request) -> web.StreamResponse:
         ns, model, tag = (request.match_info[k] for k in ("ns", "model", "tag"))
         self.stats.registry_headers.append(dict(request.headers))
-        if not self._authorized(request):
-            return self._challenge(ns, model)
+        if not self.authorized(request):
+            return self.challenge(ns, model)
         self.stats.manifest_requests += 1
         data = self.manifests.get((ns, model, tag))
         if data is None:
@@ -228,8 +243,8 @@ class FakeRegistry(ThreadedApps):
     async def _registry_blob(self, request: web.Request) -> web.StreamResponse:
         ns, model, digest = (request.match_info[k] for k in ("ns", "model", "digest"))
         self.stats.registry_headers.append(dict(request.headers))
-        if not self._authorized(request):
-            return self._challenge(ns, model)
+        if not self.authorized(request):
+            return self.challenge(ns, model)
         if digest not in self.blobs:
             return _errors("BLOB_UNKNOWN", "blob unknown to registry", 404)
         if self.cdn:
@@ -352,7 +367,8 @@ class FakeRegistry(ThreadedApps):
     async def start_async(self, port: int = 0, cdn_port: int = 0) -> None:
         registry = web.Application()
         registry.router.add_get("/v2/{ns}/{model}/manifests/{tag}", self._manifest)
-        registry.router.add_get("/v2/{ns}/{model}/blobs/{digest}", self._registry_blob)
+        registry.router.add_get("/v2/{ns}/{model}/blobs/{digest}", self._registry_blob, allow_head=False)
+        self.uploads.add_routes(registry)
         registry.router.add_get("/token", self._token)
         registry.router.add_get("/_fake/stats", self._stats)
         registry.router.add_post("/_fake/control", self._control)

@@ -255,6 +255,7 @@ SIMPLE_BODIES = [
         ("POST", "/v1/chat/completions"),
         ("DELETE", "/api/delete"),
         ("POST", "/api/pull"),
+        ("POST", "/api/push"),
     ],
 )
 def test_a_page_cannot_write_without_json(

@@ -100,6 +100,12 @@ def test_blob_pull_and_model_errors_name_no_path(srv: BackgroundServer) -> None:
         body = {"model": "127.0.0.1:9/library/nothing:latest", "insecure": True, "stream": stream}
         call(srv, "POST", "/api/pull", json=body)
         call(srv, "POST", "/api/pull", json={"model": "bad name!", "stream": stream})
+    srv.gateway.store.copy(MODEL, "127.0.0.1:9/you/pushed:v1")  # nothing listens on port 9
+    for stream in (True, False):
+        for model in ("127.0.0.1:9/you/pushed:v1", "127.0.0.1:9/you/nothing:v1", MODEL, "bad name!"):
+            for insecure in (True, False):
+                body = {"model": model, "insecure": insecure, "stream": stream}
+                call(srv, "POST", "/api/push", json=body)
     for path, body in [
         ("/api/chat", {"model": "nope", "messages": []}),
         ("/api/generate", {"model": "nope", "prompt": "x"}),

@@ -1,4 +1,5 @@
-"""Model store commands: list, show, rm, cp, import. They work on the store directly, server or not."""
+"""Model store commands: list, show, rm, cp, import, create, pull, push, prune. They work on the store
+directly, server or not."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from enginehouse.cli.progress import Reporter
+from enginehouse.cli.progress import Reporter, human_bytes
 from enginehouse.config import Config
 from enginehouse.store import Store, ensure_bundled, import_ollama_store
 from enginehouse.store.create import create_model
@@ -17,6 +18,7 @@ from enginehouse.store.gguf_info import parameter_size_label, read_gguf_info
 from enginehouse.store.modelfile import modelfile_for, parse
 from enginehouse.store.ollama_import import default_ollama_models_dir
 from enginehouse.store.pull import pull_model
+from enginehouse.store.push_ollama import push_ollama
 
 
 def open_store(config: Config) -> Store:
@@ -216,6 +218,42 @@ def pull(config: Config, name: str, insecure: bool) -> None:
 
 
 @click.command()
+@click.argument("name")
+@click.option("--insecure", is_flag=True, help="Allow plain http to this name's own registry host.")
+@click.pass_obj
+def push(config: Config, name: str, insecure: bool) -> None:
+    """Push a model to an Ollama-protocol registry (Docker registry v2 uploads, as `ollama push` does).
+
+    NAME says where: host[:port]/namespace/model:tag (or namespace/model:tag for registry.ollama.ai).
+    A local name is copied under such a name first, e.g.
+
+        enginehouse cp mymodel registry.example.com/you/mymodel:v1
+        enginehouse push registry.example.com/you/mymodel:v1
+
+    Blobs the registry already has are skipped; the rest go up in chunks, and an interrupted push
+    resumes where the registry's upload stopped. The registry's token challenge is answered as a pull
+    answers it (no stored credentials).
+    """
+    import asyncio
+
+    with Reporter(width=24) as progress:
+
+        def event(e: dict[str, object]) -> None:
+            if e.get("status") == "starting upload":  # one line, not a bar of its own
+                digest, total = str(e.get("digest", "")), e.get("total")
+                size = f" ({human_bytes(total)})" if isinstance(total, int) else ""
+                progress.note(f"starting upload of {digest.removeprefix('sha256:')[:12]}{size}")
+            else:
+                progress.pull_event(e)
+
+        report = asyncio.run(push_ollama(open_store(config), name, insecure=insecure, progress=event))
+    console = Console(stderr=True, soft_wrap=True)
+    sent = f"{human_size(report.bytes_sent)} sent" if report.uploaded else "nothing to upload"
+    skipped = f", {len(report.skipped)} blob(s) already there" if report.skipped else ""
+    console.print(f"pushed {report.name.display} ({sent}{skipped})")
+
+
+@click.command()
 @click.option(
     "--all",
     "everything",
@@ -229,4 +267,4 @@ def prune(config: Config, everything: bool) -> None:
     click.echo(f"removed {removed} file(s), freed {human_size(freed)}")
 
 
-COMMANDS = (list_models, show, rm, cp, import_, create, pull, prune)
+COMMANDS = (list_models, show, rm, cp, import_, create, pull, push, prune)

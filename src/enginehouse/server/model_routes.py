@@ -1,4 +1,4 @@
-"""Ollama's model-management endpoints that write the store: create and blobs (pull joins them).
+"""Ollama's model-management endpoints that move models: create, blobs, pull and push.
 
 Store writes hash and copy files, so they run in a worker thread; their progress reaches the client as
 NDJSON lines through a queue, the way Ollama streams ``/api/create`` and ``/api/pull``.
@@ -21,6 +21,7 @@ from enginehouse.server.blob_upload import receive_blob
 from enginehouse.store import parse_digest
 from enginehouse.store.create import create_from_request
 from enginehouse.store.pull import pull_model
+from enginehouse.store.push_ollama import push_ollama
 
 NDJSON = "application/x-ndjson"
 Progress = Callable[[dict[str, Any]], None]
@@ -136,6 +137,20 @@ async def pull(request: web.Request) -> web.StreamResponse:
     )
 
 
+async def push(request: web.Request) -> web.StreamResponse:
+    """Ollama's ``/api/push``: every layer the registry lacks, then the manifest; progress streamed."""
+    gw = request.app[GATEWAY]
+    req = PullRequest.model_validate(await read_json(request))  # the same fields: model, insecure, stream
+    name = req.model or req.name
+    if not name:
+        raise InvalidRequest("model is required")
+    return await stream_progress(
+        request,
+        lambda progress: push_ollama(gw.store, name, insecure=req.insecure, progress=progress),
+        req.stream,
+    )
+
+
 async def blob_head(request: web.Request) -> web.Response:
     digest = parse_digest(request.match_info["digest"])
     has = request.app[GATEWAY].store.has_blob(digest)
@@ -156,5 +171,6 @@ def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_post("/api/create", create)
     r.add_post("/api/pull", pull)
+    r.add_post("/api/push", push)
     r.add_route("HEAD", "/api/blobs/{digest}", blob_head)
     r.add_post("/api/blobs/{digest}", blob_upload)

@@ -366,6 +366,11 @@ class Store:
     def read_manifest(self, name: ModelName | str) -> dict[str, Any]:
         return self._read(name)[2]
 
+    def manifest_bytes(self, name: ModelName | str) -> tuple[ModelName, bytes]:
+        """The name as stored and its manifest byte for byte (what a push sends: its digest is kept)."""
+        mn, _, _, data = self._read(name)
+        return mn, data
+
     def write_manifest_bytes(self, name: ModelName | str, data: bytes) -> None:
         """Store a manifest byte for byte (its digest stays the same) once all its blobs exist."""
         mn = as_model_name(name)
