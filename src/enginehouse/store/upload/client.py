@@ -19,14 +19,13 @@ from urllib.parse import urlsplit
 import aiohttp
 import yarl
 
-from enginehouse import __version__
+from enginehouse import http_client
 from enginehouse.errors import UpstreamUnavailable
 from enginehouse.store.download import tuning
 from enginehouse.store.download.auth import BearerAuth, shown_url
 
 __all__ = ["Body", "RegistryClient", "Reply", "TransientError"]
 
-USER_AGENT = f"enginehouse/{__version__}"
 NET_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, TimeoutError, ConnectionError)
 
 #: Makes a request body: called again for each try, so a retried request sends the same bytes.
@@ -45,20 +44,10 @@ class Reply:
     url: str
 
 
-def _ssl_context() -> ssl.SSLContext:
-    try:
-        import certifi  # the bundle the pull's clients trust, so push and pull agree on roots
-
-        return ssl.create_default_context(cafile=certifi.where())
-    except (ImportError, OSError):  # pragma: no cover
-        return ssl.create_default_context()
-
-
 def _client_session() -> aiohttp.ClientSession:
-    # The one place this module builds a session (it becomes http_client.session when that lands).
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=8, ssl=_ssl_context()),
-        headers={"User-Agent": USER_AGENT},
+    """The project's session (http_client: its TLS roots, timeouts and User-Agent), as an upload needs it."""
+    return http_client.session(
+        connector_args={"limit": 8},
         auto_decompress=False,
         trust_env=True,
         cookie_jar=aiohttp.DummyCookieJar(),
