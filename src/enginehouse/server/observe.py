@@ -24,6 +24,8 @@ SKIP = frozenset({"/metrics", "/", "/api/version"})
 
 
 def door_of(path: str) -> str:
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return "anthropic"
     return "openai" if path.startswith("/v1") else "ollama"
 
 
