@@ -1,6 +1,7 @@
 """The gateway application: one route table, one error middleware, shared state.
 
-Each front door answers errors in its own dialect: paths under ``/v1`` get OpenAI's
+Each front door answers errors in its own dialect: ``/v1/messages*`` gets Anthropic's
+``{"type": "error", "error": {"type", "message"}}`` (busy as 529), other paths under ``/v1`` OpenAI's
 ``{"error": {"message", "type", ...}}``, everything else Ollama's ``{"error": "..."}``. No traceback
 reaches a client: unexpected exceptions are logged here and answered as a plain 500.
 """
@@ -34,6 +35,8 @@ from enginehouse.errors import (
     InvalidRequest,
     ServerBusy,
     Unauthorized,
+    anthropic_error_body,
+    anthropic_status,
     http_status,
     ollama_error_body,
     openai_error_body,
@@ -43,7 +46,7 @@ from enginehouse.redact import hide_paths_under
 from enginehouse.sched.keep_alive import parse_keep_alive
 from enginehouse.sched.memory import MemoryBudget, MiB
 from enginehouse.sched.scheduler import Scheduler
-from enginehouse.server import model_routes, ollama_routes, openai_routes
+from enginehouse.server import anthropic_routes, model_routes, ollama_routes, openai_routes
 from enginehouse.server.app_state import (
     GATEWAY,
     Gateway,
@@ -53,7 +56,7 @@ from enginehouse.server.app_state import (
 from enginehouse.server.bodies import body_guard
 from enginehouse.server.caching import CacheCollector
 from enginehouse.server.guard import browser_guard, cors_headers_hook
-from enginehouse.server.observe import metrics_endpoint, metrics_middleware
+from enginehouse.server.observe import door_of, metrics_endpoint, metrics_middleware
 from enginehouse.server.openapi import build_openapi
 from enginehouse.server.protocol import HANDLER_ARGS
 from enginehouse.store import BUNDLED_NAME, Store, bundled_model_file, ensure_bundled
@@ -104,7 +107,11 @@ async def error_middleware(request: web.Request, handler):  # type: ignore[no-un
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         error, status = RuntimeError(), 500
-    body = openai_error_body(error) if openai else ollama_error_body(error)
+    if door_of(request.path) == "anthropic":
+        status = anthropic_status(error, status)
+        body = anthropic_error_body(error, status)
+    else:
+        body = openai_error_body(error) if openai else ollama_error_body(error)
     headers = (
         {"Retry-After": str(max(1, round(error.retry_after)))}
         if isinstance(error, ServerBusy | AllCandidatesFailed)
@@ -283,4 +290,5 @@ def create_app(config: Config, gateway: Gateway | None = None) -> web.Applicatio
     ollama_routes.add_routes(app)
     model_routes.add_routes(app)
     openai_routes.add_routes(app)
+    anthropic_routes.add_routes(app)
     return app
