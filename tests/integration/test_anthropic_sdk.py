@@ -4,6 +4,7 @@ set so that both ways of sending it are exercised."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,11 +13,14 @@ import anthropic
 import httpx
 import jsonschema
 import ollama
+import orjson
 import pytest
+from aiohttp import web
 
 from enginehouse.config import Config
 from enginehouse.server.runtime import BackgroundServer
 from tests.conftest import MODEL
+from tests.fakes.threaded import ThreadedApps
 
 pytestmark = pytest.mark.slow
 
@@ -40,15 +44,49 @@ def prompt_of(message: anthropic.types.Message) -> int:
     return message.usage.input_tokens + (message.usage.cache_read_input_tokens or 0)
 
 
+class CuttingUpstream(ThreadedApps):
+    """An OpenAI-compatible engine that sends one chunk and drops the connection: what a crash
+    mid-answer looks like to the gateway (a real runner cannot be made to do it on demand)."""
+
+    thread_name = "cutting-upstream"
+    port = 0
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "cut"}]})
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await out.prepare(request)
+        delta = {"role": "assistant", "content": "Hi"}
+        chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta}]}
+        await out.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        await asyncio.sleep(0.05)
+        assert request.transport is not None
+        request.transport.abort()
+        return out
+
+    async def start_async(self) -> None:
+        app = web.Application()
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        (self.port,) = await self.serve((app, 0))
+
+
 @pytest.fixture(scope="module")
 def srv(server_config: Config, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServer]:
     home: Path = tmp_path_factory.mktemp("anthropic-home")
+    cutting = CuttingUpstream().start()
+    (home / "enginehouse.toml").write_text(
+        f'[upstreams.cutting]\nengine = "openai"\nurl = "http://127.0.0.1:{cutting.port}"\nmodels = []\n\n'
+        '[models.cutter]\nengine = "openai"\nupstream = "cutting"\nremote_model = "cut"\n'
+    )
     with BackgroundServer(server_config.with_(home=home, api_key=KEY)) as server:
         headers = {"Authorization": f"Bearer {KEY}"}
         ollama.Client(host=server.base_url, headers=headers).create(
             model=PLAIN, from_=MODEL, template=PLAIN_TEMPLATE
         )
         yield server
+    cutting.stop()
 
 
 @pytest.fixture(scope="module")
@@ -268,3 +306,25 @@ def test_metrics_count_the_anthropic_door(srv: BackgroundServer, client: anthrop
     assert any('door="anthropic"' in line and 'endpoint="/v1/messages"' in line for line in lines)
     overhead = "enginehouse_gateway_overhead_seconds_count{"
     assert any(line.startswith(overhead) and 'door="anthropic"' in line for line in text.splitlines())
+
+
+def test_an_engine_failing_mid_stream_ends_in_an_error_event(srv: BackgroundServer) -> None:
+    body = {"model": "cutter", "max_tokens": 20, "messages": HI, "stream": True}
+    with httpx.stream(
+        "POST", srv.base_url + "/v1/messages", json=body, headers={"x-api-key": KEY}, timeout=60
+    ) as r:
+        assert r.status_code == 200
+        events = list(r.iter_lines())
+    names = [line.removeprefix("event: ") for line in events if line.startswith("event: ")]
+    assert names[:4] == ["message_start", "ping", "content_block_start", "content_block_delta"]
+    assert names[-1] == "error" and "message_stop" not in names
+    error = orjson.loads(events[events.index("event: error") + 1].removeprefix("data: "))
+    assert error == {
+        "type": "error",
+        "error": {"type": "api_error", "message": "the engine closed the stream early"},
+    }
+
+
+def test_count_tokens_is_refused_by_an_engine_that_cannot_count(client: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.BadRequestError, match="not supported by this model's engine"):
+        client.messages.count_tokens(model="cutter", messages=HI)
