@@ -40,7 +40,7 @@ from enginehouse.errors import (
     anthropic_error_body,
     anthropic_status,
 )
-from enginehouse.server.observe import door_of
+from enginehouse.server.protocol import door_of, door_of_target
 
 TOOL = {
     "name": "get_weather",
@@ -614,3 +614,4 @@ def test_an_http_status_picks_the_type() -> None:
 )
 def test_door_of_path(path: str, door: str) -> None:
     assert door_of(path) == door
+    assert door_of_target(f"POST {path} HTTP/1.1".encode()[:24]) == door  # what a broken request shows

@@ -35,11 +35,7 @@ from enginehouse.errors import (
     InvalidRequest,
     ServerBusy,
     Unauthorized,
-    anthropic_error_body,
-    anthropic_status,
     http_status,
-    ollama_error_body,
-    openai_error_body,
 )
 from enginehouse.metrics import HealthCollector, Metrics, PoolCollector
 from enginehouse.redact import hide_paths_under
@@ -56,9 +52,9 @@ from enginehouse.server.app_state import (
 from enginehouse.server.bodies import body_guard
 from enginehouse.server.caching import CacheCollector
 from enginehouse.server.guard import browser_guard, cors_headers_hook
-from enginehouse.server.observe import door_of, metrics_endpoint, metrics_middleware
+from enginehouse.server.observe import metrics_endpoint, metrics_middleware
 from enginehouse.server.openapi import build_openapi
-from enginehouse.server.protocol import HANDLER_ARGS
+from enginehouse.server.protocol import HANDLER_ARGS, door_of, error_body
 from enginehouse.store import BUNDLED_NAME, Store, bundled_model_file, ensure_bundled
 
 log = logging.getLogger("enginehouse.server")
@@ -88,7 +84,6 @@ def auth_middleware(api_key: str):  # type: ignore[no-untyped-def]
 
 @web.middleware
 async def error_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
-    openai = request.path.startswith("/v1")
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -107,11 +102,7 @@ async def error_middleware(request: web.Request, handler):  # type: ignore[no-un
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         error, status = RuntimeError(), 500
-    if door_of(request.path) == "anthropic":
-        status = anthropic_status(error, status)
-        body = anthropic_error_body(error, status)
-    else:
-        body = openai_error_body(error) if openai else ollama_error_body(error)
+    status, body = error_body(door_of(request.path), error, status)
     headers = (
         {"Retry-After": str(max(1, round(error.retry_after)))}
         if isinstance(error, ServerBusy | AllCandidatesFailed)
