@@ -9,7 +9,7 @@ fall to the default route: greetings, one-word follow-ups, emoji, keyboard mash)
 ``split``: ``dev`` (every third prompt of each label, 120) or ``test`` (238).
 
 No leakage: the route examples the embedding tier compares against live in
-``enginehouse/routing/default_routes.py`` and were written separately; this script refuses to run if any
+``enginehouse/config_auto_router.py`` and were written separately; this script refuses to run if any
 labelled prompt equals an example (case and spacing ignored), and it prints the closest pair. The
 router's knobs (threshold, top_k, system_weight) and the rules were tuned by looking at the *dev*
 split only (``--errors dev``, ``--sweep``); the figures to quote are the *test* split's.
@@ -47,9 +47,9 @@ import aiohttp
 import numpy as np
 
 from enginehouse.config import Config
+from enginehouse.config_auto_router import default_router
 from enginehouse.engines.llama_install import require_llama_server
 from enginehouse.routing.classify import Classifier, Router, all_examples, truncate_tokens
-from enginehouse.routing.default_routes import default_router
 from enginehouse.routing.minilm import EMBED_MODEL, local_embedding_runner
 
 HERE = Path(__file__).resolve().parent

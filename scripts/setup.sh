@@ -36,3 +36,14 @@ fi
 
 echo "==> llama-server"
 enginehouse engines install llama-server
+
+# The console's browser tests (tests/integration/test_console.py) drive the system's Chromium through
+# Playwright; Playwright's own browser download is not used. Installed only when missing (needs root).
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> chromium (for the console's browser tests)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "==> chromium is missing: the console's browser tests will fail (apt-get install chromium)" >&2
+  fi
+fi

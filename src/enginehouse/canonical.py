@@ -133,6 +133,7 @@ class RerankCall:
     query: str
     documents: list[str] = field(default_factory=list)
     top_n: int | None = None
+    keep_alive: float | None = None  # seconds; None: the model's default
 
     def routing_text(self) -> tuple[str, str]:
         return "", self.query
@@ -142,6 +143,20 @@ class RerankCall:
 
 
 Call = ChatCall | CompletionCall | EmbedCall | RerankCall
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    index: int  # the document's position in the call's ``documents``
+    score: float  # the engine's relevance score: higher is more relevant (its scale is the model's)
+
+
+@dataclass(frozen=True, slots=True)
+class RerankResult:
+    """A rerank call's answer: the documents' scores, best first (at most ``top_n`` of them)."""
+
+    ranked: list[Ranked]
+    total_tokens: int = 0
 
 
 # ---- the events an answer is --------------------------------------------------------------------------

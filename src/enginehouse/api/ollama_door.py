@@ -25,8 +25,8 @@ from enginehouse.canonical import (
     ToolCall,
     ToolCallDelta,
 )
+from enginehouse.config_values import parse_keep_alive
 from enginehouse.errors import EnginehouseError, ollama_error_body
-from enginehouse.sched.keep_alive import parse_keep_alive
 from enginehouse.wire import ndjson
 
 # Ollama option -> request field understood by llama-server (and vLLM's OpenAI server).

@@ -19,7 +19,8 @@ from enginehouse.cache.response_cache import (
     controls_from_headers,
     make_backend,
 )
-from enginehouse.cache.settings import CacheSettings, CacheStats, metric_families
+from enginehouse.cache.stats import CacheStats, metric_families
+from enginehouse.config_cache import CacheSettings
 
 __all__ = [
     "CACHE_HEADER",

@@ -5,8 +5,10 @@ from __future__ import annotations
 import click
 from rich.console import Console
 
+from enginehouse.cli.models import human_size, open_store
+from enginehouse.cli.progress import Reporter
 from enginehouse.config import Config
-from enginehouse.store.convert_hf import OUTTYPES
+from enginehouse.engines.convert_hf import OUTTYPES, convert_hf
 
 
 @click.command()
@@ -32,9 +34,6 @@ def convert(config: Config, source: str, name: str, outtype: str, trust_remote_c
     for a repository pulled whole into the store. Needs `enginehouse engines install converter` first
     (llama.cpp's convert_hf_to_gguf.py from the pinned source, in a venv with torch and transformers).
     """
-    from enginehouse.cli.models import human_size, open_store
-    from enginehouse.cli.progress import Reporter
-    from enginehouse.store.convert_hf import convert_hf
 
     label = f"Converting {source}"
     with Reporter(width=0) as progress:

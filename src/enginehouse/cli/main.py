@@ -7,6 +7,18 @@ import sys
 import click
 
 from enginehouse import __version__
+from enginehouse.cli import (
+    bench,
+    config_cmd,
+    convert,
+    doctor,
+    engines,
+    models,
+    route,
+    rpc_worker,
+    serve,
+    service,
+)
 from enginehouse.config import Config, settings_blocks
 from enginehouse.errors import EnginehouseError
 
@@ -38,18 +50,6 @@ def cli(ctx: click.Context) -> None:
 
 
 def main() -> None:
-    from enginehouse.cli import (
-        bench,
-        config_cmd,
-        convert,
-        doctor,
-        engines,
-        models,
-        route,
-        rpc_worker,
-        serve,
-        service,
-    )
 
     for command in (
         *models.COMMANDS,

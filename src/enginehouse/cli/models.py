@@ -9,11 +9,14 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from enginehouse.cli.progress import Reporter
 from enginehouse.config import Config
 from enginehouse.store import Store, ensure_bundled, import_ollama_store
+from enginehouse.store.create import create_model
 from enginehouse.store.gguf_info import parameter_size_label, read_gguf_info
-from enginehouse.store.modelfile import modelfile_for
+from enginehouse.store.modelfile import modelfile_for, parse
 from enginehouse.store.ollama_import import default_ollama_models_dir
+from enginehouse.store.pull import pull_model
 
 
 def open_store(config: Config) -> Store:
@@ -185,9 +188,6 @@ def import_(config: Config, path: Path | None, name: str | None, from_ollama: bo
 def create(config: Config, name: str, modelfile: Path) -> None:
     """Create a model from a Modelfile (FROM a model, a GGUF file or a blob; PARAMETER, TEMPLATE,
     SYSTEM, MESSAGE, ADAPTER, LICENSE)."""
-    from enginehouse.cli.progress import Reporter
-    from enginehouse.store.create import create_model
-    from enginehouse.store.modelfile import parse
 
     parsed = parse(modelfile.read_text())
     store, base_dir = open_store(config), modelfile.resolve().parent
@@ -206,9 +206,6 @@ def pull(config: Config, name: str, insecure: bool) -> None:
     Blobs are verified by sha256 before they enter the store; an interrupted pull resumes where it stopped.
     """
     import asyncio
-
-    from enginehouse.cli.progress import Reporter
-    from enginehouse.store.pull import pull_model
 
     with Reporter(width=24) as progress:
         record = asyncio.run(

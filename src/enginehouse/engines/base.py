@@ -16,6 +16,7 @@ they talk to.
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -23,11 +24,11 @@ from typing import Any, ClassVar
 import aiohttp
 import orjson
 
-from enginehouse.canonical import ChatCall, CompletionCall, EmbedCall, Event
+from enginehouse.canonical import ChatCall, CompletionCall, EmbedCall, Event, Ranked, RerankCall, RerankResult
 from enginehouse.engines.engine_http import EngineResponse
 from enginehouse.engines.openai_wire import events, request_for
 from enginehouse.engines.upstream import Upstream, raise_for_engine
-from enginehouse.errors import InvalidRequest, RunnerError
+from enginehouse.errors import ContextOverflow, InvalidRequest, RunnerError
 
 #: What a broken engine stream looks like from the clients' side: reported as "closed early".
 STREAM_BROKEN = (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
@@ -83,9 +84,41 @@ class RunnerSpec:
 
     embedding: bool = False  # an embedding runner (llama-server --embeddings) rather than a chat one
     num_ctx: int | None = None  # the context per slot the request asks for (Ollama's num_ctx)
+    rerank: bool = False  # a reranking runner (llama-server --rerank: rank pooling, /v1/rerank)
 
     def key(self, model: str) -> str:
+        if self.rerank:
+            return f"{model} (rerank)"
         return f"{model} (embedding)" if self.embedding else model
+
+
+_TOO_LARGE = re.compile(r"input \((\d+) tokens\) is too large to process.*batch size: (\d+)", re.S)
+
+
+def too_long(exc: RunnerError) -> ContextOverflow | None:
+    """llama-server's 500 for an encoder's input longer than its micro-batch, which a rerank runner sizes
+    to the context (engines/factory.py): the client's too-long pair, not a failing engine."""
+    found = _TOO_LARGE.search(exc.message)
+    if found is None:
+        return None
+    tokens, context = found.groups()
+    return ContextOverflow(
+        f"a query and document together are {tokens} tokens, more than the reranker's context ({context})"
+    )
+
+
+def rerank_result(data: Any, count: int, top_n: int | None) -> RerankResult:
+    """An engine's Jina-shaped rerank answer, checked (a result naming a document that was not sent is the
+    engine's fault) and put in order here: engines sort, but the order is the gateway's promise."""
+    try:
+        ranked = [Ranked(int(r["index"]), float(r["relevance_score"])) for r in data["results"]]
+        tokens = int((data.get("usage") or {}).get("total_tokens", 0))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RunnerError(f"the engine's rerank answer is malformed: {exc!s:.100}") from exc
+    if any(not 0 <= r.index < count for r in ranked):
+        raise RunnerError("the engine's rerank answer names a document that was not sent")
+    ranked.sort(key=lambda r: -r.score)
+    return RerankResult(ranked[:top_n] if top_n is not None else ranked, tokens)
 
 
 class Engine(abc.ABC):
@@ -170,6 +203,22 @@ class Engine(abc.ABC):
         """The prompt's length in the model's own tokens, as this engine would see ``call`` (after the
         gateway prepared it). Engines that cannot count without generating refuse it."""
         raise InvalidRequest(f"counting tokens is not supported by this model's engine ({self.kind})")
+
+    async def rerank(
+        self, call: RerankCall, http: Upstream, extra: dict[str, str] | None = None
+    ) -> RerankResult:
+        """Score the call's documents against its query with the engine's ``/v1/rerank`` (llama-server's
+        and vLLM's, Jina's shape); best first, at most ``top_n``."""
+        if not call.documents:
+            return RerankResult([])
+        body: dict[str, Any] = {"model": self.served_model, "query": call.query, "documents": call.documents}
+        if call.top_n is not None:
+            body["top_n"] = call.top_n
+        try:
+            data = await http.post_json(self.base_url + "/v1/rerank", body, self.headers(extra))
+        except RunnerError as exc:
+            raise too_long(exc) or exc from exc
+        return rerank_result(data, len(call.documents), call.top_n)
 
     async def forward(
         self, path: str, body: dict[str, Any] | bytes, http: Upstream, extra: dict[str, str] | None = None

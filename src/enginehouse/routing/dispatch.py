@@ -46,6 +46,7 @@ from enginehouse.errors import (
     ServerBusy,
     UpstreamUnavailable,
 )
+from enginehouse.routing import recent
 from enginehouse.routing.classify import Classifier, Decision, Router, word_count
 from enginehouse.routing.embedding import RouterEmbedding
 from enginehouse.routing.health import Health
@@ -235,6 +236,7 @@ class Dispatcher:
             chosen_name = plan.candidates[0] if plan.candidates else ""
             self.metrics.route_decisions.labels(router.name, decision.route, decision.tier, chosen_name).inc()
             self.metrics.route_seconds.labels(router.name, decision.tier).observe(plan.elapsed_ms / 1000)
+        recent.record(self, plan)  # GET /api/route/recent, the console's "last decisions"
         return plan
 
     def _not_found(self, asked: str, exc: ModelNotFound) -> NoReturn:

@@ -27,6 +27,7 @@ from enginehouse.catalog import Catalog
 from enginehouse.config import Config
 from enginehouse.config_file import load_config_file
 from enginehouse.config_names import check_references
+from enginehouse.config_values import parse_keep_alive
 from enginehouse.engines.factory import EngineFactory
 from enginehouse.engines.upstream import Upstream
 from enginehouse.errors import (
@@ -39,10 +40,17 @@ from enginehouse.errors import (
 )
 from enginehouse.metrics import HealthCollector, Metrics, PoolCollector
 from enginehouse.redact import hide_paths_under
-from enginehouse.sched.keep_alive import parse_keep_alive
 from enginehouse.sched.memory import MemoryBudget, MiB
 from enginehouse.sched.scheduler import Scheduler
-from enginehouse.server import anthropic_routes, model_routes, ollama_routes, openai_routes
+from enginehouse.server import (
+    anthropic_routes,
+    console,
+    console_api,
+    model_routes,
+    ollama_routes,
+    openai_routes,
+    rerank_routes,
+)
 from enginehouse.server.app_state import (
     GATEWAY,
     Gateway,
@@ -61,7 +69,7 @@ log = logging.getLogger("enginehouse.server")
 CLOSE_TIMEOUT_S = 5.0  # each shutdown step that is not a runner stop (those have their own grace)
 
 
-OPEN_PATHS = frozenset({"/", "/api/version"})  # health checks work without the key
+OPEN_PATHS = frozenset({"/", "/api/version"}) | console.PUBLIC_PATHS  # health checks; the page's files
 
 
 def auth_middleware(api_key: str):  # type: ignore[no-untyped-def]
@@ -282,4 +290,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> web.Applicatio
     model_routes.add_routes(app)
     openai_routes.add_routes(app)
     anthropic_routes.add_routes(app)
+    rerank_routes.add_routes(app)
+    console_api.add_routes(app)
+    console.add_routes(app)
     return app

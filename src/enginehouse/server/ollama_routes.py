@@ -128,6 +128,8 @@ def capabilities(record: ModelRecord, engine_tools: bool = False) -> list[str]:
     """Ollama's capability names for a local GGUF. ``engine_tools``: its engine takes tools whatever
     the template says (:func:`engine_takes_tools`)."""
     info = gguf_info_for(record)
+    if info.is_reranker:
+        return ["rerank"]  # not Ollama's (it has no reranking): the models /api/rerank and /v1/rerank take
     if info.is_embedding:
         return ["embedding"]
     caps = ["completion"]

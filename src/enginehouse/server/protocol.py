@@ -56,7 +56,8 @@ def door_of(path: str) -> str:
     """The door a path belongs to, for its error shape and its metrics label."""
     if path == "/v1/messages" or path.startswith("/v1/messages/"):
         return "anthropic"
-    return "openai" if path.startswith("/v1") else "ollama"
+    # /rerank (Jina's and Cohere's path, outside /v1) speaks OpenAI's errors too (server/rerank_routes.py)
+    return "openai" if path.startswith("/v1") or path == "/rerank" else "ollama"
 
 
 def door_of_target(head: bytes) -> str:

@@ -16,9 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from enginehouse.config_routers import Route, Router, Rule, router_from_table
 from enginehouse.errors import InvalidRequest
-from enginehouse.routing.classify import Route, Router, Rule
-from enginehouse.routing.tables import router_from_table
 
 BUNDLED = "smollm2:135m"
 
