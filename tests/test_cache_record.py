@@ -205,6 +205,9 @@ def test_a_hit_replays_content_tool_calls_usage_and_finish_as_separate_events(
     [
         (Framing.SSE, b'data: {"choices":[]}\n\n'),  # no [DONE]: the engine died or the client left
         (Framing.SSE, b'data: {"choices":[]}\n\ndata: {"error": {"message": "boom"}}\n\ndata: [DONE]\n\n'),
+        # Anthropic's stream: cut before message_stop, or an error event
+        (Framing.SSE, b'event: message_start\ndata: {"type":"message_start"}\n\n'),
+        (Framing.SSE, b'event: ping\ndata: {"type":"ping"}\n\nevent: error\ndata: {"type":"error"}\n\n'),
         (Framing.NDJSON, b'{"response":"a","done":false}\n'),
         (Framing.NDJSON, b'{"response":"a","done":false}\n{"error":"the engine closed the stream early"}\n'),
         (Framing.NDJSON, b'{"response":"a","done":false}\n{"response":"", "do'),
@@ -214,6 +217,16 @@ def test_a_hit_replays_content_tool_calls_usage_and_finish_as_separate_events(
 )
 def test_incomplete_or_failed_answers_are_not_kept(framing: Framing, data: bytes) -> None:
     assert record([data], framing, "x") is None
+
+
+def test_a_whole_anthropic_stream_is_kept() -> None:
+    data = (
+        b'event: message_start\ndata: {"type":"message_start"}\n\nevent: ping\ndata: {"type":"ping"}\n\n'
+        b'event: message_delta\ndata: {"type":"message_delta"}\n\n'
+        b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+    )
+    entry = record([data], Framing.SSE, "x")
+    assert entry is not None and entry.body == data and len(entry.events) == 4
 
 
 def test_only_a_200_is_kept_and_a_large_answer_is_dropped() -> None:

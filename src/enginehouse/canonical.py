@@ -191,6 +191,9 @@ class Usage:
 @dataclass(slots=True)
 class Finish:
     reason: str  # stop, length, tool_calls
+    stop_sequence: str | None = (
+        None  # the client's stop sequence that ended the text, where a door matched it
+    )
 
 
 @dataclass(slots=True)

@@ -28,7 +28,9 @@
     └── DeadlineExceeded                  504  an engine spent longer than ENGINEHOUSE_REQUEST_TIMEOUT on it
 
 Handlers never format errors themselves: they call :func:`ollama_error_body` or
-:func:`openai_error_body` with the exception and :func:`http_status` for the status.
+:func:`openai_error_body` with the exception and :func:`http_status` for the status; Anthropic's door
+(``/v1/messages*``) takes :func:`anthropic_status` and :func:`anthropic_error_body` instead, since its
+clients read "busy" as 529 (overloaded), not 503.
 """
 
 from __future__ import annotations
@@ -221,3 +223,30 @@ def openai_error_body(exc: BaseException) -> dict[str, Any]:
             "code": code if code else (str(status) if status >= 500 else None),
         }
     }
+
+
+#: Anthropic's error types by status; any other 4xx is ``invalid_request_error``, any other 5xx ``api_error``.
+ANTHROPIC_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_status(exc: BaseException, status: int | None = None) -> int:
+    """The status Anthropic's clients expect: a full queue or no free candidate is 529 (overloaded,
+    which their SDKs retry); anything else keeps its status."""
+    if isinstance(exc, ServerBusy | AllCandidatesFailed):
+        return 529
+    return status if status is not None else http_status(exc)
+
+
+def anthropic_error_body(exc: BaseException, status: int | None = None) -> dict[str, Any]:
+    """``{"type": "error", "error": {"type", "message"}}``; ``status`` when it is not the exception's
+    own (an aiohttp HTTP error carried as InvalidRequest)."""
+    code = anthropic_status(exc, status)
+    kind = ANTHROPIC_TYPES.get(code) or ("invalid_request_error" if code < 500 else "api_error")
+    return {"type": "error", "error": {"type": kind, "message": public_message(exc)}}

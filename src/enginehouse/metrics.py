@@ -42,7 +42,7 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             "enginehouse_requests",
-            "Requests answered, by door (ollama, openai), endpoint, model, engine and HTTP status.",
+            "Requests answered, by door (ollama, openai, anthropic), endpoint, model, engine, HTTP status.",
             ["door", "endpoint", "model", "engine", "status"],
             registry=r,
         )

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from enginehouse.server.observe import door_of
+from enginehouse.server.protocol import door_of
 from enginehouse.server.runtime import BackgroundServer
 from tests.conftest import MODEL, make_config
 
@@ -53,8 +53,11 @@ def assert_clean(srv: BackgroundServer, resp: httpx.Response, what: str) -> None
     if resp.request.method == "HEAD" or not text:
         return
     last = json.loads(text.strip().splitlines()[-1].removeprefix("data: "))
-    if door_of(resp.request.url.path) == "openai":
+    door = door_of(resp.request.url.path)
+    if door == "openai":
         assert set(last["error"]) >= {"message", "type", "param", "code"}, what
+    elif door == "anthropic":
+        assert last["type"] == "error" and set(last["error"]) >= {"type", "message"}, what
     else:
         assert isinstance(last["error"], str) and last["error"], what
 

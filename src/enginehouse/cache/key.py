@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import orjson
 
-Door = Literal["ollama", "openai"]
+Door = Literal["ollama", "openai", "anthropic"]
 
 KEY_VERSION = 1  # bump when the key material changes: old entries then simply miss
 

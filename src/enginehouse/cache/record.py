@@ -31,11 +31,17 @@ _CRC = struct.Struct(">I")
 class Framing(enum.IntEnum):
     JSON = 0  # one body (non-streamed answers)
     NDJSON = 1  # Ollama's streams: one JSON object per line
-    SSE = 2  # OpenAI's streams: ``data: ...`` events ending in ``data: [DONE]``
+    SSE = 2  # OpenAI's streams (``data: ...`` events ending in ``data: [DONE]``) and Anthropic's
 
 
 _SEPARATOR = {Framing.NDJSON: b"\n", Framing.SSE: b"\n\n"}
-_ERROR_PREFIX = {Framing.JSON: b'{"error"', Framing.NDJSON: b'{"error"', Framing.SSE: b'data: {"error"'}
+_ERROR_PREFIX = {
+    Framing.JSON: (b'{"error"',),
+    Framing.NDJSON: (b'{"error"',),
+    Framing.SSE: (b'data: {"error"', b"event: error"),  # OpenAI's error event, Anthropic's
+}
+# The last event of a whole SSE answer: OpenAI's end marker, Anthropic's message_stop.
+_SSE_ENDS = (b"data: [DONE]", b"event: message_stop")
 
 
 class CorruptEntry(ValueError):
@@ -125,7 +131,7 @@ def complete(framing: Framing, events: list[bytes]) -> bool:
         return False
     last = events[-1]
     if framing is Framing.SSE:
-        return last.strip() == b"data: [DONE]"
+        return last.strip() == _SSE_ENDS[0] or last.startswith(_SSE_ENDS[1])
     if framing is Framing.NDJSON:
         try:
             return orjson.loads(last).get("done") is True

@@ -28,7 +28,7 @@ from enginehouse.canonical import ChatCall, CompletionCall, EmbedCall, Event, Ra
 from enginehouse.engines.engine_http import EngineResponse
 from enginehouse.engines.openai_wire import events, request_for
 from enginehouse.engines.upstream import Upstream, raise_for_engine
-from enginehouse.errors import ContextOverflow, RunnerError
+from enginehouse.errors import ContextOverflow, InvalidRequest, RunnerError
 
 #: What a broken engine stream looks like from the clients' side: reported as "closed early".
 STREAM_BROKEN = (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
@@ -196,6 +196,13 @@ class Engine(abc.ABC):
         data = await http.post_json(self.base_url + "/v1/embeddings", body, self.headers(extra))
         vectors = [d["embedding"] for d in sorted(data["data"], key=lambda d: d.get("index", 0))]
         return Embeddings(vectors, int((data.get("usage") or {}).get("prompt_tokens", 0)))
+
+    async def count_tokens(
+        self, call: ChatCall | CompletionCall, http: Upstream, extra: dict[str, str] | None = None
+    ) -> int:
+        """The prompt's length in the model's own tokens, as this engine would see ``call`` (after the
+        gateway prepared it). Engines that cannot count without generating refuse it."""
+        raise InvalidRequest(f"counting tokens is not supported by this model's engine ({self.kind})")
 
     async def rerank(
         self, call: RerankCall, http: Upstream, extra: dict[str, str] | None = None

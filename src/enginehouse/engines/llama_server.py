@@ -13,8 +13,11 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from enginehouse.canonical import ChatCall, CompletionCall
 from enginehouse.engines.base import Engine, EngineInfo
+from enginehouse.engines.openai_wire import chat_request
 from enginehouse.engines.rpc_worker import check_workers_async, name_failed_workers
+from enginehouse.engines.upstream import Upstream
 from enginehouse.errors import RunnerStartFailed
 from enginehouse.process import ManagedProcess, RestartPolicy, State
 
@@ -177,6 +180,21 @@ class LlamaServerEngine(Engine):
 
     async def stop(self) -> None:
         await self.process.stop()
+
+    async def count_tokens(
+        self, call: ChatCall | CompletionCall, http: Upstream, extra: dict[str, str] | None = None
+    ) -> int:
+        """A chat through llama-server's own template (``/apply-template``, the body a generation would
+        send), a rendered prompt as it is; then ``/tokenize`` as its completions tokenize a prompt
+        (special tokens added and parsed)."""
+        headers = self.headers(extra)
+        prompt = call.prompt if isinstance(call, CompletionCall) else None
+        if isinstance(call, ChatCall):
+            _, body = chat_request(call, self.served_model)
+            prompt = (await http.post_json(self.base_url + "/apply-template", body, headers)).get("prompt")
+        body = {"content": prompt or "", "add_special": True, "parse_special": True}
+        tokens = (await http.post_json(self.base_url + "/tokenize", body, headers)).get("tokens")
+        return len(tokens or [])
 
     def kill(self, cause: str) -> bool:
         """The watchdog's remedy: SIGKILL the runner and start a fresh one (see ManagedProcess.kill)."""

@@ -1,6 +1,7 @@
 """The gateway application: one route table, one error middleware, shared state.
 
-Each front door answers errors in its own dialect: paths under ``/v1`` get OpenAI's
+Each front door answers errors in its own dialect: ``/v1/messages*`` gets Anthropic's
+``{"type": "error", "error": {"type", "message"}}`` (busy as 529), other paths under ``/v1`` OpenAI's
 ``{"error": {"message", "type", ...}}``, everything else Ollama's ``{"error": "..."}``. No traceback
 reaches a client: unexpected exceptions are logged here and answered as a plain 500.
 """
@@ -36,14 +37,20 @@ from enginehouse.errors import (
     ServerBusy,
     Unauthorized,
     http_status,
-    ollama_error_body,
-    openai_error_body,
 )
 from enginehouse.metrics import HealthCollector, Metrics, PoolCollector
 from enginehouse.redact import hide_paths_under
 from enginehouse.sched.memory import MemoryBudget, MiB
 from enginehouse.sched.scheduler import Scheduler
-from enginehouse.server import console, console_api, model_routes, ollama_routes, openai_routes, rerank_routes
+from enginehouse.server import (
+    anthropic_routes,
+    console,
+    console_api,
+    model_routes,
+    ollama_routes,
+    openai_routes,
+    rerank_routes,
+)
 from enginehouse.server.app_state import (
     GATEWAY,
     Gateway,
@@ -55,7 +62,7 @@ from enginehouse.server.caching import CacheCollector
 from enginehouse.server.guard import browser_guard, cors_headers_hook
 from enginehouse.server.observe import metrics_endpoint, metrics_middleware
 from enginehouse.server.openapi import build_openapi
-from enginehouse.server.protocol import HANDLER_ARGS
+from enginehouse.server.protocol import HANDLER_ARGS, door_of, error_body
 from enginehouse.store import BUNDLED_NAME, Store, bundled_model_file, ensure_bundled
 
 log = logging.getLogger("enginehouse.server")
@@ -85,7 +92,6 @@ def auth_middleware(api_key: str):  # type: ignore[no-untyped-def]
 
 @web.middleware
 async def error_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
-    openai = request.path.startswith("/v1") or request.path in rerank_routes.OPENAI_SHAPED
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -104,7 +110,7 @@ async def error_middleware(request: web.Request, handler):  # type: ignore[no-un
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         error, status = RuntimeError(), 500
-    body = openai_error_body(error) if openai else ollama_error_body(error)
+    status, body = error_body(door_of(request.path), error, status)
     headers = (
         {"Retry-After": str(max(1, round(error.retry_after)))}
         if isinstance(error, ServerBusy | AllCandidatesFailed)
@@ -283,6 +289,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> web.Applicatio
     ollama_routes.add_routes(app)
     model_routes.add_routes(app)
     openai_routes.add_routes(app)
+    anthropic_routes.add_routes(app)
     rerank_routes.add_routes(app)
     console_api.add_routes(app)
     console.add_routes(app)

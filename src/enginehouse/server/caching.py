@@ -62,7 +62,9 @@ async def answer_cached(
     if cache is None:
         return await answer()
     entry = gw.scheduler.entry(record.name.display)
-    auth = request.headers.get("Authorization", "")
+    # The caller's key, as the key check reads it: the bearer token, else Anthropic's x-api-key.
+    auth = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    auth = auth or request.headers.get("x-api-key", "").strip()
     key = CacheRequest(
         door,  # type: ignore[arg-type]
         endpoint,
@@ -70,7 +72,7 @@ async def answer_cached(
         record.manifest_digest,
         digest_of(record.template or ""),
         {"engine": entry.engine, **entry_dict(entry)},
-        auth.removeprefix("Bearer ").strip() or None,
+        auth or None,
         record.params,
     )
     plan = cache.plan(key, request.headers)

@@ -11,7 +11,7 @@ the client's dialect is one the engine takes as it comes, the door forwards the 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -19,7 +19,7 @@ from aiohttp import web
 from enginehouse.api.prepare import ModelFacts, Prepared, prepare_chat, prepare_completion
 from enginehouse.api.thinking import split_thinking
 from enginehouse.api.toolcalls import split_tool_calls
-from enginehouse.canonical import Call, ChatCall, CompletionCall
+from enginehouse.canonical import Call, ChatCall, CompletionCall, Event
 from enginehouse.engines.base import Engine, RunnerSpec
 from enginehouse.routing.dispatch import Outcome
 from enginehouse.routing.plan import Plan
@@ -30,6 +30,7 @@ from enginehouse.server.relay import Encoder, relay_events
 from enginehouse.store import ModelRecord
 
 Attempt = Callable[[str, Outcome], Awaitable[web.StreamResponse]]
+Transform = Callable[[AsyncIterator[Event]], AsyncIterator[Event]]
 
 
 async def plan_request(request: web.Request, call: Call) -> Plan:
@@ -80,8 +81,10 @@ async def run_generation(
     prepared: Prepared,
     encoder: Encoder,
     outcome: Outcome,
+    transform: Transform | None = None,
 ) -> web.StreamResponse:
-    """One generation on a leased engine, relayed in the door's shape."""
+    """One generation on a leased engine, relayed in the door's shape. ``transform``: the door's own
+    step over the events, after the tool calls are split out (e.g. Anthropic's stop sequences)."""
     engine = lease.model.engine
     sent = time.monotonic()
     answer = await engine.stream(prepared.call, request.app[GATEWAY].upstream, link_headers(request, engine))
@@ -89,6 +92,8 @@ async def run_generation(
         answer = answer.through(split_thinking(prepared.thinking, prepared.thinking_open))
     if prepared.tools is not None:  # a Go template's calls come back as text, written its way
         answer = answer.through(split_tool_calls(prepared.tools, prepared.forced))
+    if transform is not None:
+        answer = answer.through(transform)
     response = await relay_events(request, answer, encoder, outcome, prepared.call.stream)
     observe_generation(request, door, lease, encoder.tally, sent)
     return response

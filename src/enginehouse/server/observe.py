@@ -17,14 +17,11 @@ from enginehouse.canonical import Tally
 from enginehouse.metrics import CONTENT_TYPE, Metrics
 from enginehouse.sched.scheduler import Lease
 from enginehouse.server.app_state import GATEWAY
+from enginehouse.server.protocol import door_of
 from enginehouse.wire import last_sse_payloads
 
 MODEL = web.RequestKey("enginehouse.model", tuple)  # (model, engine) that answered this request
 SKIP = frozenset({"/metrics", "/", "/api/version"})
-
-
-def door_of(path: str) -> str:
-    return "openai" if path.startswith("/v1") or path == "/rerank" else "ollama"
 
 
 def note_model(request: web.Request, lease: Lease) -> None:

@@ -22,9 +22,15 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
 
-from enginehouse.errors import InvalidRequest, ollama_error_body, openai_error_body
+from enginehouse.errors import (
+    InvalidRequest,
+    anthropic_error_body,
+    anthropic_status,
+    ollama_error_body,
+    openai_error_body,
+)
 
-__all__ = ["HANDLER_ARGS", "DoorRequestHandler", "GatewayRunner", "is_openai_target"]
+__all__ = ["HANDLER_ARGS", "DoorRequestHandler", "GatewayRunner", "door_of", "is_openai_target"]
 
 log = logging.getLogger("enginehouse.server")
 
@@ -37,13 +43,37 @@ HANDLER_ARGS: dict[str, Any] = {
     "auto_decompress": False,
 }
 
-HEAD_BYTES = 16  # enough of the request line to see "OPTIONS /v1/"
+HEAD_BYTES = 24  # enough of the request line to see "OPTIONS /v1/messages/"
 
 
 def is_openai_target(head: bytes) -> bool:
     """Whether the start of a request line targets the OpenAI door (``/v1``)."""
     target = head.partition(b" ")[2]
     return target[:3] == b"/v1" and target[3:4] in (b"", b"/", b"?", b" ")
+
+
+def door_of(path: str) -> str:
+    """The door a path belongs to, for its error shape and its metrics label."""
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return "anthropic"
+    # /rerank (Jina's and Cohere's path, outside /v1) speaks OpenAI's errors too (server/rerank_routes.py)
+    return "openai" if path.startswith("/v1") or path == "/rerank" else "ollama"
+
+
+def door_of_target(head: bytes) -> str:
+    """The door a request line's start targets: anthropic (``/v1/messages``), openai (``/v1``), ollama."""
+    target = head.partition(b" ")[2]
+    if target[:12] == b"/v1/messages" and target[12:13] in (b"", b"/", b"?", b" "):
+        return "anthropic"
+    return "openai" if is_openai_target(head) else "ollama"
+
+
+def error_body(door: str, error: BaseException, status: int) -> tuple[int, dict[str, Any]]:
+    """(status, body) of a refusal in ``door``'s shape."""
+    if door == "anthropic":
+        status = anthropic_status(error, status)
+        return status, anthropic_error_body(error, status)
+    return status, openai_error_body(error) if door == "openai" else ollama_error_body(error)
 
 
 class DoorRequestHandler(RequestHandler):
@@ -98,14 +128,14 @@ class DoorRequestHandler(RequestHandler):
             raise ConnectionError("the response has started: no room for an error")
         if status >= 500:
             self.log_exception("error handling %s %s", request.method, request.path, exc_info=exc)
-            openai = request.path.startswith("/v1")
+            door = door_of(request.path)
             error: BaseException = RuntimeError()
         else:
-            openai = is_openai_target(self._head) if self._parse_failed else request.path.startswith("/v1")
+            door = door_of_target(self._head) if self._parse_failed else door_of(request.path)
             status, text = self._describe(status, exc)
             log.debug("refused a malformed request from %s: %d %s", request.remote, status, text)
             error = InvalidRequest(text)
-        body = openai_error_body(error) if openai else ollama_error_body(error)
+        status, body = error_body(door, error, status)
         response = web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
         response.force_close()
         return response
