@@ -43,7 +43,15 @@ from enginehouse.metrics import HealthCollector, Metrics, PoolCollector
 from enginehouse.redact import hide_paths_under
 from enginehouse.sched.memory import MemoryBudget, MiB
 from enginehouse.sched.scheduler import Scheduler
-from enginehouse.server import console, console_api, model_routes, ollama_routes, openai_routes, rerank_routes
+from enginehouse.server import (
+    console,
+    console_api,
+    model_routes,
+    ollama_routes,
+    openai_routes,
+    rerank_routes,
+    responses_routes,
+)
 from enginehouse.server.app_state import (
     GATEWAY,
     Gateway,
@@ -286,4 +294,5 @@ def create_app(config: Config, gateway: Gateway | None = None) -> web.Applicatio
     rerank_routes.add_routes(app)
     console_api.add_routes(app)
     console.add_routes(app)
+    responses_routes.add_routes(app)
     return app

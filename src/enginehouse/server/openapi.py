@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from enginehouse import __version__
 from enginehouse.api import ollama as o
 from enginehouse.api import openai as oa
+from enginehouse.api.responses_wire import ResponsesRequest
 
 # (method, path, request model or None, summary)
 OPERATIONS: tuple[tuple[str, str, type[BaseModel] | None, str], ...] = (
@@ -34,6 +35,7 @@ OPERATIONS: tuple[tuple[str, str, type[BaseModel] | None, str], ...] = (
     ("post", "/v1/chat/completions", oa.ChatCompletionRequest, "Chat completions (SSE when stream=true)"),
     ("post", "/v1/completions", oa.CompletionRequest, "Completions (SSE when stream=true)"),
     ("post", "/v1/embeddings", oa.EmbeddingRequest, "Embeddings (OpenAI)"),
+    ("post", "/v1/responses", ResponsesRequest, "Responses (SSE events when stream=true)"),
 )
 
 
