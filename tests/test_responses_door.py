@@ -222,6 +222,10 @@ def test_request_fields_map_onto_the_call(body: dict[str, Any], field: str, valu
             {"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{oops"}]},
             "input[0].arguments",
         ),
+        (
+            {"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": 5}]},
+            "input[0].arguments",
+        ),
         ({"input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id"),
         ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type"),
         ({"input": [{"type": "computer_call_output"}]}, "input[0].type"),

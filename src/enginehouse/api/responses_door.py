@@ -154,8 +154,10 @@ class _Conversation:
         name = _string(item, "name", where)
         call_id = _string(item, "call_id", where)
         args = item.get("arguments") or "{}"
+        if not isinstance(args, str):
+            raise InvalidRequest(f"'{where}.arguments' must be a JSON string", param=f"{where}.arguments")
         try:
-            parsed = orjson.loads(args) if isinstance(args, str) else args
+            parsed = orjson.loads(args)
         except orjson.JSONDecodeError:
             raise InvalidRequest(
                 f"'{where}.arguments' is not JSON: {args[:80]!r}", param=f"{where}.arguments"
