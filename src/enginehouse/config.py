@@ -288,6 +288,29 @@ SETTINGS: tuple[Setting, ...] = (
         float,
     ),
     Setting(
+        "responses_max_entries",
+        "ENGINEHOUSE_RESPONSES_MAX_ENTRIES",
+        "1000",
+        "Stored /v1/responses answers kept in memory (for previous_response_id and GET); past it the "
+        "oldest are dropped. With a Redis response cache they live in Redis and only the age applies.",
+        int,
+    ),
+    Setting(
+        "responses_max_mib",
+        "ENGINEHOUSE_RESPONSES_MAX_MIB",
+        "64",
+        "Bound of the in-memory /v1/responses store, MiB (input and output items together); past it "
+        "the oldest are dropped.",
+        float,
+    ),
+    Setting(
+        "responses_ttl_s",
+        "ENGINEHOUSE_RESPONSES_TTL",
+        "86400",
+        "Seconds a stored /v1/responses answer is kept (in memory or Redis); older ones answer 404.",
+        float,
+    ),
+    Setting(
         "pypi_index",
         "ENGINEHOUSE_PYPI_INDEX",
         "https://pypi.org/simple",
@@ -330,6 +353,9 @@ class Config:
     sched_policy: str = "batch"
     response_cache: str = ""
     response_cache_mib: float = 0.0
+    responses_max_entries: int = 1000
+    responses_max_mib: float = 64.0
+    responses_ttl_s: float = 86400.0
     pypi_index: str = "https://pypi.org/simple"
 
     @classmethod

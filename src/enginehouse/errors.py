@@ -5,7 +5,8 @@
     │   ├── InvalidName                   400  a model name that is malformed or would escape the store
     │   ├── InvalidDigest                 400  not ``sha256:<64 hex>``
     │   ├── InvalidModelFile              400  not a GGUF file, truncated, or otherwise unreadable
-    │   └── ContextOverflow               400  the prompt is longer than the model's context
+    │   ├── ContextOverflow               400  the prompt is longer than the model's context
+    │   └── ResponseNotFound              404  no stored /v1/responses answer by that id (for this key)
     ├── Unauthorized                      401  an API key is configured and the request lacks it
     ├── Forbidden                         403  refused by the browser guard (Host, Origin, Content-Type)
     ├── RequestTimeout                    408  the request body did not arrive in time
@@ -75,6 +76,13 @@ class InvalidModelFile(InvalidRequest):
 
 class ContextOverflow(InvalidRequest):
     """The engine counted the prompt with the model's tokenizer and it does not fit the context."""
+
+
+class ResponseNotFound(InvalidRequest):
+    """A stored response that is not there: never stored, deleted, dropped at the store's bounds, or
+    another key's. An InvalidRequest so that ``param`` can name ``previous_response_id``."""
+
+    status = 404
 
 
 class Unauthorized(EnginehouseError):

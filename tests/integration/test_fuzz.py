@@ -53,7 +53,7 @@ def test_no_input_gives_a_server_error(server: BackgroundServer) -> None:
                     options["num_predict"] = 8
                 elif options is None:
                     case.body["options"] = {"num_predict": 8}
-            for field in ("max_tokens", "max_completion_tokens"):
+            for field in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
                 if isinstance(case.body, dict) and isinstance(case.body.get(field), int):
                     case.body[field] = min(case.body[field], 8)
             response = case.call(base_url=server.base_url, timeout=120)

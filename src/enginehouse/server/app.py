@@ -50,6 +50,7 @@ from enginehouse.server import (
     ollama_routes,
     openai_routes,
     rerank_routes,
+    responses_routes,
 )
 from enginehouse.server.app_state import (
     GATEWAY,
@@ -293,4 +294,5 @@ def create_app(config: Config, gateway: Gateway | None = None) -> web.Applicatio
     rerank_routes.add_routes(app)
     console_api.add_routes(app)
     console.add_routes(app)
+    responses_routes.add_routes(app)
     return app

@@ -13,6 +13,7 @@ from enginehouse import __version__
 from enginehouse.api import ollama as o
 from enginehouse.api import openai as oa
 from enginehouse.api import rerank_door as rr
+from enginehouse.api.responses_wire import ResponsesRequest
 
 # (method, path, request model or None, summary)
 OPERATIONS: tuple[tuple[str, str, type[BaseModel] | None, str], ...] = (
@@ -38,6 +39,7 @@ OPERATIONS: tuple[tuple[str, str, type[BaseModel] | None, str], ...] = (
     ("post", "/v1/rerank", rr.RerankRequest, "Rerank documents (Jina/Cohere shape)"),
     ("post", "/rerank", rr.RerankRequest, "Rerank documents (Jina/Cohere shape)"),
     ("post", "/api/rerank", rr.OllamaRerankRequest, "Rerank documents (extension, Ollama style)"),
+    ("post", "/v1/responses", ResponsesRequest, "Responses (SSE events when stream=true)"),
 )
 
 
