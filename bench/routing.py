@@ -54,15 +54,27 @@ from enginehouse.routing.minilm import EMBED_MODEL, local_embedding_runner
 
 HERE = Path(__file__).resolve().parent
 PROMPTS = HERE / "routing_prompts.jsonl"
+VARIED = HERE / "routing_prompts_varied.jsonl"
+SETS = {"project": PROMPTS, "varied": VARIED}  # the labelled sets kept here, by name
 RESULTS = HERE / "results" / "routing.json"
 LABELS = ("code", "math", "writing", "general", "default")
 ROUTES = ("code", "math", "writing", "general")
 
 
-def load_prompts(path: Path = PROMPTS) -> list[dict[str, Any]]:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    for r in rows:
-        assert r["label"] in LABELS and r["split"] in ("dev", "test"), r
+def load_prompts(path: Path = PROMPTS, *, split: str | None = None) -> list[dict[str, Any]]:
+    """A labelled JSONL file: ``label`` and ``text`` (or ``prompt``), optional ``system``, ``id`` and
+    ``split``. ``split`` fills in a missing split (an outside test set is all ``test``)."""
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines()):
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        r.setdefault("text", r.get("prompt"))
+        r.setdefault("id", f"{path.stem}-{n}")
+        if split is not None:
+            r.setdefault("split", split)
+        assert r["label"] in LABELS and r["split"] in ("dev", "test") and isinstance(r["text"], str), r
+        rows.append(r)
     return rows
 
 
@@ -111,18 +123,29 @@ def f1_table(pairs: list[tuple[str, str]], labels: tuple[str, ...]) -> dict[str,
 
 
 def evaluate(rows: list[dict[str, Any]], preds: list[str]) -> dict[str, Any]:
-    pairs = [(r["label"], p) for r, p in zip(rows, preds, strict=True)]
-    strict = f1_table(pairs, LABELS)
+    """Scores of one labelled set or split. With ``default`` prompts in it, the 5-label scores ask
+    the router to abstain on them; without (an outside set that labels by route), an abstention
+    counts as ``general``, the route it is served by, and the labels are the four routes."""
+    five = any(r["label"] == "default" for r in rows)
+    labels = LABELS if five else ROUTES
+    pairs = [
+        (r["label"], p if five or p != "default" else "general") for r, p in zip(rows, preds, strict=True)
+    ]
+    strict = f1_table(pairs, labels)
     served = f1_table(
         [("general" if t == "default" else t, p if p != "default" else "general") for t, p in pairs], ROUTES
     )
-    confusion = {t: {p: sum(1 for a, b in pairs if a == t and b == p) for p in LABELS} for t in LABELS}
-    n_cw = confusion["code"]["code"] + sum(confusion["code"][p] for p in LABELS if p != "code")
+    confusion = {t: {p: sum(1 for a, b in pairs if a == t and b == p) for p in labels} for t in labels}
+    n_cw = sum(confusion["code"].values())
     n_wc = sum(confusion["writing"].values())
     code_writing = (confusion["code"]["writing"] + confusion["writing"]["code"]) / max(1, n_cw + n_wc)
-    abstained = {t: confusion[t]["default"] for t in LABELS}
+    abstained = {
+        t: sum(1 for r, p in zip(rows, preds, strict=True) if r["label"] == t and p == "default")
+        for t in labels
+    }
     return {
         "n": len(pairs),
+        "labels": list(labels),
         "macro_f1": strict["macro_f1"],
         "accuracy": strict["accuracy"],
         "per_class": strict["per_class"],
@@ -164,9 +187,10 @@ async def time_keyword_tier(clf: Classifier, rows: list[dict[str, Any]], repeat:
     return out
 
 
-async def count_tokens(base_url: str, texts: list[str]) -> list[float]:
-    """BERT tokens of each text as the runner sees them, [CLS] and [SEP] included (/tokenize)."""
-    async with aiohttp.ClientSession() as session:
+async def count_tokens(base_url: str, texts: list[str], headers: dict[str, str]) -> list[float]:
+    """BERT tokens of each text as the runner sees them, [CLS] and [SEP] included (/tokenize, with
+    the runner's key in ``headers``)."""
+    async with aiohttp.ClientSession(headers=headers) as session:
         out = []
         for text in texts:
             async with session.post(f"{base_url}/tokenize", json={"content": text}) as resp:
@@ -200,27 +224,34 @@ async def sweep(clf: Classifier, rows: list[dict[str, Any]], memo: MemoEmbed) ->
     return sorted(out, key=lambda x: -x["dev_macro_f1"])
 
 
+def print_scores(title: str, m: dict[str, Any]) -> None:
+    labels = m["labels"]
+    what = "5 labels incl. default" if len(labels) == 5 else "4 routes, an abstention counts as general"
+    print(
+        f"\n== {title} ({m['n']} prompts): macro-F1 {m['macro_f1']:.3f} ({what}), "
+        f"served-route macro-F1 {m['served_macro_f1']:.3f}, accuracy {m['accuracy']:.3f}"
+    )
+    print(
+        "   per-label F1 "
+        + ", ".join(f"{k} {m['per_class'][k]['f1']:.3f}" for k in labels)
+        + f"; code/writing confusion {m['code_writing_confusion']:.1%}; abstentions {m['abstentions']}"
+    )
+    print("   true \\ predicted " + "".join(f"{p:>9}" for p in labels) + "       F1")
+    for t in labels:
+        row = "".join(f"{m['confusion'][t][p]:>9}" for p in labels)
+        print(f"   {t:<17}{row}    {m['per_class'][t]['f1']:.3f}")
+
+
 def print_report(res: dict[str, Any]) -> None:
-    for split in ("test", "dev", "all"):
-        m = res["splits"][split]
-        print(
-            f"\n== {split} ({m['n']} prompts): macro-F1 {m['macro_f1']:.3f} (5 labels incl. default), "
-            f"served-route macro-F1 {m['served_macro_f1']:.3f}, accuracy {m['accuracy']:.3f}"
-        )
-        print(
-            f"   code/writing confusion {m['code_writing_confusion']:.1%} "
-            f"(code->writing {m['code_to_writing']}, writing->code {m['writing_to_code']}); "
-            f"abstentions {m['abstentions']}"
-        )
-        print("   true \\ predicted " + "".join(f"{p:>9}" for p in LABELS) + "       F1")
-        for t in LABELS:
-            row = "".join(f"{m['confusion'][t][p]:>9}" for p in LABELS)
-            print(f"   {t:<17}{row}    {m['per_class'][t]['f1']:.3f}")
+    for name, splits in res["sets"].items():
+        for split, m in splits.items():
+            print_scores(f"{name} {split}", m)
     t = res["timing_ms"]
-    print("\n== decision time (ms), runner warm")
-    for name, v in t.items():
-        print(f"   {name:<28} n={v['n']:<5} p50 {v['p50']:.3f}  p95 {v['p95']:.3f}  max {v['max']:.3f}")
-    print(f"   tiers on the labelled set: {res['tiers']}; tokens sent: {res['tokens_sent']}")
+    if t:
+        print("\n== decision time (ms), runner warm")
+        for name, v in t.items():
+            print(f"   {name:<28} n={v['n']:<5} p50 {v['p50']:.3f}  p95 {v['p95']:.3f}  max {v['max']:.3f}")
+        print(f"   tiers on the labelled sets: {res['tiers']}; tokens sent: {res['tokens_sent']}")
 
 
 def timing(values: list[float]) -> dict[str, float]:
@@ -232,16 +263,30 @@ def timing(values: list[float]) -> dict[str, float]:
     }
 
 
+def labelled_sets(extra: list[Path]) -> dict[str, list[dict[str, Any]]]:
+    """The sets kept here, then each ``--testset`` file (named by its stem; all of it ``test`` unless
+    its rows say a split)."""
+    sets = {name: load_prompts(path) for name, path in SETS.items()}
+    for path in extra:
+        if path.resolve() not in {p.resolve() for p in SETS.values()}:
+            sets[path.stem if path.stem not in sets else str(path)] = load_prompts(path, split="test")
+    return sets
+
+
 async def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
     user = Config.from_env()
     config = Config.from_env(
         {}, home=home, llama_server=require_llama_server(user).path, engines_dir=user.engines
     )
     router = default_router()
-    rows = load_prompts()
+    sets = labelled_sets(args.testset)
+    rows = [r for name in sets for r in sets[name]]
+    own = [r for name in SETS for r in sets[name]]  # timed, tokenised and swept: the sets kept here
     check_leakage(router, rows)
     print(
-        f"{len(rows)} labelled prompts; {sum(len(r.examples) for r in router.routes)} route examples",
+        f"{len(rows)} labelled prompts ({', '.join(f'{k} {len(v)}' for k, v in sets.items())}); "
+        f"{sum(len(r.examples) for r in router.routes)} route examples, "
+        f"{len(router.abstain_examples)} abstain examples",
         file=sys.stderr,
     )
     async with local_embedding_runner(
@@ -253,33 +298,71 @@ async def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
         await clf.prepare()
         prepare_s = time.perf_counter() - started
         decisions = await classify_all(clf, rows)
-        emb_ms, cap_ms = [], []
-        for _ in range(args.repeat):
-            for r in rows:
-                d = await clf.classify(r.get("system"), r["text"])
-                if d.tier == "embedding" or (d.tier == "default" and d.scores):
-                    emb_ms.append(d.elapsed_ms)
-        for r in rows:
-            d = await clf.classify(None, pad_past_cap(r["text"]))
-            if d.scores:
-                cap_ms.append(d.elapsed_ms)
-        kw_ms = await time_keyword_tier(clf, rows, args.repeat)
-        base = embedder.url.removesuffix("/v1/embeddings")
-        tokens = await count_tokens(base, [truncate_tokens(r["text"], router.max_tokens) for r in rows])
-        cap_tokens = await count_tokens(
-            base, [truncate_tokens(pad_past_cap(r["text"]), router.max_tokens) for r in rows]
-        )
-        all_ms = [d.elapsed_ms for d in decisions]
-        swept = await sweep(clf, rows, memo) if args.sweep else []
-    preds = [predicted(d) for d in decisions]
-    splits = {}
-    for split in ("test", "dev", "all"):
-        idx = [i for i, r in enumerate(rows) if split == "all" or r["split"] == split]
-        splits[split] = evaluate([rows[i] for i in idx], [preds[i] for i in idx])
+        timing_ms: dict[str, dict[str, float]] = {}
+        tokens_sent: dict[str, float] = {}
+        if args.repeat > 0:
+            emb_ms, cap_ms = [], []
+            for _ in range(args.repeat):
+                for r in own:
+                    d = await clf.classify(r.get("system"), r["text"])
+                    if d.tier == "embedding" or (d.tier == "default" and d.scores):
+                        emb_ms.append(d.elapsed_ms)
+            for r in own:
+                d = await clf.classify(None, pad_past_cap(r["text"]))
+                if d.scores:
+                    cap_ms.append(d.elapsed_ms)
+            kw_ms = await time_keyword_tier(clf, own, args.repeat)
+            base = embedder.url.removesuffix("/v1/embeddings")
+            tokens = await count_tokens(
+                base, [truncate_tokens(r["text"], router.max_tokens) for r in own], embedder.headers
+            )
+            cap_tokens = await count_tokens(
+                base,
+                [truncate_tokens(pad_past_cap(r["text"]), router.max_tokens) for r in own],
+                embedder.headers,
+            )
+            timing_ms = {
+                "keyword tier": timing(kw_ms),
+                "embedding tier": timing(emb_ms),
+                "embedding tier, 64-token cap": timing(cap_ms),
+                "all decisions (first pass)": timing([d.elapsed_ms for d in decisions[: len(own)]]),
+            }
+            tokens_sent = {
+                "labelled p50": pct(tokens, 50),
+                "labelled max": max(tokens),
+                "64-token cap p50": pct(cap_tokens, 50),
+                "64-token cap max": max(cap_tokens),
+            }
+        swept = await sweep(clf, own, memo) if args.sweep else []
+    preds = dict(zip((id(r) for r in rows), (predicted(d) for d in decisions), strict=True))
+    by_row = dict(zip((id(r) for r in rows), decisions, strict=True))
+    scores: dict[str, dict[str, Any]] = {}
+    for name, set_rows in sets.items():
+        splits = ("test", "dev", "all") if name in SETS else ("all",)
+        scores[name] = {}
+        for split in splits:
+            part = [r for r in set_rows if split == "all" or r["split"] == split]
+            if part:
+                scores[name][split] = evaluate(part, [preds[id(r)] for r in part])
     errors = [
-        {"id": r["id"], "label": r["label"], "predicted": p, **d.to_dict(), "text": r["text"][:120]}
-        for r, p, d in zip(rows, preds, decisions, strict=True)
-        if p != r["label"]
+        {
+            "set": name,
+            "id": r["id"],
+            "split": r["split"],
+            "label": r["label"],
+            "predicted": preds[id(r)],
+            **by_row[id(r)].to_dict(),
+            "text": r["text"][:120],
+        }
+        for name, set_rows in sets.items()
+        for r in set_rows
+        if preds[id(r)] != r["label"]
+        and not (
+            r["label"] == "general"
+            and preds[id(r)] == "default"
+            and name not in SETS
+            and scores[name]["all"]["labels"] == list(ROUTES)
+        )
     ]
     return {
         "router": {
@@ -294,23 +377,20 @@ async def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
                 "min_words",
             )
         },
-        "examples": {r.name: len(r.examples) for r in router.routes},
-        "prompts": {f"{k[0]}/{k[1]}": v for k, v in Counter((r["label"], r["split"]) for r in rows).items()},
-        "splits": splits,
-        "tiers": dict(Counter(d.tier for d in decisions)),
-        "timing_ms": {
-            "keyword tier": timing(kw_ms),
-            "embedding tier": timing(emb_ms),
-            "embedding tier, 64-token cap": timing(cap_ms),
-            "all decisions (first pass)": timing(all_ms),
+        "examples": {r.name: len(r.examples) for r in router.routes}
+        | {"(abstain)": len(router.abstain_examples)},
+        "prompts": {
+            name: {
+                f"{k[0]}/{k[1]}": v
+                for k, v in sorted(Counter((r["label"], r["split"]) for r in set_rows).items())
+            }
+            for name, set_rows in sets.items()
         },
+        "sets": scores,
+        "tiers": dict(Counter(d.tier for d in decisions[: len(own)])),
+        "timing_ms": timing_ms,
         "prepare_s": round(prepare_s, 2),
-        "tokens_sent": {
-            "labelled p50": pct(tokens, 50),
-            "labelled max": max(tokens),
-            "64-token cap p50": pct(cap_tokens, 50),
-            "64-token cap max": max(cap_tokens),
-        },
+        "tokens_sent": tokens_sent,
         "machine": {
             "cpus": os.cpu_count(),
             "loadavg_1m": round(os.getloadavg()[0], 2),
@@ -318,10 +398,11 @@ async def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
             "embed_model": args.model,
         },
         "sweep_dev_top10": swept[:10],
-        "errors_dev": [e for e in errors if e["id"] in {r["id"] for r in rows if r["split"] == "dev"}],
-        "errors_test_count": sum(
-            1 for e in errors if e["id"] in {r["id"] for r in rows if r["split"] == "test"}
-        ),
+        "errors_dev": [e for e in errors if e["split"] == "dev" and e["set"] in SETS],
+        "errors_test_count": {
+            name: sum(1 for e in errors if e["set"] == name and e["split"] == "test") for name in sets
+        },
+        "errors_testsets": [e for e in errors if e["set"] not in SETS],
     }
 
 
@@ -330,12 +411,20 @@ def main() -> None:
     ap.add_argument(
         "--home", type=Path, help="ENGINEHOUSE_HOME for the converted model (default: a temp dir)"
     )
-    ap.add_argument("--repeat", type=int, default=3, help="timed passes over the set")
+    ap.add_argument("--repeat", type=int, default=3, help="timed passes over the sets (0: no timing)")
     ap.add_argument("--threads", type=int, default=1, help="embedding runner threads")
     ap.add_argument("--model", default=EMBED_MODEL, help="embedding model (the bundled MiniLM: q8_0 or f16)")
     ap.add_argument("--sweep", action="store_true", help="grid over threshold/top_k/system_weight on dev")
     ap.add_argument(
         "--errors", choices=("none", "dev"), default="none", help="print misclassified dev prompts"
+    )
+    ap.add_argument(
+        "--testset",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="also score this labelled JSONL file (label + text per line; repeatable)",
     )
     ap.add_argument("--no-write", action="store_true", help="do not write bench/results/routing.json")
     args = ap.parse_args()
@@ -349,7 +438,7 @@ def main() -> None:
     if args.errors == "dev":
         print("\n== dev errors")
         for e in res["errors_dev"]:
-            print(f"   {e['id']:<12} -> {e['predicted']:<8} [{e['tier']}] {e['scores']} {e['text']!r}")
+            print(f"   {e['id']:<16} -> {e['predicted']:<8} [{e['tier']}] {e['scores']} {e['text']!r}")
     if not args.no_write:
         RESULTS.parent.mkdir(exist_ok=True)
         RESULTS.write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n")
