@@ -55,7 +55,8 @@ from enginehouse.routing.minilm import EMBED_MODEL, local_embedding_runner
 HERE = Path(__file__).resolve().parent
 PROMPTS = HERE / "routing_prompts.jsonl"
 VARIED = HERE / "routing_prompts_varied.jsonl"
-SETS = {"project": PROMPTS, "varied": VARIED}  # the labelled sets kept here, by name
+FRESH = HERE / "routing_prompts_fresh.jsonl"
+SETS = {"project": PROMPTS, "varied": VARIED, "fresh": FRESH}  # the labelled sets kept here, by name
 RESULTS = HERE / "results" / "routing.json"
 LABELS = ("code", "math", "writing", "general", "default")
 ROUTES = ("code", "math", "writing", "general")

@@ -119,6 +119,17 @@ class Router:
     # Requests with nothing to classify ("go on", "the other one", keyboard mash): when the closest
     # examples are these, the default route is taken even above the threshold.
     abstain_examples: tuple[str, ...] = ()
+    # The abstain examples are short; a turn of more words than this always asks something, so the
+    # abstain examples are not consulted for it (0: always consulted).
+    abstain_max_words: int = 0
+    # When the keyword tier did not decide, its scores still say something ("javascript" in a
+    # question full of numbers): this much of each route's keyword score is added to its embedding
+    # score (negative keyword scores count as 0).
+    keyword_blend: float = 0.0
+    # Share of a route's centroid similarity (its examples' mean direction) in its embedding score;
+    # the rest is the mean of the top_k nearest examples. The centroid is steadier on requests that
+    # resemble no single example.
+    centroid_weight: float = 0.0
 
     def __post_init__(self) -> None:
         names = [r.name for r in self.routes]
@@ -133,6 +144,11 @@ class Router:
                 raise InvalidRequest(f"route {r.name!r}: prefer must be one of {', '.join(PREFER)}")
         if self.top_k < 1 or self.max_tokens < 8:
             raise InvalidRequest(f"router {self.name!r}: top_k must be >= 1 and max_tokens >= 8")
+        if not 0.0 <= self.centroid_weight <= 1.0 or self.keyword_blend < 0 or self.abstain_max_words < 0:
+            raise InvalidRequest(
+                f"router {self.name!r}: centroid_weight must be in [0, 1], keyword_blend and "
+                "abstain_max_words >= 0"
+            )
 
     def route(self, name: str) -> Route:
         for r in self.routes:
@@ -309,6 +325,7 @@ class Classifier:
         self._bounds = tuple(bounds)
         self._n_routes = len(router.routes)
         self._matrix: np.ndarray | None = None
+        self._centroids: np.ndarray | None = None
         if example_matrix is not None:
             self._set_matrix(example_matrix)
         self._system_vecs: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -329,6 +346,9 @@ class Classifier:
                 f"example matrix has {matrix.shape[0]} rows, the routes have {expected} examples"
             )
         self._matrix = _unit_rows(matrix) if expected else matrix
+        if expected:
+            # each route's (and the abstain examples') mean direction, for centroid_weight
+            self._centroids = _unit_rows([self._matrix[lo:hi].mean(axis=0) for lo, hi in self._bounds])
 
     async def prepare(self) -> None:
         """Embed every route's examples (in batches of ``batch``), once."""
@@ -343,7 +363,8 @@ class Classifier:
 
     def route_scores(self, vec: np.ndarray) -> np.ndarray:
         """Per route (then the abstain examples, if any), the mean of the ``top_k`` best cosine
-        similarities of ``vec`` to its examples."""
+        similarities of ``vec`` to its examples, blended with the similarity to their centroid
+        (``centroid_weight``)."""
         assert self._matrix is not None
         sims = self._matrix @ vec
         out = np.full(len(self._bounds), -1.0, dtype=np.float32)
@@ -356,6 +377,9 @@ class Classifier:
                 out[i] = part.max() if k == 1 else part.mean()
             else:
                 out[i] = np.partition(part, hi - lo - k)[hi - lo - k :].mean()
+        w = self.router.centroid_weight
+        if w and self._centroids is not None:
+            out = (1 - w) * out + w * (self._centroids @ vec)
         return out
 
     def _decision(
@@ -401,10 +425,17 @@ class Classifier:
             why = f"embedding failed ({str(exc)[:120] or 'no answer'})"
             return self._decision(router.default_route, "default", {}, kw, t0, why)
         scores_vec = all_scores[: self._n_routes]
+        if router.keyword_blend:
+            scores_vec = scores_vec + router.keyword_blend * np.maximum(
+                np.array([kw.get(n, 0.0) for n in self._names], dtype=np.float32), 0.0
+            )
         scores = dict(zip(self._names, scores_vec.tolist(), strict=True))
         best = int(scores_vec.argmax())
         name, top = self._names[best], float(scores_vec[best])
-        if len(all_scores) > self._n_routes and all_scores[-1] > top:
+        short = not router.abstain_max_words or word_count(text, router.abstain_max_words + 1) <= (
+            router.abstain_max_words
+        )
+        if len(all_scores) > self._n_routes and short and all_scores[-1] > top:
             scores[ABSTAIN] = float(all_scores[-1])
             why = (
                 f"closest to the examples with nothing to classify ({all_scores[-1]:.3f} > {top:.3f}, {name})"
