@@ -8,6 +8,7 @@ import asyncio
 import json
 import re
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from enginehouse.routing.classify import (
 )
 from enginehouse.routing.default_routes import default_router, resolve_router
 from enginehouse.routing.minilm import prepare_cached
+from enginehouse.routing.softmax_head import softmax, train_head
 from enginehouse.routing.tables import router_from_table
 
 DIM = 512
@@ -104,6 +106,24 @@ def classify(clf: Classifier, text: str, system: str | None = None):  # type: ig
         ("Write a Python function that returns the derivative of a polynomial", None),
         ("Write a TypeScript interface for a blog post", None),
         ("Is the function f(x) = x^3 odd or even?", "math"),
+        # error output with no code word, regex syntax, "write a function" beside a writing word
+        ("  File \"app.py\", line 3, in <module>\n    run()\nNameError: name 'run' is not defined", "code"),
+        ("fatal: refusing to merge unrelated histories", "code"),
+        ("what does ^\\d{3}-\\d{4}$ match", "code"),
+        ("Write a function that strips punctuation from a string", "code"),
+        # arithmetic asked outright; a number alone is not arithmetic
+        ("12 * 17 = ?", "math"),
+        ("whats 15% of 240", "math"),
+        ("12345", None),
+        # rewrite, edit and tone cues; "proof-read" is not a proof
+        ("Proof-read: their going too the park tomorow", "writing"),
+        ("can you make this sound less rude: send it now", "writing"),
+        ("Edit for clarity: the meeting, which was long, was long.", "writing"),
+        # French, Spanish, German
+        ("Écris-moi un poème sur la mer", "writing"),
+        ("escribe una carta a mi abuela", "writing"),
+        ("Löse die Gleichung 2x + 3 = 7", "math"),
+        ("¿cuánto es el 20 por ciento de 80?", "math"),
     ],
 )
 def test_keyword_tier(prompt: str, route: str | None) -> None:
@@ -174,6 +194,68 @@ def test_abstain_examples_take_the_default_route() -> None:
     d = classify(clf, "zzz qqq please")
     assert (d.route, d.tier) == ("misc", "default")
     assert d.scores[ABSTAIN] > max(v for k, v in d.scores.items() if k != ABSTAIN)
+
+
+def test_abstain_examples_only_for_short_turns() -> None:
+    long_turn = "zzz qqq " * 5  # ten words, all from the abstain example
+    assert classify(Classifier(toy_router(), BagOfWords()), long_turn).tier == "default"
+    d = classify(Classifier(toy_router(abstain_max_words=6, threshold=-1.0), BagOfWords()), long_turn)
+    assert d.tier == "embedding" and ABSTAIN not in d.scores
+    short = classify(Classifier(toy_router(abstain_max_words=6), BagOfWords()), "zzz qqq please")
+    assert short.tier == "default" and ABSTAIN in short.scores
+
+
+def test_keyword_blend_breaks_a_tie_the_keywords_could_not_decide() -> None:
+    weights = {"cats": 1.5, "dogs": 1.0, "misc": 0.0}  # 1.5 < 2 x 1.0: the keyword tier leaves it
+    base = toy_router(threshold=-1.0, top_k=1, keyword_blend=0.1)
+    routes = tuple(replace(r, rules=(Rule(rf"\b{r.name}\b", weights[r.name]),)) for r in base.routes)
+    router = replace(base, routes=routes)
+    text = "cats dogs"  # equally close to one example of each
+    plain = classify(Classifier(replace(router, keyword_blend=0.0), BagOfWords()), text)
+    blended = classify(Classifier(router, BagOfWords()), text)
+    assert plain.scores["cats"] == pytest.approx(plain.scores["dogs"])
+    assert (blended.route, blended.tier) == ("cats", "embedding")
+    assert blended.scores["cats"] - blended.scores["dogs"] == pytest.approx(0.05, abs=1e-5)
+
+
+def test_centroid_weight_blends_the_mean_direction() -> None:
+    matrix = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1], [0, 0, 1], [0, 0, 1]], dtype=np.float32)
+    vec = np.array([1.0, 0.0, 0.0], dtype=np.float32)
+    top1 = Classifier(toy_router(top_k=1), example_matrix=matrix).route_scores(vec)
+    blend = Classifier(toy_router(top_k=1, centroid_weight=0.5), example_matrix=matrix).route_scores(vec)
+    assert top1[0] == pytest.approx(1.0)  # cats: its best example is vec itself
+    assert blend[0] == pytest.approx(
+        0.5 * 1.0 + 0.5 * (1 / np.sqrt(2))
+    )  # ...and the centroid of (1,0,0), (0,1,0)
+
+
+def test_softmax_head_learns_the_routes_and_weighs_in() -> None:
+    rng = np.random.default_rng(0)
+    centres = np.eye(3, 8)
+    rows = np.concatenate([c + 0.1 * rng.standard_normal((20, 8)) for c in centres])
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    bounds = ((0, 20), (20, 40), (40, 60))
+    w, b = train_head(rows, bounds)
+    assert np.array_equal(w, train_head(rows, bounds)[0])  # deterministic
+    probs = softmax(centres @ w + b)
+    assert probs.argmax(axis=1).tolist() == [0, 1, 2] and (probs.max(axis=1) > 0.5).all()
+    embed = BagOfWords()
+    with_head = Classifier(toy_router(head_weight=0.5, threshold=-1.0), embed)
+    d = classify(with_head, "kittens purr")
+    assert (
+        d.route == "cats"
+        and d.scores["cats"] > classify(Classifier(toy_router(), embed), "kittens purr").scores["cats"]
+    )
+    assert Classifier(toy_router()).head_probabilities(np.ones(DIM, dtype=np.float32)).tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [{"centroid_weight": 1.5}, {"keyword_blend": -0.1}, {"head_weight": -1}, {"abstain_max_words": -1}],
+)
+def test_blend_knobs_are_checked(knobs: dict) -> None:
+    with pytest.raises(InvalidRequest, match="router 'pets'"):
+        toy_router(**knobs)
 
 
 def test_too_little_text_never_embeds() -> None:
@@ -279,6 +361,9 @@ def test_router_from_table_merges_with_the_default_routes() -> None:
     }
     router = router_from_table("auto", table, base)
     assert router.threshold == 0.2 and router.default_route == "general"
+    assert (router.head_weight, router.centroid_weight) == (base.head_weight, base.centroid_weight)
+    knobs = {"head_weight": 0, "centroid_weight": 0, "keyword_blend": 0, "abstain_max_words": 0}
+    assert router_from_table("auto", {**table, **knobs}, base).head_weight == 0
     code = router.route("code")
     assert code.candidates == ("my-coder:7b",) and code.prefer == "quality"
     assert code.examples == base.route("code").examples and code.rules == base.route("code").rules

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from enginehouse.errors import InvalidRequest
+from enginehouse.routing.softmax_head import softmax, train_head
 
 Embed = Callable[[list[str]], Awaitable[Sequence[Any]]]
 TIERS = ("keyword", "embedding", "default")
@@ -130,6 +131,9 @@ class Router:
     # the rest is the mean of the top_k nearest examples. The centroid is steadier on requests that
     # resemble no single example.
     centroid_weight: float = 0.0
+    # Weight of a softmax classifier trained on the route examples (softmax_head.py): its
+    # probability for each route is added, times this, to the route's score (0: no classifier).
+    head_weight: float = 0.0
 
     def __post_init__(self) -> None:
         names = [r.name for r in self.routes]
@@ -144,11 +148,12 @@ class Router:
                 raise InvalidRequest(f"route {r.name!r}: prefer must be one of {', '.join(PREFER)}")
         if self.top_k < 1 or self.max_tokens < 8:
             raise InvalidRequest(f"router {self.name!r}: top_k must be >= 1 and max_tokens >= 8")
-        if not 0.0 <= self.centroid_weight <= 1.0 or self.keyword_blend < 0 or self.abstain_max_words < 0:
+        if not 0.0 <= self.centroid_weight <= 1.0 or min(self.keyword_blend, self.head_weight) < 0:
             raise InvalidRequest(
-                f"router {self.name!r}: centroid_weight must be in [0, 1], keyword_blend and "
-                "abstain_max_words >= 0"
+                f"router {self.name!r}: centroid_weight must be in [0, 1], keyword_blend and head_weight >= 0"
             )
+        if self.abstain_max_words < 0:
+            raise InvalidRequest(f"router {self.name!r}: abstain_max_words must be >= 0")
 
     def route(self, name: str) -> Route:
         for r in self.routes:
@@ -326,6 +331,7 @@ class Classifier:
         self._n_routes = len(router.routes)
         self._matrix: np.ndarray | None = None
         self._centroids: np.ndarray | None = None
+        self._head: tuple[np.ndarray, np.ndarray] | None = None
         if example_matrix is not None:
             self._set_matrix(example_matrix)
         self._system_vecs: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -349,6 +355,9 @@ class Classifier:
         if expected:
             # each route's (and the abstain examples') mean direction, for centroid_weight
             self._centroids = _unit_rows([self._matrix[lo:hi].mean(axis=0) for lo, hi in self._bounds])
+            route_bounds = self._bounds[: self._n_routes]
+            if self.router.head_weight and all(hi > lo for lo, hi in route_bounds):
+                self._head = train_head(self._matrix, route_bounds)
 
     async def prepare(self) -> None:
         """Embed every route's examples (in batches of ``batch``), once."""
@@ -381,6 +390,13 @@ class Classifier:
         if w and self._centroids is not None:
             out = (1 - w) * out + w * (self._centroids @ vec)
         return out
+
+    def head_probabilities(self, vec: np.ndarray) -> np.ndarray:
+        """Per route, the softmax head's probability for ``vec`` (zeros without a head)."""
+        if self._head is None:
+            return np.zeros(self._n_routes, dtype=np.float32)
+        w, b = self._head
+        return softmax(vec @ w + b)
 
     def _decision(
         self, route: str, tier: str, scores: dict[str, float], kw: dict[str, float], t0: int, reason: str
@@ -418,44 +434,46 @@ class Classifier:
         try:
             if self._matrix is None:
                 await self.prepare()
-            all_scores = await self._embedding_scores(system, truncate_tokens(text, router.max_tokens))
+            all_scores, probs = await self._embedding_scores(system, truncate_tokens(text, router.max_tokens))
         except Exception as exc:
             if not self.fail_open:
                 raise
             why = f"embedding failed ({str(exc)[:120] or 'no answer'})"
             return self._decision(router.default_route, "default", {}, kw, t0, why)
-        scores_vec = all_scores[: self._n_routes]
+        sims, abstain = all_scores[: self._n_routes], all_scores[self._n_routes :]
+        # the route: similarity, plus the keyword scores' and the softmax head's shares
+        blended = sims + router.head_weight * probs
         if router.keyword_blend:
-            scores_vec = scores_vec + router.keyword_blend * np.maximum(
-                np.array([kw.get(n, 0.0) for n in self._names], dtype=np.float32), 0.0
-            )
-        scores = dict(zip(self._names, scores_vec.tolist(), strict=True))
-        best = int(scores_vec.argmax())
-        name, top = self._names[best], float(scores_vec[best])
+            kw_vec = np.array([kw.get(n, 0.0) for n in self._names], dtype=np.float32)
+            blended = blended + router.keyword_blend * np.maximum(kw_vec, 0.0)
+        scores = dict(zip(self._names, blended.tolist(), strict=True))
+        best = int(blended.argmax())
+        name, top, nearest = self._names[best], float(blended[best]), float(sims.max())
+        # whether anything was asked at all: the plain similarities
         short = not router.abstain_max_words or word_count(text, router.abstain_max_words + 1) <= (
             router.abstain_max_words
         )
-        if len(all_scores) > self._n_routes and short and all_scores[-1] > top:
-            scores[ABSTAIN] = float(all_scores[-1])
-            why = (
-                f"closest to the examples with nothing to classify ({all_scores[-1]:.3f} > {top:.3f}, {name})"
-            )
+        if len(abstain) and short and abstain[0] > nearest:
+            scores[ABSTAIN] = float(abstain[0])
+            why = f"closest to the examples with nothing to classify ({abstain[0]:.3f} > {nearest:.3f})"
             return self._decision(router.default_route, "default", scores, kw, t0, why)
-        if top < router.threshold:
-            why = f"best embedding score {top:.3f} ({name}) is below the threshold {router.threshold:.2f}"
+        if nearest < router.threshold:
+            why = f"best embedding similarity {nearest:.3f} is below the threshold {router.threshold:.2f}"
             return self._decision(router.default_route, "default", scores, kw, t0, why)
-        ranked = sorted(scores_vec.tolist(), reverse=True)
+        ranked = sorted(blended.tolist(), reverse=True)
         margin = ranked[0] - ranked[1] if len(ranked) > 1 else ranked[0]
         why = f"closest to the {name} examples: {top:.3f}, {margin:.3f} ahead of the next route"
         return self._decision(name, "embedding", scores, kw, t0, why)
 
-    async def _embedding_scores(self, system: str, text: str) -> np.ndarray:
+    async def _embedding_scores(self, system: str, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """Similarities per route (then the abstain examples') and the head's probabilities, the
+        system prompt's weighing ``system_weight`` in both."""
         sys_vec = self._system_vecs.get(system) if system else None
         texts = [text] if not system or sys_vec is not None else [text, system]
         vecs = _unit_rows(await self.embed(texts))  # type: ignore[misc]
-        scores = self.route_scores(vecs[0])
+        scores, probs = self.route_scores(vecs[0]), self.head_probabilities(vecs[0])
         if not system:
-            return scores
+            return scores, probs
         if sys_vec is None:
             sys_vec = vecs[1]
             self._system_vecs[system] = sys_vec
@@ -464,7 +482,10 @@ class Classifier:
         else:
             self._system_vecs.move_to_end(system)
         w = self.router.system_weight
-        return (1 - w) * scores + w * self.route_scores(sys_vec)
+        return (
+            (1 - w) * scores + w * self.route_scores(sys_vec),
+            (1 - w) * probs + w * self.head_probabilities(sys_vec),
+        )
 
 
 def all_examples(router: Router) -> Iterable[tuple[str, str]]:

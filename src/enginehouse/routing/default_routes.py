@@ -204,11 +204,13 @@ def default_router(name: str = "auto") -> Router:
         ),
         default_route="general",
         abstain_examples=ABSTAIN_EXAMPLES,
-        # tuned on the dev splits of bench/routing.py (a plateau: centroid_weight 0.2-0.4 and
-        # keyword_blend 0-0.03 scored alike); the labelled default prompts have at most 4 words
+        # tuned on the dev splits of bench/routing.py: a plateau (head_weight 0.1-0.3 with
+        # centroid_weight 0-0.15, keyword_blend 0-0.02 scored alike); the middle is taken. The
+        # labelled default prompts have at most 4 words.
         abstain_max_words=6,
         keyword_blend=0.02,
-        centroid_weight=0.3,
+        centroid_weight=0.15,
+        head_weight=0.2,
     )
 
 
