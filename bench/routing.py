@@ -339,7 +339,7 @@ async def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
     by_row = dict(zip((id(r) for r in rows), decisions, strict=True))
     scores: dict[str, dict[str, Any]] = {}
     for name, set_rows in sets.items():
-        splits = ("test", "dev", "all") if name in SETS else ("all",)
+        splits = ("test", "dev", "all") if len({r["split"] for r in set_rows}) > 1 else ("all",)
         scores[name] = {}
         for split in splits:
             part = [r for r in set_rows if split == "all" or r["split"] == split]

@@ -166,6 +166,20 @@ CODE_EXAMPLES = (
     "the form sends the data twice when I double click submit",
     "how to store dates so they work across time zones in my app",
     "my website's emails to users land in spam, how do I set up SPF and DKIM",
+    "two questions: how do I merge two dicts in Python, and which way is fastest?",
+    (
+        "I'm new to this. My boss gave me a spreadsheet of 10,000 customer rows and wants duplicates "
+        "removed automatically every week. Should I write a script, and in what language?"
+    ),
+    (
+        "we have a small shop website and since yesterday customers see 'Error establishing a database "
+        "connection', what do I check first"
+    ),
+    "after the update my app shows this and quits: Fatal Exception: java.lang.IllegalStateException",
+    "it works when I run it by hand but not from the scheduled task, the log says permission denied",
+    "Hola, tengo un error en mi página web: el formulario no envía nada y la consola dice 'Failed to fetch'",
+    "Salut, mon appli Android se ferme toute seule au démarrage, comment trouver la cause ?",
+    "Hallo, meine Webseite lädt sehr langsam, wie finde ich heraus, welche Datenbankabfrage bremst?",
 )
 
 # a mathematical answer or explanation, word problems that need a calculation
@@ -321,6 +335,23 @@ MATH_EXAMPLES = (
     "what's the chance it rains on both days if each day is 40%",
     "how much do I save per year if I cut 3 coffees a week at 4.50 each",
     "split 1200 in the ratio 2:3:5",
+    "two quick ones: what's 15% of 90, and what's 90 divided by 15?",
+    (
+        "I'm planning a party: 45 guests, each eats about 3 slices, a pizza has 8 slices. How many pizzas "
+        "should I order?"
+    ),
+    "my bank statement shows 1,250 in January and 1,410 in June, what's the average monthly increase?",
+    "Hola, ¿me ayudas con este problema? Un tren recorre 300 km en 2,5 horas, ¿cuál es su velocidad media?",
+    "Salut ! Si je place 2000 € à 4 % d'intérêts composés, combien j'aurai dans 5 ans ?",
+    "Hallo, kannst du mir erklären, wie man einen Bruch durch einen anderen teilt?",
+    (
+        "explain why the angles of any quadrilateral add up to 360, then find the missing angle if three "
+        "are 80, 95 and 110"
+    ),
+    (
+        "My son's worksheet says: 'A garden is 12 m long and 7 m wide. A path 1 m wide goes around it. "
+        "What is the area of the path?' I keep getting the wrong answer."
+    ),
 )
 
 # text written, rewritten or critiqued; questions about the craft of writing
@@ -481,6 +512,23 @@ WRITING_EXAMPLES = (
     "how do I write a good hook for my blog",
     "how do I make my writing less wordy",
     "should my novel be written in past or present tense",
+    "two things: fix the typos in my message below and make it sound warmer",
+    (
+        "Summarize this report for my boss in three bullet points: sales rose 8% to 2.1 million, returns "
+        "fell from 4% to 3%, and the Denver store closed in May."
+    ),
+    (
+        "Rewrite this update for non-technical staff: 'We migrated the database to a new server and "
+        "rotated the API keys, so expect 10 minutes of downtime on Saturday.'"
+    ),
+    "Write a funny poem about my code never compiling on Fridays",
+    (
+        "Can you make our release notes sound less dry? '- fixed crash on login - faster search - new "
+        "export button'"
+    ),
+    "Hola, ¿puedes mejorar la redacción de este correo para mi jefe?",
+    "Bonjour, pouvez-vous rendre ce paragraphe plus fluide et moins répétitif ?",
+    "Hallo, kannst du meine Bewerbung sprachlich verbessern?",
 )
 
 # everything else: facts, advice, explanations of the world, chit-chat, opinions, plans
@@ -667,6 +715,15 @@ GENERAL_EXAMPLES = (
     "my wifi keeps dropping in one room, how do I fix it without buying anything",
     "is fiber internet better than cable",
     "what do you think about social media",
+    "two questions: where is Machu Picchu and when is the best time to go?",
+    "I'm 34, I earn about 52,000 a year and I've never invested. Where should a beginner start?",
+    "my kid's school asks for 3 references for a scholarship, who should we ask?",
+    "I saw 'Error 404' on a government website when renewing my license, is there another way to renew?",
+    "my smart TV says 'no signal' on HDMI 2, what should I try",
+    "what's the difference between 4K and 1080p, is it worth it for a 40 inch TV?",
+    "Hola, ¿qué lugares me recomiendas visitar en Lisboa?",
+    "Salut, tu peux me conseiller un bon livre pour l'été ?",
+    "Hallo, wie kann ich besser schlafen, wenn es draußen so heiß ist?",
 )
 
 # Requests that carry no task of their own: bare greetings, follow-ups that only make sense with an
