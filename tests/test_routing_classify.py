@@ -247,6 +247,11 @@ def test_softmax_head_learns_the_routes_and_weighs_in() -> None:
         and d.scores["cats"] > classify(Classifier(toy_router(), embed), "kittens purr").scores["cats"]
     )
     assert Classifier(toy_router()).head_probabilities(np.ones(DIM, dtype=np.float32)).tolist() == [0, 0, 0]
+    # a matrix from the cache: prepare() trains the head without embedding anything
+    cached = Classifier(toy_router(head_weight=0.5), example_matrix=with_head.example_matrix)
+    assert not cached.ready
+    asyncio.run(cached.prepare())
+    assert cached.ready and cached.head_probabilities(with_head.example_matrix[0]).argmax() == 0
 
 
 @pytest.mark.parametrize(

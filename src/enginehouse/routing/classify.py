@@ -355,20 +355,33 @@ class Classifier:
         if expected:
             # each route's (and the abstain examples') mean direction, for centroid_weight
             self._centroids = _unit_rows([self._matrix[lo:hi].mean(axis=0) for lo, hi in self._bounds])
-            route_bounds = self._bounds[: self._n_routes]
-            if self.router.head_weight and all(hi > lo for lo, hi in route_bounds):
-                self._head = train_head(self._matrix, route_bounds)
+        self._head = None  # trained for this matrix by prepare(), off the event loop
+
+    @property
+    def ready(self) -> bool:
+        """Whether the embedding tier has what it needs: the example matrix, and the softmax head
+        when the router weighs one in."""
+        return self._matrix is not None and (self._head is not None or not self._wants_head())
+
+    def _wants_head(self) -> bool:
+        bounds = self._bounds[: self._n_routes]
+        return bool(self.router.head_weight) and all(hi > lo for lo, hi in bounds)
 
     async def prepare(self) -> None:
-        """Embed every route's examples (in batches of ``batch``), once."""
+        """Embed every route's examples (in batches of ``batch``), once; then train the softmax head
+        (``head_weight``) in a worker thread, so the event loop goes on meanwhile."""
         async with self._prepare_lock:
-            if self._matrix is not None or self.embed is None:
-                return
-            texts = [e for _, e in all_examples(self.router)]
-            rows: list[Any] = []
-            for i in range(0, len(texts), self.batch):
-                rows.extend(await self.embed(texts[i : i + self.batch]))
-            self._set_matrix(np.asarray(rows, dtype=np.float32))
+            if self._matrix is None and self.embed is not None:
+                texts = [e for _, e in all_examples(self.router)]
+                rows: list[Any] = []
+                for i in range(0, len(texts), self.batch):
+                    rows.extend(await self.embed(texts[i : i + self.batch]))
+                self._set_matrix(np.asarray(rows, dtype=np.float32))
+            if self._matrix is not None and self._head is None and self._wants_head():
+                matrix, bounds = self._matrix, self._bounds[: self._n_routes]
+                head = await asyncio.to_thread(train_head, matrix, bounds)
+                if self._matrix is matrix:  # not replaced meanwhile
+                    self._head = head
 
     def route_scores(self, vec: np.ndarray) -> np.ndarray:
         """Per route (then the abstain examples, if any), the mean of the ``top_k`` best cosine
@@ -432,7 +445,7 @@ class Classifier:
         if self.embed is None:
             return self._decision(router.default_route, "default", {}, kw, t0, "no embedding model")
         try:
-            if self._matrix is None:
+            if not self.ready:
                 await self.prepare()
             all_scores, probs = await self._embedding_scores(system, truncate_tokens(text, router.max_tokens))
         except Exception as exc:

@@ -3,9 +3,9 @@ opinion, next to the nearest examples and the route centroids.
 
 Nearest-example scores reward a request for resembling one example closely; a request worded unlike
 any example ("my app crashes when I rotate the phone") is still on the code side of a boundary that a
-linear model draws through all of them. Trained when the example matrix is set (a few hundred
-full-batch gradient steps on a few hundred rows, tens of milliseconds, deterministic: zero start, no
-sampling), it costs one small matrix-vector product per decision.
+linear model draws through all of them. Trained once the example matrix is set (300 full-batch
+gradient steps on ~700 rows, in a worker thread; deterministic: zero start, no sampling), it costs one
+small matrix-vector product per decision.
 """
 
 from __future__ import annotations
@@ -23,17 +23,17 @@ def train_head(
     """Weights ``(W, b)`` of a multinomial logistic regression from the rows of ``matrix`` (unit
     vectors) to their class, class ``i`` being the rows ``bounds[i]``; L2 penalty ``l2`` on ``W``."""
     rows = [matrix[lo:hi] for lo, hi in bounds]
-    x = np.concatenate(rows).astype(np.float64)
+    x = np.concatenate(rows).astype(np.float32)
+    xt = np.ascontiguousarray(x.T)  # float32 and a contiguous transpose: ~3x faster per step
     y = np.concatenate([np.full(len(r), i) for i, r in enumerate(rows)])
     n, k = len(x), len(bounds)
-    onehot = np.eye(k)[y]
-    w, b = np.zeros((x.shape[1], k)), np.zeros(k)
+    onehot = np.eye(k, dtype=np.float32)[y]
+    w, b = np.zeros((x.shape[1], k), dtype=np.float32), np.zeros(k, dtype=np.float32)
     for _ in range(steps):
-        p = softmax(x @ w + b)
-        g = (p - onehot) / n
-        w -= lr * (x.T @ g + l2 * w)
+        g = (softmax(x @ w + b) - onehot) / n
+        w -= lr * (xt @ g + l2 * w)
         b -= lr * g.sum(axis=0)
-    return w.astype(np.float32), b.astype(np.float32)
+    return w, b
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
