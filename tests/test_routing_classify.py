@@ -8,7 +8,6 @@ import asyncio
 import json
 import re
 import zlib
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -205,30 +204,6 @@ def test_abstain_examples_only_for_short_turns() -> None:
     assert short.tier == "default" and ABSTAIN in short.scores
 
 
-def test_keyword_blend_breaks_a_tie_the_keywords_could_not_decide() -> None:
-    weights = {"cats": 1.5, "dogs": 1.0, "misc": 0.0}  # 1.5 < 2 x 1.0: the keyword tier leaves it
-    base = toy_router(threshold=-1.0, top_k=1, keyword_blend=0.1)
-    routes = tuple(replace(r, rules=(Rule(rf"\b{r.name}\b", weights[r.name]),)) for r in base.routes)
-    router = replace(base, routes=routes)
-    text = "cats dogs"  # equally close to one example of each
-    plain = classify(Classifier(replace(router, keyword_blend=0.0), BagOfWords()), text)
-    blended = classify(Classifier(router, BagOfWords()), text)
-    assert plain.scores["cats"] == pytest.approx(plain.scores["dogs"])
-    assert (blended.route, blended.tier) == ("cats", "embedding")
-    assert blended.scores["cats"] - blended.scores["dogs"] == pytest.approx(0.05, abs=1e-5)
-
-
-def test_centroid_weight_blends_the_mean_direction() -> None:
-    matrix = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1], [0, 0, 1], [0, 0, 1]], dtype=np.float32)
-    vec = np.array([1.0, 0.0, 0.0], dtype=np.float32)
-    top1 = Classifier(toy_router(top_k=1), example_matrix=matrix).route_scores(vec)
-    blend = Classifier(toy_router(top_k=1, centroid_weight=0.5), example_matrix=matrix).route_scores(vec)
-    assert top1[0] == pytest.approx(1.0)  # cats: its best example is vec itself
-    assert blend[0] == pytest.approx(
-        0.5 * 1.0 + 0.5 * (1 / np.sqrt(2))
-    )  # ...and the centroid of (1,0,0), (0,1,0)
-
-
 def test_softmax_head_learns_the_routes_and_weighs_in() -> None:
     rng = np.random.default_rng(0)
     centres = np.eye(3, 8)
@@ -256,7 +231,7 @@ def test_softmax_head_learns_the_routes_and_weighs_in() -> None:
 
 @pytest.mark.parametrize(
     "knobs",
-    [{"centroid_weight": 1.5}, {"keyword_blend": -0.1}, {"head_weight": -1}, {"abstain_max_words": -1}],
+    [{"head_weight": -1}, {"abstain_max_words": -1}],
 )
 def test_blend_knobs_are_checked(knobs: dict) -> None:
     with pytest.raises(InvalidRequest, match="router 'pets'"):
@@ -366,8 +341,8 @@ def test_router_from_table_merges_with_the_default_routes() -> None:
     }
     router = router_from_table("auto", table, base)
     assert router.threshold == 0.2 and router.default_route == "general"
-    assert (router.head_weight, router.centroid_weight) == (base.head_weight, base.centroid_weight)
-    knobs = {"head_weight": 0, "centroid_weight": 0, "keyword_blend": 0, "abstain_max_words": 0}
+    assert (router.head_weight, router.abstain_max_words) == (base.head_weight, base.abstain_max_words)
+    knobs = {"head_weight": 0, "abstain_max_words": 0}
     assert router_from_table("auto", {**table, **knobs}, base).head_weight == 0
     code = router.route("code")
     assert code.candidates == ("my-coder:7b",) and code.prefer == "quality"

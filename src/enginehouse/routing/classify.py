@@ -123,14 +123,6 @@ class Router:
     # The abstain examples are short; a turn of more words than this always asks something, so the
     # abstain examples are not consulted for it (0: always consulted).
     abstain_max_words: int = 0
-    # When the keyword tier did not decide, its scores still say something ("javascript" in a
-    # question full of numbers): this much of each route's keyword score is added to its embedding
-    # score (negative keyword scores count as 0).
-    keyword_blend: float = 0.0
-    # Share of a route's centroid similarity (its examples' mean direction) in its embedding score;
-    # the rest is the mean of the top_k nearest examples. The centroid is steadier on requests that
-    # resemble no single example.
-    centroid_weight: float = 0.0
     # Weight of a softmax classifier trained on the route examples (softmax_head.py): its
     # probability for each route is added, times this, to the route's score (0: no classifier).
     head_weight: float = 0.0
@@ -148,12 +140,8 @@ class Router:
                 raise InvalidRequest(f"route {r.name!r}: prefer must be one of {', '.join(PREFER)}")
         if self.top_k < 1 or self.max_tokens < 8:
             raise InvalidRequest(f"router {self.name!r}: top_k must be >= 1 and max_tokens >= 8")
-        if not 0.0 <= self.centroid_weight <= 1.0 or min(self.keyword_blend, self.head_weight) < 0:
-            raise InvalidRequest(
-                f"router {self.name!r}: centroid_weight must be in [0, 1], keyword_blend and head_weight >= 0"
-            )
-        if self.abstain_max_words < 0:
-            raise InvalidRequest(f"router {self.name!r}: abstain_max_words must be >= 0")
+        if self.head_weight < 0 or self.abstain_max_words < 0:
+            raise InvalidRequest(f"router {self.name!r}: head_weight and abstain_max_words must be >= 0")
 
     def route(self, name: str) -> Route:
         for r in self.routes:
@@ -330,7 +318,6 @@ class Classifier:
         self._bounds = tuple(bounds)
         self._n_routes = len(router.routes)
         self._matrix: np.ndarray | None = None
-        self._centroids: np.ndarray | None = None
         self._head: tuple[np.ndarray, np.ndarray] | None = None
         if example_matrix is not None:
             self._set_matrix(example_matrix)
@@ -352,9 +339,6 @@ class Classifier:
                 f"example matrix has {matrix.shape[0]} rows, the routes have {expected} examples"
             )
         self._matrix = _unit_rows(matrix) if expected else matrix
-        if expected:
-            # each route's (and the abstain examples') mean direction, for centroid_weight
-            self._centroids = _unit_rows([self._matrix[lo:hi].mean(axis=0) for lo, hi in self._bounds])
         self._head = None  # trained for this matrix by prepare(), off the event loop
 
     @property
@@ -385,8 +369,7 @@ class Classifier:
 
     def route_scores(self, vec: np.ndarray) -> np.ndarray:
         """Per route (then the abstain examples, if any), the mean of the ``top_k`` best cosine
-        similarities of ``vec`` to its examples, blended with the similarity to their centroid
-        (``centroid_weight``)."""
+        similarities of ``vec`` to its examples."""
         assert self._matrix is not None
         sims = self._matrix @ vec
         out = np.full(len(self._bounds), -1.0, dtype=np.float32)
@@ -399,9 +382,6 @@ class Classifier:
                 out[i] = part.max() if k == 1 else part.mean()
             else:
                 out[i] = np.partition(part, hi - lo - k)[hi - lo - k :].mean()
-        w = self.router.centroid_weight
-        if w and self._centroids is not None:
-            out = (1 - w) * out + w * (self._centroids @ vec)
         return out
 
     def head_probabilities(self, vec: np.ndarray) -> np.ndarray:
@@ -454,11 +434,7 @@ class Classifier:
             why = f"embedding failed ({str(exc)[:120] or 'no answer'})"
             return self._decision(router.default_route, "default", {}, kw, t0, why)
         sims, abstain = all_scores[: self._n_routes], all_scores[self._n_routes :]
-        # the route: similarity, plus the keyword scores' and the softmax head's shares
-        blended = sims + router.head_weight * probs
-        if router.keyword_blend:
-            kw_vec = np.array([kw.get(n, 0.0) for n in self._names], dtype=np.float32)
-            blended = blended + router.keyword_blend * np.maximum(kw_vec, 0.0)
+        blended = sims + router.head_weight * probs  # the route: similarity plus the head's share
         scores = dict(zip(self._names, blended.tolist(), strict=True))
         best = int(blended.argmax())
         name, top, nearest = self._names[best], float(blended[best]), float(sims.max())

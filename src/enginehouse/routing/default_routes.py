@@ -204,12 +204,9 @@ def default_router(name: str = "auto") -> Router:
         ),
         default_route="general",
         abstain_examples=ABSTAIN_EXAMPLES,
-        # tuned on the dev splits of bench/routing.py: a plateau (head_weight 0.1-0.3 with
-        # centroid_weight 0-0.15, keyword_blend 0-0.02 scored alike); the middle is taken. The
-        # labelled default prompts have at most 4 words.
+        # head_weight: the middle of a plateau (0.1-0.3) on the dev splits of bench/routing.py; the
+        # labelled default prompts have at most 4 words
         abstain_max_words=6,
-        keyword_blend=0.02,
-        centroid_weight=0.15,
         head_weight=0.2,
     )
 

@@ -1,5 +1,5 @@
 """A linear softmax classifier over the route examples' embeddings: the ``auto`` router's third
-opinion, next to the nearest examples and the route centroids.
+opinion, next to the nearest examples.
 
 Nearest-example scores reward a request for resembling one example closely; a request worded unlike
 any example ("my app crashes when I rotate the phone") is still on the code side of a boundary that a

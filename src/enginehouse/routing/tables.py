@@ -23,8 +23,7 @@ from enginehouse.routing.classify import Route, Router, Rule
 
 _ROUTER_KEYS = {
     "routes", "default", "threshold", "keyword_min", "keyword_ratio", "top_k", "system_weight",
-    "max_tokens", "min_words", "abstain_examples", "abstain_max_words", "keyword_blend", "centroid_weight",
-    "head_weight",
+    "max_tokens", "min_words", "abstain_examples", "abstain_max_words", "head_weight",
 }  # fmt: skip
 _ROUTE_KEYS = {"description", "examples", "keywords", "rules", "candidates", "prefer", "fallbacks"}
 
