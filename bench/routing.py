@@ -1,29 +1,44 @@
 """How well and how fast the ``auto`` router's classifier decides (a benchmark, not a test).
 
-    .venv/bin/python -m bench.routing [--home DIR] [--sweep] [--errors dev] [--repeat 3]
+    .venv/bin/python -m bench.routing [--home DIR] [--sweep] [--errors dev] [--repeat 3] [--testset PATH]
 
-The labelled set is ``bench/routing_prompts.jsonl``: 358 prompts written for this project (code in
-several languages, debugging, SQL, shell; maths word problems, algebra, calculus, statistics; writing,
-editing and summaries of given text; general facts, advice, trivia and chit-chat; and 45 that should
-fall to the default route: greetings, one-word follow-ups, emoji, keyboard mash). Each carries a
-``split``: ``dev`` (every third prompt of each label, 120) or ``test`` (238).
+Three labelled sets live here, all written for this project:
+
+- ``routing_prompts.jsonl`` ("project", 358): code in several languages, debugging, SQL, shell; maths
+  word problems, algebra, calculus, statistics; writing, editing and summaries of given text; general
+  facts, advice, trivia and chit-chat; and 45 that should fall to the default route (greetings,
+  one-word follow-ups, emoji, keyboard mash). ``dev``: every third prompt of each label (120).
+- ``routing_prompts_varied.jsonl`` ("varied", 357, labelled by route only): requests as they really
+  arrive, 3 to 110 words: terse, slangy, polite, non-native, French/Spanish/German, pasted error output
+  without a code word, pasted figures in writing and general requests, questions about writing,
+  multi-part requests. ``dev``: every other prompt of each label (180).
+- ``routing_prompts_fresh.jsonl`` ("fresh", 120, all ``test``): written in the same spirit after the
+  rules and examples had been tuned on the dev splits, as a holdout.
+
+``--testset PATH`` (repeatable) scores any other labelled JSONL file too: one object per line with
+``label`` (code, math, writing, general, or default) and ``text`` (or ``prompt``), optionally
+``system``; it is reported whole, as one set named by the file's stem. With ``--repeat 0`` nothing is
+timed, which is the quick way to score a set.
 
 No leakage: the route examples the embedding tier compares against live in
-``enginehouse/routing/default_routes.py`` and were written separately; this script refuses to run if any
-labelled prompt equals an example (case and spacing ignored), and it prints the closest pair. The
-router's knobs (threshold, top_k, system_weight) and the rules were tuned by looking at the *dev*
-split only (``--errors dev``, ``--sweep``); the figures to quote are the *test* split's.
+``enginehouse/routing/default_examples.py`` and were written separately; this script refuses to run
+if any labelled prompt equals an example (case and spacing ignored). The router's knobs and the rules
+were tuned by looking at the *dev* splits only (``--errors dev``, ``--sweep``); the figures to quote
+are the *test* splits'.
 
 A prompt's predicted label is its route, or ``default`` when the classifier abstained (tier
-``default``), so the 5-class macro-F1 asks the router both to pick the right route and to abstain on
-the default prompts. ``served`` F1 scores the route a request really ends on (the default route is
-``general``; the default prompts' expected route is ``general`` too).
+``default``). In a set with ``default`` prompts the 5-class macro-F1 asks the router both to pick the
+right route and to abstain on them; in a set labelled by route only, an abstention counts as
+``general``, the route it is served by, and the macro-F1 is over the four routes. ``served`` F1 scores
+the route a request really ends on (the default route is ``general``; the default prompts' expected
+route is ``general`` too).
 
 The embedding runner is the bundled all-MiniLM-L6-v2 converted to GGUF (into ``--home``, once) and
 served by a private llama-server with the router's pinned settings (1 thread, 1 slot); the classifier
 reaches it through ``RunnerEmbedder`` (aiohttp, one pooled connection), exactly as ``enginehouse
 route`` does. Decision times are wall-clock inside ``Classifier.classify`` with the runner warm,
-``--repeat`` passes over the set; the 64-token row classifies every prompt padded past the cap.
+``--repeat`` passes over the sets kept here; the 64-token row classifies every prompt padded past the
+cap.
 """
 
 from __future__ import annotations
@@ -207,19 +222,26 @@ def pad_past_cap(text: str) -> str:
     return text
 
 
-async def sweep(clf: Classifier, rows: list[dict[str, Any]], memo: MemoEmbed) -> list[dict[str, Any]]:
-    """Replay the dev split over a grid of knobs (no runner calls: vectors are memoised)."""
+async def sweep(
+    clf: Classifier, sets: dict[str, list[dict[str, Any]]], memo: MemoEmbed
+) -> list[dict[str, Any]]:
+    """Replay the dev splits over a grid of knobs (no runner calls: vectors are memoised); the score
+    is the mean of each set's dev macro-F1."""
     memo.replay = True
-    dev = [r for r in rows if r["split"] == "dev"]
+    devs = {name: [r for r in rows if r["split"] == "dev"] for name, rows in sets.items()}
+    devs = {name: rows for name, rows in devs.items() if rows}
     out = []
-    grid = itertools.product((0.10, 0.15, 0.20, 0.25, 0.30), (1, 2, 3, 5), (0.0, 0.25, 0.5))
-    for threshold, top_k, sw in grid:
-        router = replace(clf.router, threshold=threshold, top_k=top_k, system_weight=sw)
+    grid = itertools.product((0.10, 0.15, 0.20), (1, 3, 5), (0.0, 0.25), (0.0, 0.1, 0.2, 0.3))
+    for threshold, top_k, sw, head in grid:
+        router = replace(clf.router, threshold=threshold, top_k=top_k, system_weight=sw, head_weight=head)
         c = Classifier(router, memo, example_matrix=clf.example_matrix, fail_open=False)
-        preds = [predicted(d) for d in await classify_all(c, dev)]
-        m = evaluate(dev, preds)
+        per = {}
+        for name, dev in devs.items():
+            per[name] = evaluate(dev, [predicted(d) for d in await classify_all(c, dev)])["macro_f1"]
         out.append(
-            {"threshold": threshold, "top_k": top_k, "system_weight": sw, "dev_macro_f1": m["macro_f1"]}
+            {"threshold": threshold, "top_k": top_k, "system_weight": sw, "head_weight": head}
+            | {"dev_macro_f1": round(statistics.fmean(per.values()), 4)}
+            | {f"{name}_dev": f for name, f in per.items()}
         )
     memo.replay = False
     return sorted(out, key=lambda x: -x["dev_macro_f1"])
@@ -334,7 +356,7 @@ async def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
                 "64-token cap p50": pct(cap_tokens, 50),
                 "64-token cap max": max(cap_tokens),
             }
-        swept = await sweep(clf, own, memo) if args.sweep else []
+        swept = await sweep(clf, {name: sets[name] for name in SETS}, memo) if args.sweep else []
     preds = dict(zip((id(r) for r in rows), (predicted(d) for d in decisions), strict=True))
     by_row = dict(zip((id(r) for r in rows), decisions, strict=True))
     scores: dict[str, dict[str, Any]] = {}
@@ -376,6 +398,8 @@ async def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
                 "system_weight",
                 "max_tokens",
                 "min_words",
+                "abstain_max_words",
+                "head_weight",
             )
         },
         "examples": {r.name: len(r.examples) for r in router.routes}
