@@ -389,7 +389,7 @@ async def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
     ]
     return {
         "router": {
-            k: getattr(router, k)
+            k: getattr(router, k, None)  # None: a router from before the knob
             for k in (
                 "threshold",
                 "keyword_min",

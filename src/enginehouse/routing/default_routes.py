@@ -135,7 +135,7 @@ WRITING_RULES = (
     Rule(r"\b(proof-?read|paraphrase|reword|rephrase|copyedit|line edit|tone down)\b", 1.5),
     Rule(r"\b(more|less) (formal|casual|polite|concise|persuasive|friendly|professional)\b", 1.5),
     Rule(
-        r"\b(rewrite|edit|tighten|polish|shorten|correct|fix|check) (this|it|my|the following)\b"
+        r"\b(rewrite|edit|tighten|polish|shorten) (this|it|my|the following)\b"
         r"|\bsound(s|ing)? (more|less|too|like)\b|\b(fix|correct|check) (the |my )?(grammar|spelling|"
         r"punctuation|english)\b|\bmy tone\b|\b(passive|active) voice\b|\b(edit|rewrite|revise) for "
         r"(clarity|concision|tone|flow|style|length)\b",
