@@ -401,6 +401,16 @@ def test_bench_prompts_are_labelled_and_do_not_leak() -> None:
     assert not [r["id"] for r in rows if " ".join(r["text"].lower().split()) in examples]
 
 
+@pytest.mark.parametrize("name", ["routing_prompts_varied.jsonl", "routing_prompts_fresh.jsonl"])
+def test_route_labelled_sets_are_labelled_and_do_not_leak(name: str) -> None:
+    rows = [json.loads(line) for line in (BENCH.parent / name).read_text().splitlines() if line.strip()]
+    assert len(rows) >= 100 and len({r["id"] for r in rows}) == len(rows)
+    assert {r["label"] for r in rows} == {"code", "math", "writing", "general"}
+    assert {r["split"] for r in rows} <= {"dev", "test"}
+    examples = {" ".join(e.lower().split()) for _, e in all_examples(default_router())}
+    assert not [r["id"] for r in rows if " ".join(r["text"].lower().split()) in examples]
+
+
 # ---- the CLI, on the paths that need no runner --------------------------------------------------
 def test_cli_route_keyword_and_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from enginehouse.cli.main import cli, main
