@@ -21,8 +21,9 @@ from pathlib import Path
 import orjson
 
 from bench.common import percentile
-from enginehouse.cache import CacheRequest, CacheSettings, Recorder, ResponseCache, replay, respond_from_cache
+from enginehouse.cache import CacheRequest, CacheSettings, Recorder, ResponseCache, replay
 from enginehouse.cache.record import Framing
+from enginehouse.server.cache_http import respond_from_cache
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "cache"
 WORDS = [

@@ -17,7 +17,7 @@ import sys
 import uvloop
 from aiohttp import web
 
-from enginehouse.server.engine_http import EngineHTTP
+from enginehouse.engines.engine_http import EngineHTTP
 
 
 async def tcp_relay(runner_port: int, port: int) -> None:

@@ -21,8 +21,8 @@ Three labelled sets live here, all written for this project:
 timed, which is the quick way to score a set.
 
 No leakage: the route examples the embedding tier compares against live in
-``enginehouse/routing/default_examples.py`` and were written separately; this script refuses to run
-if any labelled prompt equals an example (case and spacing ignored). The router's knobs and the rules
+``enginehouse/config_auto_examples.py`` and were written separately; this script refuses to run if
+any labelled prompt equals an example (case and spacing ignored). The router's knobs and the rules
 were tuned by looking at the *dev* splits only (``--errors dev``, ``--sweep``); the figures to quote
 are the *test* splits'.
 
@@ -62,9 +62,9 @@ import aiohttp
 import numpy as np
 
 from enginehouse.config import Config
+from enginehouse.config_auto_router import default_router
 from enginehouse.engines.llama_install import require_llama_server
 from enginehouse.routing.classify import Classifier, Router, all_examples, truncate_tokens
-from enginehouse.routing.default_routes import default_router
 from enginehouse.routing.minilm import EMBED_MODEL, local_embedding_runner
 
 HERE = Path(__file__).resolve().parent

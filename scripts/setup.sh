@@ -25,5 +25,25 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -n
   touch "$stamp"
 fi
 
+# systemd-analyze checks the units `enginehouse service install` writes (tests/test_service_units.py);
+# Debian's systemd package has it. Only where apt-get can install it; the test says so elsewhere.
+if ! command -v systemd-analyze >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "==> installing systemd (systemd-analyze, to verify service units)"
+  { DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends systemd >/dev/null 2>&1 ||
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends systemd >/dev/null; }; } ||
+    echo "    (could not install systemd: the systemd-analyze tests in tests/test_service_units.py need it)"
+fi
+
 echo "==> llama-server"
 enginehouse engines install llama-server
+
+# The console's browser tests (tests/integration/test_console.py) drive the system's Chromium through
+# Playwright; Playwright's own browser download is not used. Installed only when missing (needs root).
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> chromium (for the console's browser tests)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "==> chromium is missing: the console's browser tests will fail (apt-get install chromium)" >&2
+  fi
+fi

@@ -75,6 +75,15 @@ def minilm_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_reranker(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A BERT reranker GGUF: MiniLM's real tokenizer and encoder, a random one-output head (meaningless
+    scores; see tests/rerank_model.py)."""
+    from tests.rerank_model import write_tiny_reranker
+
+    return write_tiny_reranker(minilm_dir, tmp_path_factory.mktemp("reranker") / "tiny-reranker.gguf")
+
+
 def make_config(home: Path, llama_server: Path, **overrides: object) -> Config:
     values: dict[str, object] = {
         "home": home,

@@ -17,9 +17,9 @@ import pytest
 
 from enginehouse.config import Config
 from enginehouse.engines import converter
+from enginehouse.engines.convert_hf import check_hf_dir, convert_hf, resolve_source
 from enginehouse.errors import ConversionFailed, EngineNotInstalled, InvalidRequest, ModelNotFound
 from enginehouse.store import Store, bundled_model_file
-from enginehouse.store.convert_hf import check_hf_dir, convert_hf, resolve_source
 from enginehouse.store.hf import hf_repo_root
 from tests.conftest import pid_alive
 

@@ -14,8 +14,8 @@ from enginehouse.api.invalid import field_of, invalid_request
 from enginehouse.api.ollama import ChatRequest, EmbedRequest, GenerateRequest, Options
 from enginehouse.api.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from enginehouse.api.structured import check_json_schema, check_pattern
+from enginehouse.config_values import parse_keep_alive
 from enginehouse.errors import InvalidRequest, ollama_error_body, openai_error_body
-from enginehouse.sched.keep_alive import parse_keep_alive
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 

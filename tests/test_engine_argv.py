@@ -9,13 +9,14 @@ import pytest
 
 from enginehouse.config import Config
 from enginehouse.config_file import parse_config_text
+from enginehouse.engines.base import RunnerSpec
 from enginehouse.engines.choose import InstalledEngine
 from enginehouse.engines.factory import EngineFactory
 from enginehouse.engines.llama_server import LlamaServerSettings, build_argv
 from enginehouse.engines.offload import LayerSizes, layers_that_fit, read_layer_sizes
 from enginehouse.engines.vllm import API_SERVER_MODULE, VllmSettings, find_vllm, runner_env
 from enginehouse.engines.vllm import build_argv as vllm_argv
-from enginehouse.errors import EngineNotInstalled
+from enginehouse.errors import EngineNotInstalled, InvalidRequest
 from enginehouse.hardware import CPU, GPU, Hardware, Memory
 from enginehouse.store import BUNDLED_NAME, Store, ensure_bundled
 
@@ -130,6 +131,30 @@ def test_draft_model_by_path(tmp_path: Path, store: Store, bundled_gguf: Path) -
     toml = f'[models."{BUNDLED_NAME}".llama_server]\ndraft_model = "{bundled_gguf}"\n'
     s = factory_for(tmp_path, store, toml).settings_for(store.resolve(BUNDLED_NAME))
     assert s.draft_model == bundled_gguf
+
+
+def test_rerank_runner_argv(tmp_path: Path, store: Store, tiny_reranker: Path) -> None:
+    record = store.import_gguf(tiny_reranker, "tiny-reranker")
+    factory = factory_for(tmp_path, store, "")
+    s = factory.settings_for(record, RunnerSpec(rerank=True))
+    argv = build_argv(Path("/bin/llama-server"), s, 9)
+    assert "--rerank" in argv and "--embeddings" not in argv  # --rerank turns embeddings on itself
+    # ctx 1024 asked, 512 trained: a (query, document) pair up to the context goes in one micro-batch
+    assert flags_after(argv, "--ctx-size") == str(512 * 2)
+    assert flags_after(argv, "--batch-size") == "512" and flags_after(argv, "--ubatch-size") == "512"
+    assert RunnerSpec(rerank=True).key("tiny-reranker:latest") == "tiny-reranker:latest (rerank)"
+    assert factory.estimate_for(record, RunnerSpec(rerank=True)) is not None
+
+
+def test_rerank_and_embedding_runners_refuse_the_wrong_model(
+    tmp_path: Path, store: Store, tiny_reranker: Path
+) -> None:
+    factory = factory_for(tmp_path, store, "")
+    with pytest.raises(InvalidRequest, match="not a reranking model"):
+        factory.settings_for(store.resolve(BUNDLED_NAME), RunnerSpec(rerank=True))
+    reranker = store.import_gguf(tiny_reranker, "tiny-reranker")
+    with pytest.raises(InvalidRequest, match="is a reranking model: use /api/rerank"):
+        factory.settings_for(reranker, RunnerSpec(embedding=True))
 
 
 def test_no_gpu_no_ngl_flag(tmp_path: Path, store: Store) -> None:

@@ -18,8 +18,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from enginehouse.engines.engine_http import HIGH_WATER, EngineHTTP
 from enginehouse.errors import RunnerError, UpstreamUnavailable
-from enginehouse.server.engine_http import HIGH_WATER, EngineHTTP
 
 TIMEOUT = 5.0
 JSON = {"Content-Type": "application/json"}

@@ -179,3 +179,47 @@ def test_copy_reads_same(tmp_path: Path) -> None:
 )
 def test_parameter_size_label(n: int, label: str) -> None:
     assert parameter_size_label(n) == label
+
+
+def write_head(path: Path, arch: str = "bert", *, head: bool = True, labels: list[str] | None = None) -> Path:
+    """A file with (or without) a classification head, as llama.cpp's converter writes one."""
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_embedding_length(8)
+    if labels is not None:
+        w.add_classifier_output_labels(labels)
+    w.add_tensor("token_embd.weight", np.ones((4, 8), dtype=np.float32))
+    if head:
+        w.add_tensor("cls.output.weight", np.ones((max(1, len(labels or [])), 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "kwargs", "reranker"),
+    [
+        ("one-output head, no labels (XLM-RoBERTa/BGE)", {}, True),
+        ("one-output head, one label", {"labels": ["LABEL_0"]}, True),
+        ("a sentiment classifier", {"labels": ["negative", "neutral", "positive"]}, False),
+        ("a classifier with many labels", {"labels": [f"l{i}" for i in range(40)]}, False),
+        ("an embedding model", {"head": False}, False),
+    ],
+)
+def test_rerankers_by_their_head(tmp_path: Path, case: str, kwargs: dict, reranker: bool) -> None:
+    info = read_gguf_info(write_head(tmp_path / "h.gguf", **kwargs))
+    assert info.is_reranker is reranker, case
+
+
+def test_rerankers_by_rank_pooling(tmp_path: Path) -> None:
+    ranked = read_gguf_info(write_gguf(tmp_path / "q.gguf", "qwen3", pooling=4))  # Qwen3-Reranker's way
+    assert ranked.is_reranker and ranked.is_embedding
+    assert not read_gguf_info(write_gguf(tmp_path / "m.gguf", "bert", pooling=1)).is_reranker
+    assert not read_gguf_info(write_gguf(tmp_path / "l.gguf")).is_reranker
+
+
+def test_the_tiny_test_reranker(tiny_reranker: Path) -> None:
+    info = read_gguf_info(tiny_reranker)
+    assert (info.architecture, info.pooling_type, info.is_reranker) == ("bert", 4, True)
+    assert info.model_info["bert.classifier.output_labels"] == ["LABEL_0"]

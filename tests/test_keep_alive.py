@@ -6,8 +6,8 @@ import math
 
 import pytest
 
+from enginehouse.config_values import format_duration, parse_keep_alive
 from enginehouse.errors import InvalidRequest
-from enginehouse.sched.keep_alive import format_duration, parse_keep_alive
 
 
 @pytest.mark.parametrize(

@@ -13,19 +13,16 @@ import pytest
 
 from enginehouse.config import Config
 from enginehouse.engines.llama_install import find_llama_server
-from enginehouse.engines.llama_server import LlamaServerSettings, build_argv
-from enginehouse.sched.memory import (
+from enginehouse.engines.llama_memory import (
     DEFAULT_OVERHEAD,
     FALLBACK_VOCAB,
     TOKENIZER_FACTOR,
-    EstimateCorrector,
-    MemoryBudget,
     MemoryEstimate,
-    available_memory,
     estimate_runner,
     kv_row_bytes,
-    measure_rss,
 )
+from enginehouse.engines.llama_server import LlamaServerSettings, build_argv
+from enginehouse.sched.memory import EstimateCorrector, MemoryBudget, available_memory, measure_rss
 from enginehouse.store import bundled_model_file
 from enginehouse.store.gguf_info import GGUFInfo, read_gguf_info
 

@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from enginehouse.config_auto_router import default_router, resolve_router
+from enginehouse.config_routers import Route, Router, Rule, router_from_table
 from enginehouse.errors import InvalidRequest
 from enginehouse.routing.classify import (
     ABSTAIN,
     Classifier,
-    Route,
-    Router,
-    Rule,
     all_examples,
     examples_digest,
     keyword_scores,
@@ -28,10 +27,8 @@ from enginehouse.routing.classify import (
     truncate_tokens,
     word_count,
 )
-from enginehouse.routing.default_routes import default_router, resolve_router
 from enginehouse.routing.minilm import prepare_cached
 from enginehouse.routing.softmax_head import softmax, train_head
-from enginehouse.routing.tables import router_from_table
 
 DIM = 512
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "routing_prompts.jsonl"

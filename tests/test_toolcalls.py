@@ -3,14 +3,28 @@ forcing schemas, and the OpenAI chat chunks built from a raw completion stream."
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
 
 import jsonschema
 import pytest
 
-from enginehouse.api.convert import OllamaStream, gateway_template
-from enginehouse.api.rendered_chat import ChatChunks, completion_body, ollama_messages
-from enginehouse.api.toolcalls import ToolCallSplitter, ToolFormat, forcing_schema, parse_calls, tool_format
+from enginehouse.api.ollama_door import OllamaEncoder
+from enginehouse.api.openai_door import OpenAIChatEncoder, chat_call
+from enginehouse.api.prepare import ModelFacts, gateway_template, prepare_chat, template_messages
+from enginehouse.api.toolcalls import (
+    ToolCallSplitter,
+    ToolFormat,
+    forcing_schema,
+    parse_calls,
+    split_tool_calls,
+    tool_format,
+)
+from enginehouse.canonical import Event
+from enginehouse.engines.openai_wire import completion_request, events_of
 from enginehouse.errors import InvalidRequest
 from enginehouse.store.bundled import BUNDLED_TEMPLATE
 from tests.templates import CHATML_TOOLS, LLAMA31_TOOLS, MISTRAL_TOOLS
@@ -18,6 +32,40 @@ from tests.templates import CHATML_TOOLS, LLAMA31_TOOLS, MISTRAL_TOOLS
 CHATML = ToolFormat("<tool_call>\n", "\n</tool_call>", "arguments")
 LLAMA = ToolFormat("", "", "parameters")
 MISTRAL = ToolFormat("[TOOL_CALLS] ", "", "arguments")
+
+
+def ollama_messages(messages: list[dict[str, Any]], system: str | None) -> list[dict[str, Any]]:
+    """OpenAI messages as a Go template sees them: the OpenAI door's call, then the template's view."""
+    return template_messages(chat_call({"model": "m", "messages": messages}).messages, system)
+
+
+def completion_body(
+    data: dict[str, Any], served: str, template: str, system: str | None, default_choice: str = "auto"
+) -> tuple[dict[str, Any], ToolFormat | None, bool]:
+    """A chat for a Go-template model as the raw completion its engine gets (door -> prepare -> body)."""
+    facts = ModelFacts({}, system, template, engine_tools=False, tool_choice=default_choice)
+    prepared = prepare_chat(chat_call({"model": "m", **data}), facts)
+    return completion_request(prepared.call, served)[1], prepared.tools, prepared.forced  # type: ignore[arg-type]
+
+
+def encode(encoder: Any, chunks: list[dict[str, Any]], fmt: ToolFormat | None, forced: bool = False) -> list:
+    """Engine chunks -> events (tool calls split out of the text in ``fmt``) -> the encoder's objects."""
+
+    async def source() -> AsyncIterator[Event]:
+        for chunk in chunks:
+            for event in events_of(chunk):
+                yield event
+
+    async def run() -> list:
+        events = split_tool_calls(fmt, forced)(source()) if fmt else source()
+        out: list = []
+        async for event in events:
+            encoder.tally.see(event, time.monotonic())
+            out += encoder.objects(event)
+        return out + encoder.closing()
+
+    return asyncio.run(run())
+
 
 WEATHER = {
     "type": "function",
@@ -198,15 +246,9 @@ def raw_chunks(*texts: str, finish: str = "stop") -> list[dict]:
 
 
 def test_chat_chunks_carry_content_then_tool_calls_then_usage() -> None:
-    chunks = ChatChunks("m", CHATML, forced=False, include_usage=True)
-    out = [
-        c
-        for raw in raw_chunks(
-            "One moment.", "<tool_call>", '{"name": "get_weather", "arguments": {"city": "Paris"}}'
-        )
-        for c in chunks.feed(raw)
-    ]
-    out += chunks.final()
+    chunks = OpenAIChatEncoder("m", include_usage=True, started=0.0)
+    raw = raw_chunks("One moment.", "<tool_call>", '{"name": "get_weather", "arguments": {"city": "Paris"}}')
+    out = encode(chunks, raw, CHATML)
     assert out[0]["choices"][0]["delta"] == {"role": "assistant", "content": "One moment."}
     call = out[1]["choices"][0]["delta"]["tool_calls"][0]
     assert call["function"]["name"] == "get_weather" and json.loads(call["function"]["arguments"]) == {
@@ -214,30 +256,26 @@ def test_chat_chunks_carry_content_then_tool_calls_then_usage() -> None:
     }
     assert out[2]["choices"][0]["finish_reason"] == "tool_calls"
     assert out[3]["choices"] == [] and out[3]["usage"]["completion_tokens"] == 3
-    whole = chunks.completion()
+    whole = chunks.fold(out)
     assert whole["choices"][0]["message"]["content"] == "One moment."
     assert whole["choices"][0]["message"]["tool_calls"][0]["type"] == "function"
 
 
 def test_chat_chunks_plain_answer_and_length() -> None:
-    chunks = ChatChunks("m", None, forced=False, include_usage=False)
-    for raw in raw_chunks("Par", "is", finish="length"):
-        chunks.feed(raw)
-    out = chunks.final()
+    chunks = OpenAIChatEncoder("m", include_usage=False, started=0.0)
+    out = encode(chunks, raw_chunks("Par", "is", finish="length"), None)
     assert out[-1]["choices"][0]["finish_reason"] == "length"
-    assert chunks.completion()["choices"][0]["message"] == {"role": "assistant", "content": "Paris"}
+    assert chunks.fold(out)["choices"][0]["message"] == {"role": "assistant", "content": "Paris"}
 
 
 def test_ollama_stream_splits_calls_out_of_raw_text() -> None:
-    stream = OllamaStream("m", "chat", started=0.0, load_duration=0.0, tool_format=CHATML)
-    lines = [
-        stream.feed(c)
-        for c in raw_chunks("<tool_call>\n", '{"name": "get_weather", "arguments": {"city": "Paris"}}')
-    ]
-    assert all(line is None or line["message"]["content"] == "" for line in lines)
-    final = stream.final()
-    assert final[0]["message"]["tool_calls"] == [{"function": {"index": 0, **CALL}}]
-    assert final[-1]["done"] is True
+    stream = OllamaEncoder("m", "chat", started=0.0, load_duration=0.0)
+    raw = raw_chunks("<tool_call>\n", '{"name": "get_weather", "arguments": {"city": "Paris"}}')
+    lines = encode(stream, raw, CHATML)
+    assert len(lines) == 2  # no content line: the call, then done
+    assert lines[0]["message"]["content"] == ""
+    assert lines[0]["message"]["tool_calls"] == [{"function": {"index": 0, **CALL}}]
+    assert lines[-1]["done"] is True
 
 
 PLAIN_GO = "{{ if .Prompt }}<|im_start|>user\n{{ .Prompt }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"

@@ -15,69 +15,41 @@ Discovery is never done on the request path of a known name: :meth:`Catalog.refr
 when the listings (``/api/tags``, ``/v1/models``) are asked for and their cache is older than ``ttl``, and
 once per ``ttl`` at most when a name is not found (:meth:`Catalog.lookup`).
 
-Models that are not in the store come back as :class:`ExternalRecord`, a :class:`ModelRecord` that says
-which engine serves them and where; :func:`is_gguf` tells the routes whether a record has a local GGUF
-(for capabilities, templates and the trained context) or belongs to an engine that decides for itself.
+Models that are not in the store come back as :class:`~enginehouse.engines.external.ExternalRecord`, a
+:class:`ModelRecord` that says which engine serves them and where (defined beside the engines, which read
+it; re-exported here); :func:`is_gguf` tells the routes whether a record has a local GGUF (for capabilities,
+templates and the trained context) or belongs to an engine that decides for itself.
+
+Layer: below routing (which resolves names through it) and beside the scheduler (neither imports the
+other: the scheduler gets records), above engines (their upstream listings; the engine factory reads the
+records) and store (its manifests). The order is written once, in tests/test_layers.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from enginehouse.config_file import EMPTY, FileConfig, ModelEntry, Upstream
+from enginehouse.engines.external import REMOTE, ExternalName, ExternalRecord, external_record, is_gguf
+from enginehouse.engines.ollama_remote import list_ollama_models
+from enginehouse.engines.openai_remote import list_openai_models, probe_upstream
 from enginehouse.errors import EnginehouseError, ModelNotFound, StoreError
 from enginehouse.store import ModelRecord, Store
 from enginehouse.store.names import ModelName
 
 log = logging.getLogger(__name__)
 
-REMOTE = ("ollama", "openai")
 #: Seconds a discovery result is used before the next listing asks the upstream again.
 DEFAULT_TTL = 60.0
 #: Seconds one upstream may take to list its models.
 DISCOVERY_TIMEOUT = 5.0
-
-
-@dataclass(frozen=True)
-class ExternalName:
-    """The name of a model outside the store, exactly as configured or as its upstream spells it (no
-    ``:latest`` added, case kept: OpenAI clients compare ids verbatim)."""
-
-    display: str
-    namespace: str = ""  # the upstream's name (``owned_by`` in /v1/models)
-
-    def __str__(self) -> str:
-        return self.display
-
-
-@dataclass
-class ExternalRecord(ModelRecord):
-    """A model served by something other than a store GGUF: a remote upstream, vLLM, or a GGUF path."""
-
-    engine: str = ""  # "ollama", "openai", "vllm" or "llama-server" (a GGUF given by path)
-    entry: ModelEntry = field(default_factory=ModelEntry)
-    upstream_name: str | None = None
-    upstream: Upstream | None = None
-    remote_model: str = ""  # the name at the upstream; vLLM: the HF directory or repo id
-    listing: dict[str, Any] = field(default_factory=dict)  # the upstream's own entry for it
-
-    @property
-    def remote(self) -> bool:
-        return self.engine in REMOTE
-
-
-def is_gguf(record: ModelRecord) -> bool:
-    """Whether the record has a local GGUF file (store models, and GGUF paths in enginehouse.toml)."""
-    return not isinstance(record, ExternalRecord) or record.engine == "llama-server"
 
 
 def _is_hf_dir(source: str) -> bool:
@@ -93,65 +65,11 @@ def _is_gguf_path(source: str) -> bool:
     return source.lower().endswith(".gguf") and Path(source).expanduser().is_file()
 
 
-def external_record(
-    name: str,
-    engine: str,
-    *,
-    entry: ModelEntry | None = None,
-    upstream_name: str | None = None,
-    upstream: Upstream | None = None,
-    remote_model: str = "",
-    listing: Mapping[str, Any] | None = None,
-) -> ExternalRecord:
-    """An :class:`ExternalRecord` whose digest is stable for the same engine, place and remote name."""
-    listing = dict(listing or {})
-    where = upstream.url if upstream else ""
-    ident = f"{engine}\0{where}\0{remote_model}"
-    model_path = Path(remote_model).expanduser() if engine in ("vllm", "llama-server") else Path("")
-    size, modified = 0, datetime.now(UTC)
-    if engine == "llama-server":  # a GGUF by path: its size and mtime tell a replaced file
-        st = model_path.stat()
-        ident += f"\0{st.st_size}\0{st.st_mtime_ns}"
-        size, modified = st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)
-    digest = "sha256:" + hashlib.sha256(ident.encode()).hexdigest()
-    details = listing.get("details") or {}
-    config: dict[str, Any] = {
-        "model_format": {"vllm": "safetensors", "llama-server": "gguf"}.get(
-            engine, details.get("format", "")
-        ),
-        "model_family": details.get("family", ""),
-        "model_families": details.get("families"),
-        "model_type": details.get("parameter_size", ""),
-        "file_type": details.get("quantization_level", ""),
-        "engine": engine,
-    }
-    if isinstance(listing.get("size"), int):
-        size = listing["size"]
-    return ExternalRecord(
-        name=ExternalName(name, upstream_name or engine),  # type: ignore[arg-type]
-        manifest={},
-        manifest_digest=digest,
-        model_path=model_path,
-        model_digest=digest,
-        config=config,
-        size=size,
-        modified_at=modified,
-        engine=engine,
-        entry=entry or ModelEntry(),
-        upstream_name=upstream_name,
-        upstream=upstream,
-        remote_model=remote_model,
-        listing=listing,
-    )
-
-
 Discover = Callable[[str, Upstream], Awaitable[list[dict[str, Any]]]]
 
 
 async def node_id(upstream: Upstream) -> str | None:
     """An enginehouse node's id (its ``/api/version`` says ``node``), for the loop guard."""
-    from enginehouse.engines.openai_remote import probe_upstream
-
     with contextlib.suppress(EnginehouseError):
         data = await probe_upstream(upstream, DISCOVERY_TIMEOUT)
         node = data.get("node") if isinstance(data, dict) else None
@@ -163,11 +81,7 @@ async def discover_upstream(name: str, upstream: Upstream) -> list[dict[str, Any
     """The upstream's models: Ollama's ``/api/tags`` entries, or OpenAI's ``/v1/models`` data (each with
     ``name``)."""
     if upstream.engine == "ollama":
-        from enginehouse.engines.ollama_remote import list_ollama_models
-
         return await list_ollama_models(upstream.url, upstream.api_key, timeout=DISCOVERY_TIMEOUT)
-    from enginehouse.engines.openai_remote import list_openai_models
-
     return await list_openai_models(upstream.url, upstream.api_key, timeout=DISCOVERY_TIMEOUT)
 
 

@@ -22,30 +22,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from enginehouse.cache.settings import CacheSettings
-from enginehouse.errors import EnginehouseError, InvalidRequest
-from enginehouse.sched.keep_alive import parse_keep_alive
+from enginehouse.config_cache import CacheSettings
+from enginehouse.config_errors import ConfigFileError, KeyedValueError, line_of
+from enginehouse.config_names import check_names
+from enginehouse.config_values import parse_endpoint, parse_keep_alive
+from enginehouse.errors import InvalidRequest
 
 EngineName = Literal["auto", "llama-server", "vllm", "ollama", "openai"]
 REMOTE_ENGINES = ("ollama", "openai")
-
-
-class ConfigFileError(EnginehouseError):
-    status = 500
-
-    def __init__(self, path: Path | str, message: str, line: int | None = None, key: str = "") -> None:
-        where = f"{path}:{line}" if line else str(path)
-        super().__init__(f"{where}: {key + ': ' if key else ''}{message}")
-        self.path, self.line, self.key = Path(path), line, key
-
-
-class KeyedValueError(ValueError):
-    """A validation error that names the keys (relative to the model it is raised in, or absolute
-    when raised by :class:`FileConfig`) so the message can point at the line."""
-
-    def __init__(self, keys: list[str], message: str, *, absolute: bool = False) -> None:
-        super().__init__(message)
-        self.keys, self.absolute = keys, absolute
 
 
 # llama-server's --cache-type-k/-v values
@@ -75,8 +59,6 @@ class LlamaServerOptions(_Strict):
     @classmethod
     def _rpc_workers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         """ "host:port" as llama-server's --rpc takes them (IPv4 address or host name, port 1-65535)."""
-        from enginehouse.engines.rpc_worker import parse_endpoint  # the one set of rules
-
         workers = tuple("{}:{}".format(*parse_endpoint(item)) for item in value)
         if len(set(workers)) != len(workers):
             raise ValueError("an RPC worker is listed twice")
@@ -232,7 +214,7 @@ class FileConfig(_Strict):
     upstreams: dict[str, Upstream] = {}
     groups: dict[str, Group] = {}
     aliases: dict[str, str] = {}  # another name for a model: "chat" = "smollm2:135m"
-    routers: dict[str, dict[str, Any]] = {}  # [routers.NAME]: see router.tables
+    routers: dict[str, dict[str, Any]] = {}  # [routers.NAME]: see config_routers
     cooldown: Cooldown = Cooldown()
     nodes: tuple[Node, ...] = ()  # [[nodes]]
     pools: Pools = Pools()
@@ -267,8 +249,6 @@ class FileConfig(_Strict):
 
     @model_validator(mode="after")
     def _names_are_consistent(self) -> FileConfig:
-        from enginehouse.config_names import check_names
-
         check_names(self)
         return self
 
@@ -337,45 +317,7 @@ def parse_config_text(text: str, path: Path | str = "enginehouse.toml") -> FileC
             keys = ["models", found.group(1)]
         if error["type"] == "extra_forbidden":
             message = "unknown key"
-        raise ConfigFileError(path, message, _line_of(text, keys), ".".join(keys)) from None
-
-
-def _line_of(text: str, keys: list[str]) -> int | None:
-    """The line that defines ``keys`` (e.g. ["models", "a:b", "pinned"]): its table header, then the
-    key inside it. Good enough for error messages; TOML's inline and dotted forms fall back to the
-    table's line."""
-    if not keys:
-        return None
-    lines = text.splitlines()
-
-    def header(parts: list[str]) -> re.Pattern[str]:
-        quoted = r"\s*\.\s*".join(rf"(?:\"{re.escape(p)}\"|'{re.escape(p)}'|{re.escape(p)})" for p in parts)
-        return re.compile(rf"^\s*\[\s*{quoted}\s*\]")
-
-    best: int | None = None
-    for split in range(len(keys), 0, -1):
-        table, rest = keys[:split], keys[split:]
-        pattern = header(table)
-        for number, line in enumerate(lines, 1):
-            if not pattern.match(line):
-                continue
-            if not rest:
-                return number
-            key = re.compile(rf"^\s*(?:\"{re.escape(rest[0])}\"|{re.escape(rest[0])})\s*=")
-            for offset, inner in enumerate(lines[number:], number + 1):
-                if inner.lstrip().startswith("["):
-                    break
-                if key.match(inner):
-                    return offset
-            best = best or number
-        if best:
-            return best
-    key = re.compile(rf"^\s*{re.escape(keys[-1])}\s*=")
-    found = next((n for n, line in enumerate(lines, 1) if key.match(line)), None)
-    if found is None:  # a table written only through its sub-tables: [routers.r.routes.x]
-        sub = re.compile(header(keys).pattern.rstrip("\\]") + r"\s*\.")
-        found = next((n for n, line in enumerate(lines, 1) if sub.match(line)), None)
-    return found
+        raise ConfigFileError(path, message, line_of(text, keys), ".".join(keys)) from None
 
 
 def entry_dict(entry: ModelEntry) -> dict[str, Any]:

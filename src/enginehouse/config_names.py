@@ -10,7 +10,7 @@ Two passes:
   candidate the file names that nothing serves. The built-in ``auto`` router's own candidates are
   exempt: they are suggestions, taken when installed.
 
-Errors are :class:`~enginehouse.config_file.KeyedValueError` (absolute keys) so the loader can say
+Errors are :class:`~enginehouse.config_errors.KeyedValueError` (absolute keys) so the loader can say
 ``file:line: key: reason``.
 """
 
@@ -21,25 +21,23 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from enginehouse.config_auto_router import resolve_router
+from enginehouse.config_errors import ConfigFileError, KeyedValueError, line_of
+from enginehouse.config_routers import Router
 from enginehouse.errors import InvalidRequest
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # FileConfig's validator runs check_names: config_file imports this module
     from enginehouse.config_file import FileConfig
-    from enginehouse.routing.classify import Router
 
 BUILT_IN_ROUTERS = ("auto",)
 
 
 def _error(keys: list[str], message: str) -> Exception:
-    from enginehouse.config_file import KeyedValueError
-
     return KeyedValueError(keys, message, absolute=True)
 
 
 def routers_of(fc: FileConfig) -> dict[str, Router]:
     """Every router the file gives (``auto`` always, changed by ``[routers.auto]`` when present)."""
-    from enginehouse.routing.default_routes import resolve_router
-
     out: dict[str, Router] = {}
     for name in (*BUILT_IN_ROUTERS, *fc.routers):
         try:
@@ -142,8 +140,6 @@ def missing_references(fc: FileConfig, exists: Callable[[str], bool]) -> list[tu
 
 def check_references(path: Path | str | None, fc: FileConfig, exists: Callable[[str], bool]) -> None:
     """Raise ConfigFileError (file:line: key: reason) for the first name nothing serves."""
-    from enginehouse.config_file import ConfigFileError, _line_of
-
     problems = missing_references(fc, exists)
     if not problems:
         return
@@ -151,5 +147,5 @@ def check_references(path: Path | str | None, fc: FileConfig, exists: Callable[[
     line = None
     if path is not None:
         with contextlib.suppress(OSError):
-            line = _line_of(Path(path).read_text(encoding="utf-8"), keys)
+            line = line_of(Path(path).read_text(encoding="utf-8"), keys)
     raise ConfigFileError(path or "enginehouse.toml", message, line, ".".join(keys))

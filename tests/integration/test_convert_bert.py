@@ -19,9 +19,9 @@ import pytest
 
 from enginehouse.config import Config
 from enginehouse.engines import converter
+from enginehouse.engines.convert_hf import convert_hf
 from enginehouse.server.runtime import BackgroundServer
 from enginehouse.store import Store
-from enginehouse.store.convert_hf import convert_hf
 from tests.conftest import make_config
 
 pytestmark = pytest.mark.slow

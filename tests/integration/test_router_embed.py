@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from enginehouse.config import Config
+from enginehouse.config_auto_router import default_router
 from enginehouse.routing.classify import Classifier, Decision
-from enginehouse.routing.default_routes import default_router
 from enginehouse.routing.minilm import EMBED_MODEL, local_embedding_runner, prepare_cached
 from enginehouse.store import Store
 from tests.conftest import make_config

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from enginehouse.server.observe import door_of
 from enginehouse.server.runtime import BackgroundServer
 from tests.conftest import MODEL, make_config
 
@@ -52,7 +53,7 @@ def assert_clean(srv: BackgroundServer, resp: httpx.Response, what: str) -> None
     if resp.request.method == "HEAD" or not text:
         return
     last = json.loads(text.strip().splitlines()[-1].removeprefix("data: "))
-    if resp.request.url.path.startswith("/v1"):
+    if door_of(resp.request.url.path) == "openai":
         assert set(last["error"]) >= {"message", "type", "param", "code"}, what
     else:
         assert isinstance(last["error"], str) and last["error"], what

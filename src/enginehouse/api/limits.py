@@ -34,6 +34,8 @@ MAX_LORA = 64
 MAX_MESSAGES = 10_000
 MAX_PROMPTS = 32  # /v1/completions with a list of prompts: one generation each, like n
 MAX_EMBED_INPUTS = 2_048  # OpenAI's cap on one embeddings request
+MAX_RERANK_DOCUMENTS = 1_000  # Cohere's recommended cap on one rerank request; each is one engine task
+MAX_RERANK_CHARS = 65_536  # a query or one document: ~16k tokens, past the context of today's rerankers
 MAX_TOOLS = 128  # OpenAI's cap
 MAX_BODY_DEPTH = 128  # JSON nesting of a whole request body
 

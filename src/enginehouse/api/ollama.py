@@ -14,7 +14,7 @@ from enginehouse.api import limits, structured
 from enginehouse.api.limits import INT32_MAX, MAX_NUM_CTX, MAX_TOKENS
 
 Stop = Annotated[str, Field(max_length=limits.MAX_STOP_CHARS)]
-#: Ollama's keep_alive: a Go duration ("5m"), or seconds; parsed and clamped by sched.keep_alive.
+#: Ollama's keep_alive: a Go duration ("5m"), or seconds; parsed and clamped by config_values.
 KeepAlive = Annotated[str, Field(max_length=64)] | float | int | None
 
 

@@ -15,12 +15,16 @@ turns into a grammar. The output is then a call by construction.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import orjson
+
 from enginehouse.api.gotemplate import TemplateError
 from enginehouse.api.gotemplate.render import render_chat
+from enginehouse.canonical import Event, Finish, TextDelta, ToolCallDelta
 
 _NAME = "zq_sentinel_fn"
 _ARG = "zq_sentinel_arg"
@@ -197,3 +201,37 @@ def forcing_schema(tools: list[dict[str, Any]], fmt: ToolFormat, name: str | Non
             }
         )
     return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+def split_tool_calls(fmt: ToolFormat, forced: bool) -> Callable[[AsyncIterator[Event]], AsyncIterator[Event]]:
+    """A transform of an answer's events: text through :class:`ToolCallSplitter`, the calls found sent
+    as whole :class:`~enginehouse.canonical.ToolCallDelta` events before the finish."""
+
+    async def split(events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+        splitter = ToolCallSplitter(fmt, forced)
+        flushed = False
+
+        def flush() -> list[Event]:
+            rest, calls = splitter.finish()
+            out: list[Event] = [TextDelta(rest)] if rest else []
+            out += [
+                ToolCallDelta(i, call["name"], orjson.dumps(call["arguments"]).decode())
+                for i, call in enumerate(calls)
+            ]
+            return out
+
+        async for event in events:
+            if isinstance(event, TextDelta):
+                if text := splitter.feed(event.text):
+                    yield TextDelta(text, event.logprobs)
+                continue
+            if isinstance(event, Finish) and not flushed:
+                flushed = True
+                for pending in flush():
+                    yield pending
+            yield event
+        if not flushed:
+            for pending in flush():
+                yield pending
+
+    return split

@@ -7,7 +7,6 @@ an in-memory LRU bounded in bytes or in Redis (:mod:`.backends`). Only determini
 """
 
 from enginehouse.cache.backends import Backend, CacheConfigError, MemoryBackend, RedisBackend, redact
-from enginehouse.cache.http import respond_from_cache, tee
 from enginehouse.cache.key import cache_key, canonical_body, digest_of, is_deterministic, scope_for
 from enginehouse.cache.record import CorruptEntry, Entry, Framing, Recorder, decode, encode, replay
 from enginehouse.cache.response_cache import (
@@ -20,7 +19,8 @@ from enginehouse.cache.response_cache import (
     controls_from_headers,
     make_backend,
 )
-from enginehouse.cache.settings import CacheSettings, CacheStats, metric_families
+from enginehouse.cache.stats import CacheStats, metric_families
+from enginehouse.config_cache import CacheSettings
 
 __all__ = [
     "CACHE_HEADER",
@@ -50,7 +50,5 @@ __all__ = [
     "metric_families",
     "redact",
     "replay",
-    "respond_from_cache",
     "scope_for",
-    "tee",
 ]

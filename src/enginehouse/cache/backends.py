@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from enginehouse.cache.settings import CacheStats
+from enginehouse.cache.stats import CacheStats
 from enginehouse.errors import EnginehouseError
 
 log = logging.getLogger("enginehouse.cache")

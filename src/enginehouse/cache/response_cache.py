@@ -23,7 +23,8 @@ from typing import Any
 from enginehouse.cache.backends import Backend, MemoryBackend, RedisBackend
 from enginehouse.cache.key import Door, cache_key, is_deterministic, scope_for, streams
 from enginehouse.cache.record import CorruptEntry, Entry, Framing, Recorder, decode, encode
-from enginehouse.cache.settings import CacheSettings, CacheStats
+from enginehouse.cache.stats import CacheStats
+from enginehouse.config_cache import CacheSettings
 
 log = logging.getLogger("enginehouse.cache")
 

@@ -17,6 +17,14 @@ from typing import Any
 import click
 
 from enginehouse.config import Config
+from enginehouse.loadgen import report as rep
+from enginehouse.loadgen import runner as runner_mod
+from enginehouse.loadgen.engines import local_engines
+from enginehouse.loadgen.plot import figure_png
+from enginehouse.loadgen.runner import LoadPlan
+from enginehouse.loadgen.stats import parse_slo
+from enginehouse.loadgen.targets import discover_model, model_overrides, parse_targets
+from enginehouse.loadgen.workload import find_tokenizer, load_prompts, synthetic
 
 LEVELS_HELP = "Comma-separated levels, e.g. 1,2,4,8."
 
@@ -162,10 +170,6 @@ def bench(config: Config, **opts: Any) -> None:
     """
     from rich.console import Console
 
-    from enginehouse.loadgen.runner import LoadPlan
-    from enginehouse.loadgen.stats import parse_slo
-    from enginehouse.loadgen.targets import model_overrides, parse_targets
-
     if opts["rate"] and opts["concurrency"]:
         raise click.UsageError(
             "--concurrency and --rate are two load patterns: give one (cap rate with --max-concurrency)"
@@ -203,8 +207,6 @@ def bench(config: Config, **opts: Any) -> None:
         engines: list[dict[str, str]] = []
         notes: list[str] = []
         if opts["engines"]:
-            from enginehouse.loadgen.engines import local_engines
-
             parallel = opts["parallel"] or int(max(levels) if not rates else opts["max_concurrency"] or 8)
             ctx = _ctx_per_slot(opts)
             with err.status(f"starting llama-server and enginehouse for {default_model} …"):
@@ -240,10 +242,6 @@ def _ctx_per_slot(opts: dict[str, Any]) -> int:
 async def _measure(targets: list, plan: Any, slos: dict[str, float], opts: dict[str, Any], err: Any) -> dict:
     import aiohttp
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from enginehouse.loadgen import runner as runner_mod
-    from enginehouse.loadgen.targets import discover_model
-    from enginehouse.loadgen.workload import find_tokenizer, load_prompts, synthetic
 
     notes: list[str] = []
     async with aiohttp.ClientSession() as session:
@@ -334,7 +332,6 @@ def _loadavg() -> float | None:
 
 
 def _write_outputs(report: dict[str, Any], opts: dict[str, Any], console: Any, json_to_stdout: bool) -> None:
-    from enginehouse.loadgen import report as rep
 
     if opts["compare"] and len(report["targets"]) > 1:
         rep.add_comparison(report)
@@ -347,8 +344,6 @@ def _write_outputs(report: dict[str, Any], opts: dict[str, Any], console: Any, j
         else:
             Path(opts["json_out"]).write_bytes(data)
     if opts["html"] or opts["png"]:
-        from enginehouse.loadgen.plot import figure_png
-
         png = figure_png(report)
         if opts["png"]:
             opts["png"].write_bytes(png)

@@ -9,8 +9,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from enginehouse.catalog import Catalog
 from enginehouse.config import SETTINGS, Config
 from enginehouse.config_file import load_config_file
+from enginehouse.config_names import check_references
+from enginehouse.store import Store
 
 
 @click.group(invoke_without_command=True)
@@ -48,10 +51,7 @@ def check(cfg: Config, file: Path | None) -> None:
         return
     loaded = load_config_file(path)  # raises ConfigFileError: printed as one line, exit 1
     # Names the file uses that nothing here serves (as the server checks at start-up).
-    from enginehouse.catalog import Catalog
-    from enginehouse.config_names import check_references
-    from enginehouse.server.app import _exists
-    from enginehouse.store import Store
+    from enginehouse.server.app import _exists  # the server stack (0.3-0.9 s): `config check` only
 
     catalog = Catalog(Store(cfg.models), loaded)
     check_references(path, loaded, lambda name: _exists(catalog, name))

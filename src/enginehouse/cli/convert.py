@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 from rich.console import Console
-from rich.markup import escape
 
+from enginehouse.cli.models import human_size, open_store
+from enginehouse.cli.progress import Reporter
 from enginehouse.config import Config
-from enginehouse.store.convert_hf import OUTTYPES
+from enginehouse.engines.convert_hf import OUTTYPES, convert_hf
 
 
 @click.command()
@@ -33,16 +34,15 @@ def convert(config: Config, source: str, name: str, outtype: str, trust_remote_c
     for a repository pulled whole into the store. Needs `enginehouse engines install converter` first
     (llama.cpp's convert_hf_to_gguf.py from the pinned source, in a venv with torch and transformers).
     """
-    from enginehouse.cli.models import human_size, open_store
-    from enginehouse.store.convert_hf import convert_hf
 
-    console = Console(stderr=True)
-    with console.status(f"Converting {escape(source)}", spinner="dots") as status:
+    label = f"Converting {source}"
+    with Reporter(width=0) as progress:
+        progress.update("convert", 0, None, label=label)
 
         def log(line: str) -> None:
             if line.startswith(("INFO:hf-to-gguf:gguf:", "converting ", "converted ", "writing manifest")):
-                console.print(line, style="dim", markup=False, highlight=False)
-            status.update(f"[bold]Converting[/] {escape(line[:100])}")
+                progress.note(line, style="dim")
+            progress.update("convert", 0, None, label=label, detail=line)
 
         record = convert_hf(
             config,
@@ -53,7 +53,9 @@ def convert(config: Config, source: str, name: str, outtype: str, trust_remote_c
             trust_remote_code=trust_remote_code,
             log=log,
         )
-    console.print(f"created {record.name.display} ({human_size(record.size)}, {record.manifest_digest[:19]})")
+        progress.update("convert", 1, 1)
+    made = f"created {record.name.display} ({human_size(record.size)}, {record.manifest_digest[:19]})"
+    Console(stderr=True, soft_wrap=True).print(made, markup=False, highlight=False)
 
 
 COMMANDS = (convert,)

@@ -19,7 +19,9 @@ from rich.table import Table
 
 from enginehouse import hardware
 from enginehouse.cli.client import api_key_option, client_headers
+from enginehouse.cli.models import open_store
 from enginehouse.config import Config
+from enginehouse.config_file import load_config_file
 from enginehouse.engines.choose import (
     GGUF,
     INSTALL_HINTS,
@@ -32,9 +34,12 @@ from enginehouse.engines.choose import (
     model_format,
     requested_engine,
 )
+from enginehouse.engines.factory import EngineFactory, gguf_info_for
+from enginehouse.engines.llama_memory import MiB, estimate_runner
+from enginehouse.engines.openai_remote import HEALTH_PATHS, auth_headers
 from enginehouse.errors import EnginehouseError
 from enginehouse.sched.fit import fit_context
-from enginehouse.sched.memory import MemoryBudget, MiB, estimate_runner
+from enginehouse.sched.memory import MemoryBudget
 from enginehouse.store import ModelRecord, Store
 
 #: vLLM's default --gpu-memory-utilization: the share of GPU memory it takes for weights and KV cache.
@@ -77,8 +82,6 @@ def _engine_rows(config: Config, installed: dict[str, InstalledEngine]) -> list[
 
 
 def _gguf_fit(config: Config, record: ModelRecord, budget: int, choice: Choice) -> dict[str, Any]:
-    from enginehouse.engines.factory import EngineFactory, gguf_info_for  # reads GGUF headers: gguf, numpy
-
     factory = EngineFactory(config)
     settings = factory.settings_for(record)
     info = gguf_info_for(record)
@@ -181,9 +184,6 @@ def node_rows(config: Config, timeout: float = 2.0) -> list[dict[str, Any]]:
     """Each [[nodes]] and [upstreams] entry of enginehouse.toml, asked once whether it answers."""
     import httpx
 
-    from enginehouse.config_file import load_config_file
-    from enginehouse.engines.openai_remote import HEALTH_PATHS, auth_headers
-
     fc = load_config_file(config.config_path)
     rows = []
     for name, up in {**fc.upstreams, **fc.node_upstreams}.items():
@@ -222,7 +222,6 @@ def server_state(config: Config) -> dict[str, Any] | None:
 def doctor(config: Config, as_json: bool) -> None:
     """Show the hardware, the engines installed, and for every model the engine that would run it,
     whether it fits in memory and at what context size."""
-    from enginehouse.cli.models import open_store
 
     report = build_report(config, open_store(config))
     if as_json:

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Callable, Iterator
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
+from enginehouse.cli.progress import stage_progress
 from enginehouse.config import Config
 from enginehouse.engines import converter, llama_install
-
-StageProgress = Callable[[str, float, float | None], None]
 
 STAGES = {
     "download": "Downloading llama.cpp source",
@@ -35,27 +31,6 @@ def engines() -> None:
     """Install and inspect engines (llama-server is the default local engine)."""
 
 
-@contextlib.contextmanager
-def stage_bars(console: Console, width: int) -> Iterator[tuple[Progress, StageProgress]]:
-    """A rich bar per install stage, and the ``progress(stage, done, total)`` callback that feeds them."""
-    with Progress(
-        TextColumn(f"{{task.description:<{width}}}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    ) as bar:
-        tasks: dict[str, TaskID] = {}
-
-        def progress(stage: str, done: float, total: float | None) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(STAGES.get(stage, stage), total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
-        yield bar, progress
-
-
 @engines.command("install")
 @click.argument("engine", type=click.Choice(["llama-server", "converter"]), default="llama-server")
 @click.option("--native", is_flag=True, help="Optimise for this CPU only (GGML_NATIVE=ON); not portable.")
@@ -70,15 +45,15 @@ def install(config: Config, engine: str, native: bool, force: bool) -> None:
     Uses ENGINEHOUSE_LLAMA_SERVER or a llama-server on PATH instead, when there is one and --force is not
     given. The source comes from the llama-cpp-python sdist on the package index, verified by sha256.
     """
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # a path in a log stays on one line
     if engine == "converter":
         _install_converter(console, config, force)
         return
     if not force and (found := llama_install.find_llama_server(config)) is not None:
         console.print(f"llama-server is ready: {found.path} ({found.source}, version {found.version})")
         return
-    with stage_bars(console, 34) as (_, progress):
-        built = llama_install.install(config, native=native or None, progress=progress, force=force)
+    with stage_progress(STAGES) as progress:
+        built = llama_install.install(config, native=native or None, progress=progress.stage, force=force)
     seconds = (built.build or {}).get("build_seconds")
     console.print(
         f"llama-server {built.version} and rpc-server installed in {built.path.parent}"
@@ -93,13 +68,13 @@ def _install_converter(console: Console, config: Config, force: bool) -> None:
             f"converter already installed: {found.script} (llama.cpp {found.facts.get('llama_cpp_commit')})"
         )
         return
-    with stage_bars(console, 34) as (bar, progress):
+    with stage_progress(STAGES) as progress:
 
         def log(text: str) -> None:  # pip's milestones above the bars; all of it goes to the log file
             if text.startswith(("Collecting", "Installing collected", "Successfully installed")):
-                bar.console.print(text, style="dim", markup=False, highlight=False)
+                progress.note(text, style="dim")
 
-        installed = converter.install(config, progress=progress, log=log, force=force)
+        installed = converter.install(config, progress=progress.stage, log=log, force=force)
     facts = installed.facts
     versions = facts.get("installed", {})
     console.print(

@@ -7,6 +7,18 @@ import sys
 import click
 
 from enginehouse import __version__
+from enginehouse.cli import (
+    bench,
+    config_cmd,
+    convert,
+    doctor,
+    engines,
+    models,
+    route,
+    rpc_worker,
+    serve,
+    service,
+)
 from enginehouse.config import Config, settings_blocks
 from enginehouse.errors import EnginehouseError
 
@@ -38,7 +50,6 @@ def cli(ctx: click.Context) -> None:
 
 
 def main() -> None:
-    from enginehouse.cli import bench, config_cmd, convert, doctor, engines, models, route, rpc_worker, serve
 
     for command in (
         *models.COMMANDS,
@@ -50,6 +61,7 @@ def main() -> None:
         *route.COMMANDS,
         *config_cmd.COMMANDS,
         *rpc_worker.COMMANDS,
+        *service.COMMANDS,
     ):
         cli.add_command(command)
     cli()

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
+from enginehouse.cli.progress import Reporter
 from enginehouse.config import Config
 from enginehouse.store import Store, ensure_bundled, import_ollama_store
+from enginehouse.store.create import create_model
 from enginehouse.store.gguf_info import parameter_size_label, read_gguf_info
-from enginehouse.store.modelfile import modelfile_for
+from enginehouse.store.modelfile import modelfile_for, parse
 from enginehouse.store.ollama_import import default_ollama_models_dir
+from enginehouse.store.pull import pull_model
 
 
 def open_store(config: Config) -> Store:
@@ -186,17 +188,11 @@ def import_(config: Config, path: Path | None, name: str | None, from_ollama: bo
 def create(config: Config, name: str, modelfile: Path) -> None:
     """Create a model from a Modelfile (FROM a model, a GGUF file or a blob; PARAMETER, TEMPLATE,
     SYSTEM, MESSAGE, ADAPTER, LICENSE)."""
-    from enginehouse.store.create import create_model
-    from enginehouse.store.modelfile import parse
 
     parsed = parse(modelfile.read_text())
-    record = create_model(
-        open_store(config),
-        name,
-        parsed,
-        base_dir=modelfile.resolve().parent,
-        progress=lambda event: click.echo(event["status"], err=True),
-    )
+    store, base_dir = open_store(config), modelfile.resolve().parent
+    with Reporter() as progress:
+        record = create_model(store, name, parsed, base_dir=base_dir, progress=progress.pull_event)
     click.echo(f"created {record.name.display}")
 
 
@@ -211,38 +207,11 @@ def pull(config: Config, name: str, insecure: bool) -> None:
     """
     import asyncio
 
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    from enginehouse.store.pull import pull_model
-
-    console = Console(stderr=True)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    ) as bars:
-        tasks: dict[str, Any] = {}
-
-        def show_progress(event: dict[str, Any]) -> None:
-            digest = event.get("digest")
-            if digest and "total" in event:
-                if digest not in tasks:
-                    tasks[digest] = bars.add_task(event["status"], total=event["total"])
-                bars.update(tasks[digest], completed=event.get("completed", 0))
-            else:
-                bars.console.print(event["status"])
-
-        record = asyncio.run(pull_model(open_store(config), name, insecure=insecure, progress=show_progress))
+    with Reporter(width=24) as progress:
+        record = asyncio.run(
+            pull_model(open_store(config), name, insecure=insecure, progress=progress.pull_event)
+        )
+    console = Console(stderr=True, soft_wrap=True)
     console.print(f"pulled {record.name.display} ({human_size(record.size)})")
 
 

@@ -18,19 +18,22 @@ import click
 
 from enginehouse.cli.client import api_key_option, check, client_headers
 from enginehouse.config import Config
+from enginehouse.config_auto_router import resolve_router
+from enginehouse.config_file import load_config_file
 from enginehouse.errors import EnginehouseError
+from enginehouse.routing.classify import Classifier, word_count
+from enginehouse.routing.minilm import EMBED_MODEL, local_embedding_runner, prepare_cached
+from enginehouse.store import Store
 
 
 def router_tables(config: Config) -> dict[str, Any]:
     """The config file's ``[routers.*]`` tables (the file is validated: errors name file:line: key)."""
-    from enginehouse.config_file import load_config_file
 
     return dict(load_config_file(config.config_path).routers)
 
 
 def first_in_store(config: Config, candidates: tuple[str, ...]) -> str | None:
     """The first candidate the local store has (what the gateway would load, with prefer=order)."""
-    from enginehouse.store import Store
 
     store = Store(config.models)
     for name in candidates:
@@ -45,9 +48,6 @@ def first_in_store(config: Config, candidates: tuple[str, ...]) -> str | None:
 async def classify_locally(
     config: Config, router_name: str, prompt: str, system: str | None, model: str, log: Any
 ) -> dict[str, Any]:
-    from enginehouse.routing.classify import Classifier, word_count
-    from enginehouse.routing.default_routes import resolve_router
-    from enginehouse.routing.minilm import local_embedding_runner, prepare_cached
 
     router = resolve_router(router_name, router_tables(config))
     clf = Classifier(router)
@@ -150,7 +150,6 @@ def route(
     Locally, the keyword tier needs nothing; the embedding tier starts a private llama-server for the
     embedding model for the length of the command (the reported time is the decision's alone).
     """
-    from enginehouse.routing.minilm import EMBED_MODEL
 
     text = " ".join(prompt)
     if not text and not sys.stdin.isatty():

@@ -9,6 +9,8 @@ import click
 from rich.console import Console
 
 from enginehouse.child_output import wait_exit
+from enginehouse.cli.engines import STAGES
+from enginehouse.cli.progress import stage_progress
 from enginehouse.config import Config
 from enginehouse.engines import llama_install, rpc_worker
 from enginehouse.errors import RunnerError
@@ -58,11 +60,9 @@ def rpc_worker_cmd(
     rpc_worker.check_bind(bind, port)
     found = llama_install.find_rpc_server(config)
     if found is None:
-        from enginehouse.cli.engines import stage_bars
-
         console.print("rpc-server is not built yet: building llama-server and rpc-server (once)")
-        with stage_bars(console, 30) as (_, progress):
-            llama_install.install(config, progress=progress)
+        with stage_progress(STAGES, width=30) as progress:
+            llama_install.install(config, progress=progress.stage)
         found = llama_install.require_rpc_server(config)
     endpoint = f"{bind}:{port}"
     console.print(f"rpc-worker: {found.path} ({found.source}) on {endpoint}", highlight=False, markup=False)

@@ -17,6 +17,8 @@ import orjson
 
 from enginehouse.cli.client import api_key_option, check, client_headers, request
 from enginehouse.config import Config
+from enginehouse.config_file import load_config_file
+from enginehouse.engines.llama_install import find_llama_server
 from enginehouse.errors import EnginehouseError
 
 
@@ -39,9 +41,7 @@ def setup_logging(level: str) -> None:
 @click.pass_obj
 def serve(config: Config, host: str | None, preload: tuple[str, ...], config_file: Path | None) -> None:
     """Start the server: Ollama's API at /api and OpenAI's at /v1, on 127.0.0.1:11434 by default."""
-    from enginehouse.config_file import load_config_file
-    from enginehouse.engines.llama_install import find_llama_server
-    from enginehouse.server.runtime import run_loop, serve_forever
+    from enginehouse.server.runtime import run_loop, serve_forever  # the server stack: `serve` only
 
     if host:
         config = config.with_(host=host)
@@ -77,7 +77,7 @@ def server_url(config: Config) -> Iterator[str]:
     if _server_up(config.base_url):
         yield config.base_url
         return
-    from enginehouse.server.runtime import BackgroundServer
+    from enginehouse.server.runtime import BackgroundServer  # the server stack (0.3-0.9 s): when one starts
 
     click.secho(f"(no server at {config.base_url}; starting one for this command)", dim=True, err=True)
     with BackgroundServer(config) as server:

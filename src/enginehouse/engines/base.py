@@ -1,17 +1,69 @@
-"""The Engine contract: a model served behind an OpenAI-compatible HTTP endpoint.
+"""The Engine contract: a model served behind an OpenAI-compatible HTTP endpoint, lifecycle and traffic.
 
 The gateway never links an engine into its own process. A local engine is a managed runner process
 (llama-server, vLLM) on loopback; a remote one (another Ollama, any OpenAI-compatible URL) is attached to.
 Either way the gateway talks HTTP to ``base_url``, so the same code path serves a runner on this machine
 and one across the room. Engine modules keep heavy imports inside themselves so ``import enginehouse``
 stays fast.
+
+Traffic: :meth:`Engine.stream` takes a canonical call and answers with canonical events;
+:meth:`Engine.embed` answers an embedding call; where a client's dialect is one the engine speaks
+(:attr:`Engine.dialects`) and nothing must be rewritten, :meth:`Engine.forward` sends the client's body
+as it came and the door streams the engine's bytes back untouched. The doors never ask which engine
+they talk to.
 """
 
 from __future__ import annotations
 
 import abc
+import re
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+import aiohttp
+import orjson
+
+from enginehouse.canonical import ChatCall, CompletionCall, EmbedCall, Event, Ranked, RerankCall, RerankResult
+from enginehouse.engines.engine_http import EngineResponse
+from enginehouse.engines.openai_wire import events, request_for
+from enginehouse.engines.upstream import Upstream, raise_for_engine
+from enginehouse.errors import ContextOverflow, RunnerError
+
+#: What a broken engine stream looks like from the clients' side: reported as "closed early".
+STREAM_BROKEN = (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+
+
+class EventStream:
+    """An engine's answer as canonical events. ``close()`` drops the engine's stream, which cancels its
+    generation (also when the client left)."""
+
+    def __init__(self, source: AsyncIterator[Event], close: Callable[[], None]) -> None:
+        self._source = source
+        self._close = close
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[Event]:
+        try:
+            async for event in self._source:
+                yield event
+        except STREAM_BROKEN as exc:
+            raise RunnerError("the engine closed the stream early") from exc
+
+    def through(self, transform: Callable[[AsyncIterator[Event]], AsyncIterator[Event]]) -> EventStream:
+        """The same answer with ``transform`` applied to its events (e.g. tool calls split from text)."""
+        return EventStream(transform(self._source), self._close)
+
+    def close(self) -> None:
+        self._close()
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    vectors: list[list[float]]
+    prompt_tokens: int
 
 
 @dataclass(frozen=True)
@@ -32,9 +84,41 @@ class RunnerSpec:
 
     embedding: bool = False  # an embedding runner (llama-server --embeddings) rather than a chat one
     num_ctx: int | None = None  # the context per slot the request asks for (Ollama's num_ctx)
+    rerank: bool = False  # a reranking runner (llama-server --rerank: rank pooling, /v1/rerank)
 
     def key(self, model: str) -> str:
+        if self.rerank:
+            return f"{model} (rerank)"
         return f"{model} (embedding)" if self.embedding else model
+
+
+_TOO_LARGE = re.compile(r"input \((\d+) tokens\) is too large to process.*batch size: (\d+)", re.S)
+
+
+def too_long(exc: RunnerError) -> ContextOverflow | None:
+    """llama-server's 500 for an encoder's input longer than its micro-batch, which a rerank runner sizes
+    to the context (engines/factory.py): the client's too-long pair, not a failing engine."""
+    found = _TOO_LARGE.search(exc.message)
+    if found is None:
+        return None
+    tokens, context = found.groups()
+    return ContextOverflow(
+        f"a query and document together are {tokens} tokens, more than the reranker's context ({context})"
+    )
+
+
+def rerank_result(data: Any, count: int, top_n: int | None) -> RerankResult:
+    """An engine's Jina-shaped rerank answer, checked (a result naming a document that was not sent is the
+    engine's fault) and put in order here: engines sort, but the order is the gateway's promise."""
+    try:
+        ranked = [Ranked(int(r["index"]), float(r["relevance_score"])) for r in data["results"]]
+        tokens = int((data.get("usage") or {}).get("total_tokens", 0))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RunnerError(f"the engine's rerank answer is malformed: {exc!s:.100}") from exc
+    if any(not 0 <= r.index < count for r in ranked):
+        raise RunnerError("the engine's rerank answer names a document that was not sent")
+    ranked.sort(key=lambda r: -r.score)
+    return RerankResult(ranked[:top_n] if top_n is not None else ranked, tokens)
 
 
 class Engine(abc.ABC):
@@ -43,6 +127,10 @@ class Engine(abc.ABC):
     kind: ClassVar[str]
     #: "completion", "embedding", "tools", "vision", "insert", "thinking": Ollama's capability names.
     capabilities: frozenset[str] = frozenset({"completion"})
+    #: Client dialects this engine takes as clients send them ("openai": ``/v1/*``; "ollama": ``/api/*``).
+    dialects: ClassVar[frozenset[str]] = frozenset({"openai"})
+    #: Another gateway or server across the network: requests carry the loop guard's header to it.
+    forwards: ClassVar[bool] = False
 
     @property
     @abc.abstractmethod
@@ -82,3 +170,53 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def info(self) -> EngineInfo:
         """A snapshot for ``ps``."""
+
+    # ---- traffic ----------------------------------------------------------------------------------------
+    def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        return {**self.request_headers, **extra} if extra else self.request_headers
+
+    async def stream(
+        self, call: ChatCall | CompletionCall, http: Upstream, extra: dict[str, str] | None = None
+    ) -> EventStream:
+        """Send a generating call; returns once the engine accepted it (its refusal raises here, before
+        the client saw a byte), and the answer follows as events."""
+        path, body = request_for(call, self.served_model)
+        resp = await http.post(self.base_url + path, body, self.headers(extra))
+        try:
+            await raise_for_engine(resp)
+        except BaseException:
+            resp.close()
+            raise
+        return EventStream(events(resp.content.iter_any()), resp.close)
+
+    async def embed(self, call: EmbedCall, http: Upstream, extra: dict[str, str] | None = None) -> Embeddings:
+        if not call.inputs:
+            return Embeddings([], 0)
+        body = {"model": self.served_model, "input": call.inputs}
+        data = await http.post_json(self.base_url + "/v1/embeddings", body, self.headers(extra))
+        vectors = [d["embedding"] for d in sorted(data["data"], key=lambda d: d.get("index", 0))]
+        return Embeddings(vectors, int((data.get("usage") or {}).get("prompt_tokens", 0)))
+
+    async def rerank(
+        self, call: RerankCall, http: Upstream, extra: dict[str, str] | None = None
+    ) -> RerankResult:
+        """Score the call's documents against its query with the engine's ``/v1/rerank`` (llama-server's
+        and vLLM's, Jina's shape); best first, at most ``top_n``."""
+        if not call.documents:
+            return RerankResult([])
+        body: dict[str, Any] = {"model": self.served_model, "query": call.query, "documents": call.documents}
+        if call.top_n is not None:
+            body["top_n"] = call.top_n
+        try:
+            data = await http.post_json(self.base_url + "/v1/rerank", body, self.headers(extra))
+        except RunnerError as exc:
+            raise too_long(exc) or exc from exc
+        return rerank_result(data, len(call.documents), call.top_n)
+
+    async def forward(
+        self, path: str, body: dict[str, Any] | bytes, http: Upstream, extra: dict[str, str] | None = None
+    ) -> EngineResponse | aiohttp.ClientResponse:
+        """Send a client's body in one of :attr:`dialects` as it is; the caller checks the status and
+        releases or closes the answer."""
+        data = body if isinstance(body, bytes) else orjson.dumps(body)
+        return await http.post(self.base_url + path, data, self.headers(extra))

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from enginehouse.config import Config
+from enginehouse.engines.llama_install import find_llama_server
 from enginehouse.errors import EngineNotInstalled
 from enginehouse.hardware import Hardware, run_command
 
@@ -250,8 +251,6 @@ def installed_engines(
 
 
 def _llama_server_found(config: Config, run: Callable[[Sequence[str]], str | None]) -> InstalledEngine | None:
-    from enginehouse.engines.llama_install import find_llama_server
-
     try:
         binary = find_llama_server(config)
     except EngineNotInstalled:  # ENGINEHOUSE_LLAMA_SERVER names something that is not a binary

@@ -1,6 +1,6 @@
 """Which engine runs a model, and with what settings: the one place that decides.
 
-- A record from the catalog that names its engine (:class:`~enginehouse.catalog.ExternalRecord`):
+- A record from the catalog that names its engine (:class:`~enginehouse.engines.external.ExternalRecord`):
   ``ollama`` / ``openai`` attach to the upstream, ``vllm`` starts ``vllm serve`` on the HF directory or
   repo id, ``llama-server`` runs a GGUF given by path.
 - A store model: its entry's ``engine`` (or the file's ``defaults.engine``); ``auto`` picks by format,
@@ -20,23 +20,30 @@ import secrets
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from enginehouse.catalog import ExternalRecord, is_gguf
 from enginehouse.config import Config
 from enginehouse.config_file import EMPTY, FileConfig, ModelEntry
 from enginehouse.engines.base import Engine, RunnerSpec
+from enginehouse.engines.choose import InstalledEngine, choose_engine, installed_engines, model_format
+from enginehouse.engines.external import ExternalRecord, is_gguf
 from enginehouse.engines.llama_install import require_llama_server
+from enginehouse.engines.llama_memory import MemoryEstimate, estimate_runner
 from enginehouse.engines.llama_server import LlamaServerEngine, LlamaServerSettings
+from enginehouse.engines.offload import (
+    DEFAULT_RESERVE,
+    free_vram,
+    kv_bytes_per_layer,
+    layers_that_fit,
+    read_layer_sizes,
+)
+from enginehouse.engines.ollama_remote import OllamaRemoteEngine
+from enginehouse.engines.openai_remote import DEFAULT_REMOTE_PARALLEL, OpenAIRemoteEngine
+from enginehouse.engines.vllm import VllmEngine, VllmSettings, find_vllm
 from enginehouse.errors import EngineNotInstalled, InvalidRequest
-from enginehouse.sched.memory import MemoryEstimate, estimate_runner
+from enginehouse.hardware import Hardware
+from enginehouse.hardware import detect as detect_hardware
 from enginehouse.store import ModelRecord, Store
-from enginehouse.store.gguf_info import GGUFInfo, read_gguf_info
-
-if TYPE_CHECKING:
-    from enginehouse.engines.choose import InstalledEngine
-    from enginehouse.engines.vllm import VllmSettings
-    from enginehouse.hardware import Hardware
+from enginehouse.store.gguf_info import EMBEDDING_ARCHITECTURES, GGUFInfo, read_gguf_info
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +101,6 @@ class EngineFactory:
             if record.engine != "vllm" or record.entry.engine == "vllm":
                 return record.engine  # named explicitly: vLLM reports its own failure if it cannot run
             return self._choose("safetensors", "auto")
-        from enginehouse.engines.choose import model_format
-
         entry = self.entry_for(record)
         requested = entry.engine if entry.engine != "auto" else self.file_config.defaults.engine
         fmt = model_format(record)
@@ -106,8 +111,6 @@ class EngineFactory:
         return self._choose(fmt, requested)
 
     def _choose(self, fmt: str | None, requested: str) -> str:
-        from enginehouse.engines.choose import choose_engine
-
         choice = choose_engine(fmt, requested, hardware=self.hardware(), installed=self.installed())
         if not choice.runnable or choice.engine is None:
             raise EngineNotInstalled(choice.reason)
@@ -117,16 +120,12 @@ class EngineFactory:
         """This machine (probed once); ``fresh`` re-probes a machine with GPUs, for their free VRAM now."""
         if self._hardware is None or (fresh and self._detect is not None and self._hardware.gpus):
             if self._detect is None:
-                from enginehouse.hardware import detect
-
-                self._detect = detect
+                self._detect = detect_hardware
             self._hardware = self._detect()
         return self._hardware
 
     def installed(self) -> dict[str, InstalledEngine]:
         if self._installed is None:
-            from enginehouse.engines.choose import installed_engines
-
             self._installed = installed_engines(self.config)
         return self._installed
 
@@ -141,6 +140,14 @@ class EngineFactory:
         if info.context_length:
             ctx = min(ctx, info.context_length)  # beyond the trained context the model degrades
         extra: tuple[str, ...] = ()
+        # An encoder scores a (query, document) pair in one micro-batch: one as large as a slot's context
+        # lets every pair that fits the context through (llama-server refuses a longer one as too long).
+        encoder = spec.rerank and info.architecture in EMBEDDING_ARCHITECTURES
+        pair_batch = max(ctx, 512) if encoder else None
+        if spec.rerank and not info.is_reranker:
+            raise InvalidRequest(f"{record.name.display} is not a reranking model")
+        if spec.embedding and info.is_reranker:  # rank pooling gives one score per input, not a vector
+            raise InvalidRequest(f"{record.name.display} is a reranking model: use /api/rerank or /v1/rerank")
         if spec.embedding and not info.is_embedding:
             extra = ("--pooling", "mean")  # a chat model asked to embed: average its hidden states
         for adapter in record.adapters:  # Modelfile ADAPTER lines: LoRA applied by llama-server
@@ -153,14 +160,15 @@ class EngineFactory:
             num_parallel=self.num_parallel_for(record),
             threads=opts.threads or int(record.params.get("num_thread") or self.config.threads),
             cache_ram_mib=self.config.cache_ram_mib,
-            embedding=info.is_embedding or spec.embedding,
+            embedding=info.is_embedding or spec.embedding or spec.rerank,
+            rerank=spec.rerank,
             extra_args=extra,
             n_gpu_layers=opts.n_gpu_layers,
             flash_attn=opts.flash_attn,
             cache_type_k=opts.cache_type_k,
             cache_type_v=opts.cache_type_v,
-            batch_size=opts.batch_size,
-            ubatch_size=opts.ubatch_size,
+            batch_size=opts.batch_size or pair_batch,
+            ubatch_size=opts.ubatch_size or pair_batch,
             draft_model=self._draft_path(opts.draft_model) if opts.draft_model else None,
             jinja=opts.jinja is not False,
             # Split over llama.cpp RPC workers: part of the weights and KV cache then live on those hosts,
@@ -187,14 +195,6 @@ class EngineFactory:
         :func:`enginehouse.hardware.detect`, re-probed at each load for the VRAM free now."""
         if not self.hardware().gpus:
             return None  # CPU, or Apple Silicon, where llama-server's own default offloads everything
-        from enginehouse.engines.offload import (
-            DEFAULT_RESERVE,
-            free_vram,
-            kv_bytes_per_layer,
-            layers_that_fit,
-            read_layer_sizes,
-        )
-
         built = self.installed().get("llama-server")
         backends = built.backends if built is not None else None
         if backends is not None and "CUDA" not in backends:
@@ -250,8 +250,6 @@ class EngineFactory:
 
     # ---- vLLM -----------------------------------------------------------------------------------
     def vllm_settings(self, record: ModelRecord) -> VllmSettings:
-        from enginehouse.engines.vllm import VllmSettings
-
         entry = self.entry_for(record)
         v = entry.vllm
         model = record.remote_model if isinstance(record, ExternalRecord) else str(record.model_path)
@@ -271,13 +269,20 @@ class EngineFactory:
         )
 
     # ---- the engine -----------------------------------------------------------------------------
+    def dialects_for(self, record: ModelRecord) -> frozenset[str]:
+        """The client dialects the model's engine takes as they come (:attr:`Engine.dialects`), known
+        before it is started: a door forwards a request that only the engine can answer (an Ollama
+        upstream's own load and unload) without loading anything here."""
+        if isinstance(record, ExternalRecord) and self.engine_for(record) == "ollama":
+            from enginehouse.engines.ollama_remote import OllamaRemoteEngine
+
+            return OllamaRemoteEngine.dialects
+        return Engine.dialects
+
     def __call__(self, record: ModelRecord, spec: RunnerSpec | None = None) -> Engine:
         engine = self.engine_for(record)
         if engine in ("ollama", "openai"):
             assert isinstance(record, ExternalRecord) and record.upstream is not None
-            from enginehouse.engines.ollama_remote import OllamaRemoteEngine
-            from enginehouse.engines.openai_remote import DEFAULT_REMOTE_PARALLEL, OpenAIRemoteEngine
-
             cls = OllamaRemoteEngine if engine == "ollama" else OpenAIRemoteEngine
             return cls(
                 record.upstream_name or "",
@@ -287,11 +292,13 @@ class EngineFactory:
                 num_parallel=record.entry.num_parallel or DEFAULT_REMOTE_PARALLEL,
             )
         if engine == "vllm":
-            from enginehouse.engines.vllm import VllmEngine, find_vllm
-
             if spec is not None and spec.embedding:  # a second GPU runner that vLLM would refuse anyway
                 raise InvalidRequest(
                     f"{record.name.display}: embeddings from vLLM models are not supported yet"
+                )
+            if spec is not None and spec.rerank:
+                raise InvalidRequest(
+                    f"{record.name.display}: reranking with vLLM models is not supported yet"
                 )
 
             return VllmEngine(

@@ -30,6 +30,7 @@ class LlamaServerSettings:
     threads: int = 0
     cache_ram_mib: int = 256
     embedding: bool = False
+    rerank: bool = False  # --rerank: rank pooling and /v1/rerank (llama-server turns embeddings on with it)
     extra_args: tuple[str, ...] = field(default_factory=tuple)
     # From the model entry's [models."NAME".llama_server] table; None leaves llama-server's default.
     n_gpu_layers: int | None = None  # -1: all layers
@@ -72,7 +73,9 @@ def build_argv(binary: Path, s: LlamaServerSettings, port: int) -> list[str]:
     ]
     if s.threads > 0:
         argv += ["--threads", str(s.threads)]
-    if s.embedding:
+    if s.rerank:
+        argv += ["--rerank"]
+    elif s.embedding:
         argv += ["--embeddings"]
     if s.n_gpu_layers is not None:
         argv += ["--n-gpu-layers", "all" if s.n_gpu_layers < 0 else str(s.n_gpu_layers)]
@@ -117,11 +120,18 @@ class LlamaServerEngine(Engine):
         # shows to everyone. llama-server leaves /health open, which is all the start-up probe needs.
         self.api_key = secrets.token_urlsafe(24)
         self._headers = {"Authorization": f"Bearer {self.api_key}"}
-        self.capabilities = frozenset({"embedding"} if settings.embedding else {"completion", "tools"})
+        self.capabilities = frozenset(
+            {"rerank"}
+            if settings.rerank
+            else {"embedding"}
+            if settings.embedding
+            else {"completion", "tools"}
+        )
+        mode = "-rerank" if settings.rerank else "-embedding" if settings.embedding else ""
         self.process = ManagedProcess(
             f"llama-server[{settings.alias}]",
             lambda port: build_argv(binary, settings, port),
-            log_path=log_dir / log_name(settings.alias + ("-embedding" if settings.embedding else "")),
+            log_path=log_dir / log_name(settings.alias + mode),
             ready_timeout=ready_timeout,
             restart=RestartPolicy(),
             # On an abort llama.cpp otherwise attaches gdb, whose backtrace fills the log tail that start

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-MiB = 1 << 20
+from enginehouse.engines.llama_memory import MiB, kv_row_bytes
+
 #: VRAM left free per GPU: the CUDA context, cuBLAS workspaces and fragmentation.
 DEFAULT_RESERVE = 768 * MiB
 
@@ -74,8 +75,6 @@ def kv_bytes_per_layer(
     cache_type_v: str = "f16",
 ) -> int:
     """One block's KV cache for ``ctx_total`` cells."""
-    from enginehouse.sched.memory import kv_row_bytes
-
     return ctx_total * (
         kv_row_bytes(cache_type_k, kv_heads * k_len) + kv_row_bytes(cache_type_v, kv_heads * v_len)
     )

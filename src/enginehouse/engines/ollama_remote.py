@@ -25,4 +25,5 @@ async def list_ollama_models(
 
 class OllamaRemoteEngine(RemoteEngine):
     kind = "ollama"
+    dialects = frozenset({"ollama", "openai"})
     health_path = HEALTH_PATHS["ollama"]

@@ -71,6 +71,7 @@ async def list_openai_models(
 class RemoteEngine(Engine):
     """A model on a server enginehouse attaches to; nothing runs here."""
 
+    forwards = True  # another node: the loop guard travels with each request
     health_path: ClassVar[str] = HEALTH_PATHS["openai"]
     capabilities = frozenset({"completion", "tools"})  # the upstream decides; the gateway refuses nothing
 

@@ -41,11 +41,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from enginehouse.config_values import RPC_DEFAULT_PORT as DEFAULT_PORT
+from enginehouse.config_values import parse_endpoint
 from enginehouse.errors import InvalidRequest, RunnerStartFailed
 from enginehouse.process import _pdeathsig_preexec, _prctl, _read_tail
 
 DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 50052
 
 # The wire protocol of the vendored ggml-rpc (ggml/include/ggml-rpc.h, ggml/src/ggml-rpc): a request is
 # | cmd: u8 | size: u64 LE | payload |, a reply | size: u64 LE | payload |. HELLO's command number is fixed
@@ -133,21 +134,6 @@ def check_bind(host: str, port: int) -> None:
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise InvalidRequest(f"cannot listen on {host}:{port}: {reason}") from None
-
-
-def parse_endpoint(value: str) -> tuple[str, int]:
-    """``"host:port"`` as llama-server's ``--rpc`` takes it: an IPv4 address or host name, and a port.
-
-    llama.cpp splits at the first ":" and connects over IPv4, so IPv6 addresses cannot be used; a comma
-    would split the ``--rpc`` list. Raises ValueError with a message for the user."""
-    host, sep, port_text = value.strip().partition(":")
-    if not sep or not host or not port_text:
-        raise ValueError(f"RPC worker {value!r} is not host:port (e.g. 10.0.0.2:{DEFAULT_PORT})")
-    if any(c.isspace() or c in ",[]/" for c in host) or ":" in port_text:
-        raise ValueError(f"RPC worker {value!r}: the host must be an IPv4 address or a host name")
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"RPC worker {value!r}: the port must be a number from 1 to 65535")
-    return host, int(port_text)
 
 
 # ---- talking to a worker -------------------------------------------------------------------------------

@@ -28,8 +28,11 @@ import aiohttp
 
 from enginehouse import __version__
 from enginehouse.config import Config
+from enginehouse.engines.llama_install import require_llama_server
+from enginehouse.engines.llama_server import LlamaServerSettings, build_argv
 from enginehouse.errors import EnginehouseError
 from enginehouse.loadgen.targets import Target, stream_chat
+from enginehouse.store import BUNDLED_NAME, Store, ensure_bundled
 
 SERVED = "eh-bench:latest"  # the name both paths serve the model under
 
@@ -110,10 +113,6 @@ def local_engines(
     model: str, config: Config, *, parallel: int, ctx_per_slot: int, ready_timeout: float = 300.0
 ) -> Iterator[EngineSetup]:
     """Start llama-server and an enginehouse gateway for ``model``; stop both on exit."""
-    from enginehouse.engines.llama_install import require_llama_server
-    from enginehouse.engines.llama_server import LlamaServerSettings, build_argv
-    from enginehouse.store import BUNDLED_NAME, Store, ensure_bundled
-
     store = Store(config.models)
     if model == BUNDLED_NAME:
         ensure_bundled(store)

@@ -38,116 +38,21 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from enginehouse.errors import InvalidRequest
+from enginehouse.config_routers import Router
 from enginehouse.routing.softmax_head import softmax, train_head
 
 Embed = Callable[[list[str]], Awaitable[Sequence[Any]]]
 TIERS = ("keyword", "embedding", "default")
 ABSTAIN = "(abstain)"  # the key of the abstain examples' score in Decision.scores
-PREFER = ("latency", "quality")
 
 _PIECE = re.compile(r"\w+|[^\w\s]")
-_ESCAPE = re.compile(r"\\.")
 KEYWORD_SCAN = (4000, 1000)  # the keyword tier reads this many characters from the head and the tail
 _WORD = re.compile(r"[^\W\d_]{2,}|\d+")  # words of two letters or more, and numbers
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A keyword-tier regex (case-insensitive unless it says ``(?-i:...)``) and the weight it adds.
-
-    A pattern without upper-case letters (escapes aside) is matched against the lower-cased text
-    without ``re.IGNORECASE``, which is about twice as fast in CPython's ``re``; the others keep the
-    flag and read the original text.
-    """
-
-    pattern: str
-    weight: float = 1.0
-    compiled: re.Pattern[str] = field(init=False, repr=False, compare=False)
-    lowered: bool = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        lowered = not any(c.isupper() for c in _ESCAPE.sub("", self.pattern))
-        try:
-            compiled = re.compile(self.pattern, 0 if lowered else re.IGNORECASE)
-        except re.error as exc:
-            raise InvalidRequest(f"rule {self.pattern!r} is not a valid regular expression: {exc}") from exc
-        object.__setattr__(self, "compiled", compiled)
-        object.__setattr__(self, "lowered", lowered)
-
-    def search(self, text: str, lowered: str) -> re.Match[str] | None:
-        return self.compiled.search(lowered if self.lowered else text)
-
-
-@dataclass(frozen=True)
-class Route:
-    """A kind of request and the models that serve it, best first.
-
-    ``prefer`` tells the gateway how to pick among ``candidates``: ``latency`` (the cheapest that can
-    serve: loaded with a free slot costs nothing, an unloaded one its load time and what it would
-    evict) or ``quality`` (the first that can serve, even if it must load). ``fallbacks`` are tried
-    after every candidate failed.
-    """
-
-    name: str
-    description: str = ""
-    examples: tuple[str, ...] = ()
-    rules: tuple[Rule, ...] = ()
-    candidates: tuple[str, ...] = ()
-    prefer: str = "latency"
-    fallbacks: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Router:
-    """Routes plus the knobs of both tiers; ``default_route`` takes what no tier claims."""
-
-    name: str
-    routes: tuple[Route, ...]
-    default_route: str
-    threshold: float = 0.15  # best embedding score below this: default route
-    keyword_min: float = 1.0  # keyword tier: the best route needs at least this score...
-    keyword_ratio: float = 2.0  # ...and this many times the runner-up's
-    top_k: int = 3  # embedding score: mean of the k best example similarities (1: max)
-    system_weight: float = 0.25  # share of the system prompt's similarity in the embedding score
-    max_tokens: int = 64  # the user turn is cut to about this many word pieces before embedding
-    min_words: int = 2  # fewer words (2+ letters, or numbers) than this: too little to classify
-    # Requests with nothing to classify ("go on", "the other one", keyboard mash): when the closest
-    # examples are these, the default route is taken even above the threshold.
-    abstain_examples: tuple[str, ...] = ()
-    # The abstain examples are short; a turn of more words than this always asks something, so the
-    # abstain examples are not consulted for it (0: always consulted).
-    abstain_max_words: int = 0
-    # Weight of a softmax classifier trained on the route examples (softmax_head.py): its
-    # probability for each route is added, times this, to the route's score (0: no classifier).
-    head_weight: float = 0.0
-
-    def __post_init__(self) -> None:
-        names = [r.name for r in self.routes]
-        if not names:
-            raise InvalidRequest(f"router {self.name!r} has no routes")
-        if len(set(names)) != len(names):
-            raise InvalidRequest(f"router {self.name!r} names a route twice")
-        if self.default_route not in names:
-            raise InvalidRequest(f"router {self.name!r}: default route {self.default_route!r} is not a route")
-        for r in self.routes:
-            if r.prefer not in PREFER:
-                raise InvalidRequest(f"route {r.name!r}: prefer must be one of {', '.join(PREFER)}")
-        if self.top_k < 1 or self.max_tokens < 8:
-            raise InvalidRequest(f"router {self.name!r}: top_k must be >= 1 and max_tokens >= 8")
-        if self.head_weight < 0 or self.abstain_max_words < 0:
-            raise InvalidRequest(f"router {self.name!r}: head_weight and abstain_max_words must be >= 0")
-
-    def route(self, name: str) -> Route:
-        for r in self.routes:
-            if r.name == name:
-                return r
-        raise KeyError(name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,8 +6,8 @@ client: it cannot load (does not fit, its runner fails to start, no engine), its
 connection, answers 5xx or times out, its queue is full, or the prompt is longer than its context
 (counted by the engine with the model's own tokenizer). A model that is still loading is waited for
 (the scheduler's load timeout), not counted as a failure. After the first byte nothing is retried:
-the doors end the stream with an explicit error in their dialect and mark the request
-(:data:`FAILED_MID_STREAM`) so the failure still counts against the model's health.
+the relay ends the stream with an explicit error in the door's dialect and notes it on the request's
+:class:`Outcome`, so the failure still counts against the model's health.
 
 Engine failures (start, connection, 5xx, timeout) count in :class:`~enginehouse.routing.health.Health`:
 ``[cooldown] failures`` of them within ``window`` seconds set the model aside for ``seconds``
@@ -15,6 +15,9 @@ Engine failures (start, connection, 5xx, timeout) count in :class:`~enginehouse.
 down gets 503 saying until when.
 
 Requests that name a model directly pay a dictionary look-up or two here, nothing more.
+
+Routing returns decisions, not side effects: a :class:`Plan` for a canonical call, and an
+:class:`Outcome` per request that the door turns into headers. Nothing here knows HTTP.
 """
 
 from __future__ import annotations
@@ -23,11 +26,11 @@ import difflib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
-from aiohttp import web
-
+from enginehouse.canonical import Call, EmbedCall
 from enginehouse.config_names import routers_of
 from enginehouse.engines.base import RunnerSpec
 from enginehouse.errors import (
@@ -43,13 +46,13 @@ from enginehouse.errors import (
     ServerBusy,
     UpstreamUnavailable,
 )
+from enginehouse.routing import recent
 from enginehouse.routing.classify import Classifier, Decision, Router, word_count
 from enginehouse.routing.embedding import RouterEmbedding
 from enginehouse.routing.health import Health
 from enginehouse.routing.plan import Plan, describe, order_by_cost
 from enginehouse.routing.pools import Pools
 from enginehouse.sched.scheduler import Placement
-from enginehouse.server.app_state import FAILED_MID_STREAM, note_header
 
 if TYPE_CHECKING:
     from enginehouse.catalog import Catalog
@@ -89,6 +92,25 @@ def fallthrough(exc: BaseException) -> tuple[str, bool] | None:
     return None
 
 
+T = TypeVar("T")
+
+
+@dataclass
+class Outcome:
+    """What routing did with one request, as it goes: the door turns it into headers, the relay notes
+    a failure after the first byte."""
+
+    route: str | None = None  # ``router/route (tier)`` when a router chose
+    model: str = ""  # the candidate answering now
+    tried: list[str] = field(default_factory=list)  # candidates that could not answer, in order
+    failed: str | None = None  # the engine failed after the first byte reached the client
+
+    @property
+    def fallbacks(self) -> str | None:
+        """``x-enginehouse-fallback``: every candidate tried, the answering one last."""
+        return ", ".join([*self.tried, self.model]) if self.tried else None
+
+
 def _until(ts: float | None) -> str:
     return datetime.fromtimestamp(ts or 0, UTC).strftime("%H:%M:%SZ")
 
@@ -121,6 +143,21 @@ class Dispatcher:
     # ---- planning -----------------------------------------------------------------------------------
     def is_router(self, name: str) -> bool:
         return self.catalog.canonical(name) in self.routers
+
+    async def plan_for(self, call: Call, via: str = "") -> Plan:
+        """The candidates for a canonical call; its text is read only by a router (to classify) and
+        by a pool balancing on prefixes. ``via`` is the request's X-Enginehouse-Via (the loop guard)."""
+        await self.catalog.ensure_known(call.model)  # free unless upstream discovery is due
+        system, text = call.routing_text() if self.is_router(call.model) else ("", "")
+        return await self.plan(
+            call.model,
+            system=system,
+            text=text,
+            num_ctx=getattr(call, "num_ctx", None),
+            embedding=isinstance(call, EmbedCall),
+            prompt=call.affinity_text,
+            via=via,
+        )
 
     async def plan(
         self,
@@ -199,6 +236,7 @@ class Dispatcher:
             chosen_name = plan.candidates[0] if plan.candidates else ""
             self.metrics.route_decisions.labels(router.name, decision.route, decision.tier, chosen_name).inc()
             self.metrics.route_seconds.labels(router.name, decision.tier).observe(plan.elapsed_ms / 1000)
+        recent.record(self, plan)  # GET /api/route/recent, the console's "last decisions"
         return plan
 
     def _not_found(self, asked: str, exc: ModelNotFound) -> NoReturn:
@@ -291,15 +329,10 @@ class Dispatcher:
         await self.embedding.close()
 
     # ---- trying candidates --------------------------------------------------------------------------
-    async def run(
-        self,
-        request: web.Request,
-        plan: Plan,
-        attempt: Callable[[str], Awaitable[web.StreamResponse]],
-    ) -> web.StreamResponse:
-        """``attempt(name)`` for each candidate until one answers; see the module's docstring."""
-        if plan.route_header:
-            note_header(request, "X-Enginehouse-Route", plan.route_header)
+    async def run(self, plan: Plan, attempt: Callable[[str, Outcome], Awaitable[T]]) -> T:
+        """``attempt(name, outcome)`` for each candidate until one answers; see the module's docstring.
+        The outcome says, at each attempt, the route, the candidate and those tried before it."""
+        outcome = Outcome(route=plan.route_header)
         tried: list[tuple[str, str]] = []
         last: BaseException | None = None
         for name in plan.candidates:
@@ -308,17 +341,15 @@ class Dispatcher:
                 until = _until(state and state.cooled_until)
                 tried.append((name, f"cooled down until {until} after: {state.reason if state else ''}"))
                 continue
-            note_header(request, "X-Enginehouse-Model", name)
+            outcome.model, outcome.tried = name, [t for t, _ in tried]
             pooled = plan.replicas.get(name)
             if pooled is not None:  # counted from the pick, not from the engine's lease
                 balancer, replica, text = pooled
                 balancer.remember(replica, text)
                 replica.in_flight += 1
-            if tried:
-                note_header(request, "X-Enginehouse-Fallback", ", ".join([*(t for t, _ in tried), name]))
             self.health.begin(name)
             try:
-                response = await attempt(name)
+                response = await attempt(name, outcome)
             except (EnginehouseError, TimeoutError) as exc:
                 reason = fallthrough(exc)
                 if reason is None:
@@ -337,8 +368,8 @@ class Dispatcher:
             finally:
                 if pooled is not None:
                     pooled[1].in_flight -= 1
-            if failed := request.get(FAILED_MID_STREAM):
-                self.health.failure(name, failed)
+            if outcome.failed:
+                self.health.failure(name, outcome.failed)
             else:
                 self.health.success(name)
             return response

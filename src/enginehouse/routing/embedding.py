@@ -11,12 +11,20 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
+from enginehouse.engines.llama_install import require_llama_server
+from enginehouse.engines.llama_server import LlamaServerEngine
 from enginehouse.errors import EnginehouseError
 from enginehouse.routing.classify import Classifier, Router
+from enginehouse.routing.minilm import (
+    EMBED_MODEL,
+    RunnerEmbedder,
+    ensure_embed_model,
+    prepare_cached,
+    runner_settings,
+)
 
 if TYPE_CHECKING:
     from enginehouse.config import Config
-    from enginehouse.routing.minilm import RunnerEmbedder
     from enginehouse.store import Store
 
 log = logging.getLogger("enginehouse.routing")
@@ -54,16 +62,6 @@ class RouterEmbedding:
     async def _start(self) -> RunnerEmbedder | None:
         """The router's private embedding runner (all-MiniLM-L6-v2, one slot, pinned for the server's
         life). Without it the router still works: keyword tier, then the default route."""
-        from enginehouse.engines.llama_install import require_llama_server
-        from enginehouse.engines.llama_server import LlamaServerEngine
-        from enginehouse.routing.minilm import (
-            EMBED_MODEL,
-            RunnerEmbedder,
-            ensure_embed_model,
-            prepare_cached,
-            runner_settings,
-        )
-
         try:
             binary = require_llama_server(self.config).path
             path = await asyncio.to_thread(ensure_embed_model, self.config, self.store, EMBED_MODEL, log.info)

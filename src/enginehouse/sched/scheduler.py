@@ -244,6 +244,12 @@ class Scheduler:
             await asyncio.sleep(0.05)
         await self._stop(model)
 
+    def speaks(self, record: ModelRecord, dialect: str) -> bool:
+        """Whether the model's engine takes ``dialect``'s requests as they come (see
+        :meth:`~enginehouse.engines.factory.EngineFactory.dialects_for`)."""
+        dialects = getattr(self.engine_factory, "dialects_for", None)  # test factories may be plain callables
+        return dialect in (dialects(record) if dialects is not None else frozenset({"openai"}))
+
     def entry(self, name: str) -> ModelEntry:
         return self.file_config.entry(name) or NO_ENTRY
 

@@ -26,7 +26,9 @@ from enginehouse.catalog import Catalog
 from enginehouse.config import Config
 from enginehouse.config_file import load_config_file
 from enginehouse.config_names import check_references
+from enginehouse.config_values import parse_keep_alive
 from enginehouse.engines.factory import EngineFactory
+from enginehouse.engines.upstream import Upstream
 from enginehouse.errors import (
     AllCandidatesFailed,
     EnginehouseError,
@@ -39,10 +41,9 @@ from enginehouse.errors import (
 )
 from enginehouse.metrics import HealthCollector, Metrics, PoolCollector
 from enginehouse.redact import hide_paths_under
-from enginehouse.sched.keep_alive import parse_keep_alive
 from enginehouse.sched.memory import MemoryBudget, MiB
 from enginehouse.sched.scheduler import Scheduler
-from enginehouse.server import model_routes, ollama_routes, openai_routes
+from enginehouse.server import console, console_api, model_routes, ollama_routes, openai_routes, rerank_routes
 from enginehouse.server.app_state import (
     GATEWAY,
     Gateway,
@@ -55,14 +56,13 @@ from enginehouse.server.guard import browser_guard, cors_headers_hook
 from enginehouse.server.observe import metrics_endpoint, metrics_middleware
 from enginehouse.server.openapi import build_openapi
 from enginehouse.server.protocol import HANDLER_ARGS
-from enginehouse.server.upstream import Upstream
 from enginehouse.store import BUNDLED_NAME, Store, bundled_model_file, ensure_bundled
 
 log = logging.getLogger("enginehouse.server")
 CLOSE_TIMEOUT_S = 5.0  # each shutdown step that is not a runner stop (those have their own grace)
 
 
-OPEN_PATHS = frozenset({"/", "/api/version"})  # health checks work without the key
+OPEN_PATHS = frozenset({"/", "/api/version"}) | console.PUBLIC_PATHS  # health checks; the page's files
 
 
 def auth_middleware(api_key: str):  # type: ignore[no-untyped-def]
@@ -85,7 +85,7 @@ def auth_middleware(api_key: str):  # type: ignore[no-untyped-def]
 
 @web.middleware
 async def error_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
-    openai = request.path.startswith("/v1")
+    openai = request.path.startswith("/v1") or request.path in rerank_routes.OPENAI_SHAPED
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -283,4 +283,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> web.Applicatio
     ollama_routes.add_routes(app)
     model_routes.add_routes(app)
     openai_routes.add_routes(app)
+    rerank_routes.add_routes(app)
+    console_api.add_routes(app)
+    console.add_routes(app)
     return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import orjson
@@ -16,10 +16,10 @@ from enginehouse.catalog import Catalog, is_gguf
 from enginehouse.config import Config
 from enginehouse.config_file import EMPTY, FileConfig
 from enginehouse.engines.factory import gguf_info_for
+from enginehouse.engines.upstream import Upstream
 from enginehouse.errors import InvalidRequest, RequestTooLarge
 from enginehouse.metrics import Metrics
 from enginehouse.sched.scheduler import Scheduler
-from enginehouse.server.upstream import Upstream
 from enginehouse.store import ModelRecord, Store
 
 if TYPE_CHECKING:
@@ -79,23 +79,9 @@ async def read_json(request: web.Request) -> dict:
     return data
 
 
-#: Set by a door when an engine failed after the first byte (its message): routing counts it against
-#: the model's health, since the client already has its (explicit) error.
-FAILED_MID_STREAM = web.RequestKey("enginehouse.failed_mid_stream", str)
-
 #: The nodes a request has passed, by node id, comma-separated: a node that finds itself here refuses
 #: the request (508), and never forwards it to a node already listed.
 VIA = "X-Enginehouse-Via"
-
-
-def engine_headers(request: web.Request, engine: Any) -> dict[str, str]:
-    """The engine's own headers (an API key), plus the loop guard's for a remote engine (another node)."""
-    headers: dict[str, str] = engine.request_headers
-    if engine.kind in ("ollama", "openai"):
-        via = request.headers.get(VIA)
-        own = request.app[GATEWAY].node_id
-        headers = {**headers, VIA: f"{via},{own}" if via else own}
-    return headers
 
 
 EXTRA_HEADERS = web.RequestKey("enginehouse.headers", dict)  # headers a handler wants on its response

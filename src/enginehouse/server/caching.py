@@ -20,10 +20,10 @@ from enginehouse.cache import (
     ResponseCache,
     digest_of,
     metric_families,
-    respond_from_cache,
 )
 from enginehouse.config_file import entry_dict
 from enginehouse.server.app_state import GATEWAY, note_header
+from enginehouse.server.cache_http import respond_from_cache
 from enginehouse.store import ModelRecord
 
 _RECORDER = web.RequestKey("enginehouse.cache.recorder", object)  # content type -> Recorder | None

@@ -13,16 +13,18 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from enginehouse.canonical import Tally
 from enginehouse.metrics import CONTENT_TYPE, Metrics
 from enginehouse.sched.scheduler import Lease
 from enginehouse.server.app_state import GATEWAY
+from enginehouse.wire import last_sse_payloads
 
 MODEL = web.RequestKey("enginehouse.model", tuple)  # (model, engine) that answered this request
 SKIP = frozenset({"/metrics", "/", "/api/version"})
 
 
 def door_of(path: str) -> str:
-    return "openai" if path.startswith("/v1") else "ollama"
+    return "openai" if path.startswith("/v1") or path == "/rerank" else "ollama"
 
 
 def note_model(request: web.Request, lease: Lease) -> None:
@@ -55,61 +57,43 @@ def metrics_middleware(metrics: Metrics):  # type: ignore[no-untyped-def]
     return observe_request
 
 
-def observe_ollama(request: web.Request, lease: Lease, translator: Any, started: float) -> None:
-    """A generation on Ollama's door, from the same numbers its last line reports."""
+def observe_generation(request: web.Request, door: str, lease: Lease, tally: Tally, sent: float) -> None:
+    """A generation, from the same numbers the door's answer reports: the gateway's own time before the
+    engine got the request, time to the first token, and the counts."""
     metrics: Metrics = request.app[GATEWAY].metrics
-    summary = translator.summary()
-    metrics.observe_generation("ollama", lease.model.name, **summary)
-    if translator.sent_at:
-        metrics.overhead.labels("ollama").observe(max(0.0, translator.sent_at - started - lease.waited))
+    metrics.overhead.labels(door).observe(max(0.0, sent - tally.started - lease.waited))
+    metrics.observe_generation(door, lease.model.name, **tally.summary(time.monotonic()))
 
 
-def observe_openai(
-    request: web.Request, lease: Lease, started: float, sent: float, first: float | None, tail: bytes
-) -> None:
-    """A generation on OpenAI's door: time to the first chunk, and the counts from the engine's last
-    event (llama-server's ``timings``, or ``usage``), parsed once per request."""
-    counts = _last_counts(tail)
-    record_openai(
-        request,
-        lease,
-        started,
-        sent,
-        first,
-        counts.get("prompt", 0),
-        counts.get("output", 0),
-        counts.get("decode"),
-    )
-
-
-def record_openai(
+def observe_bytes(
     request: web.Request,
+    door: str,
     lease: Lease,
     started: float,
     sent: float,
     first: float | None,
-    prompt_tokens: int,
-    output_tokens: int,
-    decode_seconds: float | None,
+    tail: bytes,
 ) -> None:
-    """A generation on OpenAI's door, passed through or rendered: the gateway's own time before the
-    engine got it, time to the first chunk, and the token counts."""
+    """A generation passed through as bytes: time to the first chunk, and the counts from the engine's
+    last event (llama-server's ``timings``, or ``usage``), parsed once per request."""
     metrics: Metrics = request.app[GATEWAY].metrics
-    metrics.overhead.labels("openai").observe(max(0.0, sent - started - lease.waited))
+    counts = _last_counts(tail)
+    decode = counts.get("decode")
+    metrics.overhead.labels(door).observe(max(0.0, sent - started - lease.waited))
     metrics.observe_generation(
-        "openai",
+        door,
         lease.model.name,
         ttft=(first - started) if first is not None else None,
-        prompt_tokens=prompt_tokens,
-        output_tokens=output_tokens,
-        decode_seconds=decode_seconds,
+        prompt_tokens=counts.get("prompt", 0),
+        output_tokens=counts.get("output", 0),
+        decode_seconds=decode,
     )
 
 
 def _last_counts(tail: bytes) -> dict[str, Any]:
     """Token counts from the end of an answer: a whole JSON body, or the last SSE events."""
     candidates = [tail] if tail.lstrip().startswith(b"{") else []
-    candidates += [ln[6:] for ln in reversed(tail.split(b"\n")) if ln.startswith(b"data: {")]
+    candidates += [p for p in last_sse_payloads(tail) if p.startswith(b"{")]
     for raw in candidates:
         try:
             data = orjson.loads(raw)

@@ -5,25 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from enginehouse.api.convert import (
-    OllamaStream,
-    chat_body,
-    collapse,
-    gateway_template,
-    generate_body,
-    go_template,
-    is_jinja,
-    now_rfc3339,
-    rendered_chat_body,
-    rendered_generate_body,
-)
 from enginehouse.api.gotemplate import parse as parse_template
 from enginehouse.api.ollama import (
     ChatRequest,
@@ -32,31 +19,44 @@ from enginehouse.api.ollama import (
     EmbedRequest,
     GenerateRequest,
     NameRequest,
-    Options,
 )
-from enginehouse.api.toolcalls import ToolFormat, entry_tool_choice, tool_format
+from enginehouse.api.ollama_door import (
+    OllamaEncoder,
+    chat_call,
+    embed_call,
+    embeddings_call,
+    generate_call,
+    now_rfc3339,
+)
+from enginehouse.api.prepare import is_jinja
+from enginehouse.canonical import ChatCall, CompletionCall, EmbedCall
 from enginehouse.catalog import ExternalRecord, is_gguf
 from enginehouse.engines.base import RunnerSpec
 from enginehouse.engines.factory import gguf_info_for
 from enginehouse.engines.openai_remote import auth_headers
-from enginehouse.errors import EnginehouseError, InvalidRequest, ollama_error_body
-from enginehouse.routing.balance import chat_prompt
-from enginehouse.sched.keep_alive import parse_keep_alive
+from enginehouse.engines.upstream import error_text
+from enginehouse.errors import EnginehouseError, InvalidRequest, LoopDetected, RunnerError, ollama_error_body
+from enginehouse.routing.dispatch import Outcome
 from enginehouse.sched.scheduler import LoadedModel
 from enginehouse.server.app_state import (
-    FAILED_MID_STREAM,
     GATEWAY,
-    VIA,
     clamp_num_ctx,
-    engine_headers,
     engine_takes_tools,
     json_response,
     read_json,
 )
-from enginehouse.server.caching import answer_cached, open_stream
-from enginehouse.server.observe import note_model, observe_ollama
-from enginehouse.server.passthrough import ollama_passthrough, speaks_ollama
-from enginehouse.server.upstream import raise_for_engine, sse_events
+from enginehouse.server.caching import answer_cached
+from enginehouse.server.generation import (
+    facts_for,
+    forward,
+    lease_for,
+    link_headers,
+    plan_request,
+    prepare,
+    routed,
+    run_generation,
+)
+from enginehouse.server.relay import relay_bytes, renamer
 from enginehouse.store import ModelRecord
 from enginehouse.store.modelfile import modelfile_for
 
@@ -128,6 +128,8 @@ def capabilities(record: ModelRecord, engine_tools: bool = False) -> list[str]:
     """Ollama's capability names for a local GGUF. ``engine_tools``: its engine takes tools whatever
     the template says (:func:`engine_takes_tools`)."""
     info = gguf_info_for(record)
+    if info.is_reranker:
+        return ["rerank"]  # not Ollama's (it has no reranking): the models /api/rerank and /v1/rerank take
     if info.is_embedding:
         return ["embedding"]
     caps = ["completion"]
@@ -162,10 +164,9 @@ def require_capabilities(
 
 
 def runner_spec(
-    request: web.Request, options: Options | None, record: ModelRecord, *, embedding: bool = False
+    request: web.Request, num_ctx: int | None, record: ModelRecord, *, embedding: bool = False
 ) -> RunnerSpec:
-    num_ctx = options.num_ctx if options is not None and options.num_ctx else None
-    return RunnerSpec(embedding=embedding, num_ctx=clamp_num_ctx(request, record, num_ctx))
+    return RunnerSpec(embedding=embedding, num_ctx=clamp_num_ctx(request, record, num_ctx or None))
 
 
 def parameters_text(params: dict[str, Any]) -> str:
@@ -306,168 +307,111 @@ async def _load_or_unload(
     return json_response(line)
 
 
-async def _plan(request: web.Request, asked: str, system: str, text: str, options: Options | None, **kw: Any):  # type: ignore[no-untyped-def]
-    """The routing plan for ``asked`` (a model, alias or router); the text is read only by routers."""
+class _OllamaFraming:
+    """Ollama's streams for the byte relay: NDJSON, ended by the upstream's close."""
+
+    line_based = True
+    end_marker = None
+
+    @staticmethod
+    def error(exc: EnginehouseError) -> bytes:
+        return orjson.dumps(ollama_error_body(exc)) + b"\n"
+
+
+async def _passthrough(
+    request: web.Request, data: dict[str, Any], path: str, name: str, outcome: Outcome
+) -> web.StreamResponse:
+    """An Ollama request to an engine that speaks Ollama's API (an Ollama upstream), as it came but for
+    ``model``, so every feature the upstream has (tools, images, thinking, logprobs, load and unload)
+    works without a translation here. Its 4xx errors keep their status and body; a 5xx before the first
+    byte is a RunnerError (another candidate may answer)."""
+    async with lease_for(request, name) as lease:
+        served = lease.model.engine.served_model
+        resp = await forward(request, lease, path, {**data, "model": served})
+        try:
+            if resp.status == 508:
+                raise LoopDetected(f"{lease.model.name}: {await error_text(resp)}")
+            if resp.status >= 500:
+                raise RunnerError(
+                    f"{lease.model.name}: the upstream answered {resp.status}: {await error_text(resp)}"
+                )
+        except BaseException:
+            resp.close()
+            raise
+        if resp.status != 200:
+            body = await resp.read()
+            resp.release()
+            content_type = resp.headers.get("Content-Type", NDJSON)
+            return web.Response(status=resp.status, body=body, headers={"Content-Type": content_type})
+        return await relay_bytes(
+            request, resp, _OllamaFraming, outcome, renamer(served, data["model"]), lambda *_: None
+        )
+
+
+async def _door(
+    request: web.Request,
+    call: ChatCall | CompletionCall,
+    data: dict[str, Any],
+    endpoint: str,
+    kind: str,
+    empty: bool,
+    checks: dict[str, bool],
+) -> web.StreamResponse:
+    """``/api/chat`` and ``/api/generate`` after parsing: route, then answer from each candidate."""
     gw = request.app[GATEWAY]
-    await gw.catalog.ensure_known(asked)  # free unless upstream discovery is due
-    num_ctx = options.num_ctx if options is not None else None
-    if not gw.dispatch.is_router(asked):
-        system, text = "", ""
-    via = request.headers.get(VIA, "")
-    return await gw.dispatch.plan(asked, system=system, text=text, num_ctx=num_ctx, via=via, **kw)
+    started = time.monotonic()
 
+    async def attempt(name: str, outcome: Outcome) -> web.StreamResponse:
+        record = gw.catalog.resolve(name)
+        if gw.scheduler.speaks(record, "ollama"):
+            return await _passthrough(request, data, endpoint, name, outcome)
+        if empty:
+            return await _load_or_unload(request, name, call.keep_alive, kind, call.model)
+        require_capabilities(record, engine_tools=engine_takes_tools(request, record), **checks)
 
-def _chat_text(req: ChatRequest) -> tuple[str, str]:
-    system = "\n".join(m.content or "" for m in req.messages if m.role == "system")
-    user = next((m.content or "" for m in reversed(req.messages) if m.role == "user"), "")
-    return system, user
+        async def answer() -> web.StreamResponse:
+            spec = runner_spec(request, call.num_ctx, record)
+            async with lease_for(request, name, call.keep_alive, spec, record) as lease:
+                prepared = prepare(call, facts_for(request, lease.model.record))
+                encoder = OllamaEncoder(call.model, kind, started=started, load_duration=lease.load_duration)
+                return await run_generation(request, "ollama", lease, prepared, encoder, outcome)
+
+        return await answer_cached(request, "ollama", endpoint, data, record, answer)
+
+    return await routed(request, await plan_request(request, call), attempt)
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
-    gw = request.app[GATEWAY]
-    started = time.monotonic()
     data = await read_json(request)
     req = ChatRequest.model_validate(data)
-    keep_alive = parse_keep_alive(req.keep_alive)
-    prompt = lambda: chat_prompt(data.get("messages") or [])  # noqa: E731  (read by prefix-aware pools only)
-    plan = await _plan(request, req.model, *_chat_text(req), req.options, prompt=prompt)
-
-    async def attempt(name: str) -> web.StreamResponse:
-        record = gw.catalog.resolve(name)
-        if speaks_ollama(record):
-            return await ollama_passthrough(request, data, "/api/chat", name)
-        if not req.messages:
-            return await _load_or_unload(request, name, keep_alive, "chat", req.model)
-        engine_tools = engine_takes_tools(request, record)
-        images = any(m.images for m in req.messages)
-        require_capabilities(
-            record, engine_tools=engine_tools, tools=bool(req.tools), think=bool(req.think), images=images
-        )
-        template = gateway_template(record.template, bool(req.tools), engine_tools)
-        # A Go template's tool calls come back as raw text, written the template's way: split them out.
-        calls = tool_format(template) if template and req.tools else None
-        # Ollama's API has no tool_choice: the model's entry may force calls (see entry_tool_choice).
-        choice = gw.scheduler.entry(record.name.display).tool_choice
-        forced = calls is not None and entry_tool_choice(choice, req.messages[-1].role) == "required"
-
-        def body_for(served: str) -> tuple[str, dict[str, Any]]:
-            if template:
-                force = calls if forced else None
-                body = rendered_chat_body(req, served, record.params, record.system, template, force)
-                return "/v1/completions", body
-            return "/v1/chat/completions", chat_body(req, served, record.params, record.system)
-
-        return await answer_cached(
-            request,
-            "ollama",
-            "/api/chat",
-            data,
-            record,
-            lambda: _generate(
-                request, req, name, record, keep_alive, "chat", started, body_for, calls, forced
-            ),
-        )
-
-    return await gw.dispatch.run(request, plan, attempt)
+    call = chat_call(req)
+    checks = {"tools": bool(req.tools), "think": bool(req.think), "images": call.images}
+    return await _door(request, call, data, "/api/chat", "chat", not req.messages, checks)
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
-    gw = request.app[GATEWAY]
-    started = time.monotonic()
     data = await read_json(request)
     req = GenerateRequest.model_validate(data)
-    keep_alive = parse_keep_alive(req.keep_alive)
     if req.template and is_jinja(req.template):
         raise InvalidRequest("a per-request template must be an Ollama (Go) template")
     if req.template and not req.raw:
         parse_template(req.template)  # a bad template is the client's error, before any model loads
-    text = (req.system or "") + "\n" + (req.prompt or "")
-    plan = await _plan(
-        request, req.model, req.system or "", req.prompt or "", req.options, prompt=lambda: text
+    call = generate_call(req)
+    checks = {"think": bool(req.think), "insert": bool(req.suffix), "images": bool(req.images)}
+    return await _door(
+        request, call, data, "/api/generate", "generate", not req.prompt and not req.suffix, checks
     )
 
-    async def attempt(name: str) -> web.StreamResponse:
-        record = gw.catalog.resolve(name)
-        if speaks_ollama(record):
-            return await ollama_passthrough(request, data, "/api/generate", name)
-        if not req.prompt and not req.suffix:
-            return await _load_or_unload(request, name, keep_alive, "generate", req.model)
-        require_capabilities(record, think=bool(req.think), insert=bool(req.suffix), images=bool(req.images))
-        template = None if req.raw else (req.template or go_template(record.template))
-        if template:
-            parse_template(template)
 
-        def body_for(served: str) -> tuple[str, dict[str, Any]]:
-            if template:
-                return "/v1/completions", rendered_generate_body(
-                    req, served, record.params, record.system, template
-                )
-            return generate_body(req, served, record.params, record.system)
-
-        return await answer_cached(
-            request,
-            "ollama",
-            "/api/generate",
-            data,
-            record,
-            lambda: _generate(request, req, name, record, keep_alive, "generate", started, body_for),
-        )
-
-    return await gw.dispatch.run(request, plan, attempt)
-
-
-async def _generate(
-    request: web.Request,
-    req: ChatRequest | GenerateRequest,
-    name: str,
-    record: ModelRecord,
-    keep_alive: float | None,
-    kind: str,
-    started: float,
-    body_for: Callable[[str], tuple[str, dict[str, Any]]],
-    calls: ToolFormat | None = None,
-    forced: bool = False,
-) -> web.StreamResponse:
-    """Hold the model's runner for one request: build the engine body, relay the answer in Ollama's shape."""
-    spec = runner_spec(request, req.options, record)
-    async with request.app[GATEWAY].scheduler.acquire(name, keep_alive, spec, record) as lease:
-        note_model(request, lease)
-        path, body = body_for(lease.model.engine.served_model)
-        translator = OllamaStream(
-            req.model,  # the name the client asked for (an alias, a router); the header says who answered
-            kind,
-            started=started,
-            load_duration=lease.load_duration,
-            tool_format=calls,
-            forced=forced,
-        )
-        engine = lease.model.engine
-        url, headers = engine.base_url + path, engine_headers(request, engine)
-        response = await _relay(request, url, body, translator, req.stream, headers)
-        observe_ollama(request, lease, translator, started)
-        return response
-
-
-async def _embed(
-    request: web.Request, model: str, inputs: list[str], options: Options | None, keep_alive: float | None
-) -> tuple[list[list[float]], int, float]:
+async def _embed(request: web.Request, name: str, call: EmbedCall) -> tuple[list[list[float]], int, float]:
     """Embeddings from the model's embedding runner: (vectors, prompt tokens, load seconds)."""
     gw = request.app[GATEWAY]
-    record = gw.catalog.resolve(model)
-    spec = runner_spec(request, options, record, embedding=True)
-    async with gw.scheduler.acquire(model, keep_alive, spec) as lease:
-        note_model(request, lease)
-        if not inputs:
-            return [], 0, lease.load_duration
+    record = gw.catalog.resolve(name)
+    spec = runner_spec(request, call.num_ctx, record, embedding=True)
+    async with lease_for(request, name, call.keep_alive, spec, record) as lease:
         engine = lease.model.engine
-        data = await gw.upstream.post_json(
-            f"{engine.base_url}/v1/embeddings",
-            {"model": engine.served_model, "input": inputs},
-            engine_headers(request, engine),
-        )
-        vectors = [d["embedding"] for d in sorted(data["data"], key=lambda d: d.get("index", 0))]
-        tokens = int((data.get("usage") or {}).get("prompt_tokens", 0))
-        return vectors, tokens, lease.load_duration
+        result = await engine.embed(call, gw.upstream, link_headers(request, engine))
+        return result.vectors, result.prompt_tokens, lease.load_duration
 
 
 def _truncate_dimensions(vectors: list[list[float]], dimensions: int) -> list[list[float]]:
@@ -484,25 +428,20 @@ async def embed(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     started = time.monotonic()
     data = await read_json(request)
-    req = EmbedRequest.model_validate(data)
-    inputs = [req.input] if isinstance(req.input, str) else list(req.input)
-    inputs = [] if inputs == [""] else inputs
-    plan = await _plan(request, req.model, "", inputs[0] if inputs else "", req.options, embedding=True)
+    call = embed_call(EmbedRequest.model_validate(data))
 
-    async def attempt(name: str) -> web.StreamResponse:
+    async def attempt(name: str, outcome: Outcome) -> web.StreamResponse:
         record = gw.catalog.resolve(name)
-        if speaks_ollama(record):
-            return await ollama_passthrough(request, data, "/api/embed", name)
+        if gw.scheduler.speaks(record, "ollama"):
+            return await _passthrough(request, data, "/api/embed", name, outcome)
 
         async def answer() -> web.StreamResponse:
-            vectors, tokens, load = await _embed(
-                request, name, inputs, req.options, parse_keep_alive(req.keep_alive)
-            )
-            if req.dimensions:
-                vectors = _truncate_dimensions(vectors, req.dimensions)
+            vectors, tokens, load = await _embed(request, name, call)
+            if call.dimensions:
+                vectors = _truncate_dimensions(vectors, call.dimensions)
             return json_response(
                 {
-                    "model": req.model,
+                    "model": call.model,
                     "embeddings": vectors,
                     "total_duration": int((time.monotonic() - started) * 1e9),
                     "load_duration": int(load * 1e9),
@@ -510,64 +449,25 @@ async def embed(request: web.Request) -> web.StreamResponse:
                 }
             )
 
-        if not inputs:  # a load, not an answer
+        if not call.inputs:  # a load, not an answer
             return await answer()
         return await answer_cached(request, "ollama", "/api/embed", data, record, answer)
 
-    return await gw.dispatch.run(request, plan, attempt)
+    return await routed(request, await plan_request(request, call), attempt)
 
 
 async def embeddings(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     data = await read_json(request)
-    req = EmbeddingsRequest.model_validate(data)
-    inputs = [req.prompt] if req.prompt else []
-    plan = await _plan(request, req.model, "", req.prompt or "", req.options, embedding=True)
+    call = embeddings_call(EmbeddingsRequest.model_validate(data))
 
-    async def attempt(name: str) -> web.StreamResponse:
-        if speaks_ollama(gw.catalog.resolve(name)):
-            return await ollama_passthrough(request, data, "/api/embeddings", name)
-        vectors, _, _ = await _embed(request, name, inputs, req.options, parse_keep_alive(req.keep_alive))
+    async def attempt(name: str, outcome: Outcome) -> web.StreamResponse:
+        if gw.scheduler.speaks(gw.catalog.resolve(name), "ollama"):
+            return await _passthrough(request, data, "/api/embeddings", name, outcome)
+        vectors, _, _ = await _embed(request, name, call)
         return json_response({"embedding": vectors[0] if vectors else []})
 
-    return await gw.dispatch.run(request, plan, attempt)
-
-
-async def _relay(
-    request: web.Request,
-    url: str,
-    body: dict[str, Any],
-    translator: OllamaStream,
-    stream: bool,
-    headers: dict[str, str] | None = None,
-) -> web.StreamResponse:
-    """Send one request to the engine and answer in Ollama's shape, streamed or folded."""
-    upstream = request.app[GATEWAY].upstream
-    translator.sent_at = time.monotonic()
-    resp = await upstream.post(url, body, headers)
-    try:
-        await raise_for_engine(resp)
-        if not stream:
-            lines = [ln async for ev in sse_events(resp) if (ln := translator.feed(ev))]
-            return json_response(collapse(lines + translator.final(), translator.kind))
-        out = open_stream(request, {"Content-Type": NDJSON})
-        await out.prepare(request)
-        try:
-            async for event in sse_events(resp):
-                if line := translator.feed(event):
-                    await out.write(orjson.dumps(line) + b"\n")
-            for line in translator.final():
-                await out.write(orjson.dumps(line) + b"\n")
-        except EnginehouseError as exc:  # after the first byte the status is sent: report in-band
-            request[FAILED_MID_STREAM] = exc.message
-            await out.write(orjson.dumps(ollama_error_body(exc)) + b"\n")
-        await out.write_eof()
-        return out
-    finally:
-        # Closing the engine's stream cancels its generation when the client left. And llama-server
-        # closes a connection after a streamed answer without saying so: reusing it would fail the
-        # next request's first write. So these connections are never pooled.
-        resp.close()
+    return await routed(request, await plan_request(request, call), attempt)
 
 
 async def _show_external(request: web.Request, record: ExternalRecord) -> web.Response:

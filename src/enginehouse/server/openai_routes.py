@@ -1,43 +1,47 @@
 """OpenAI's front door: ``/v1/*``, SSE streams, ``{"error": {"message", "type", ...}}`` errors.
 
-Client and engine speak the same dialect here, so the request is parsed once (to find the model and
-name the engine's served model) and the engine's bytes are streamed back untouched: no per-chunk work.
+Client and engine speak the same dialect here, so the request is parsed once (to route it and name the
+engine's served model) and the engine's bytes are streamed back untouched: no per-chunk work. A model
+whose prompt the gateway renders (an Ollama Go template) goes through the canonical path instead, and
+its events come back as chat-completion chunks (``api/openai_door.py``).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 from pydantic import BaseModel
 
-from enginehouse.api.convert import gateway_template, sampling_fields
 from enginehouse.api.ollama import Options
+from enginehouse.api.ollama_door import sampling_fields
 from enginehouse.api.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from enginehouse.api.openai_door import OpenAIChatEncoder, chat_call, completion_call, embed_call
+from enginehouse.api.prepare import renders
+from enginehouse.canonical import Call
 from enginehouse.catalog import is_gguf
 from enginehouse.engines.base import RunnerSpec
-from enginehouse.errors import EnginehouseError, RunnerError, openai_error_body
-from enginehouse.routing.balance import chat_prompt
-from enginehouse.server.app_state import (
-    FAILED_MID_STREAM,
-    GATEWAY,
-    VIA,
-    clamp_num_ctx,
-    engine_headers,
-    engine_takes_tools,
-    json_response,
-    read_json,
+from enginehouse.engines.upstream import raise_for_engine
+from enginehouse.errors import EnginehouseError, openai_error_body
+from enginehouse.routing.dispatch import Outcome
+from enginehouse.server.app_state import GATEWAY, clamp_num_ctx, json_response, read_json
+from enginehouse.server.caching import answer_cached
+from enginehouse.server.generation import (
+    facts_for,
+    forward,
+    lease_for,
+    plan_request,
+    prepare,
+    routed,
+    run_generation,
 )
-from enginehouse.server.caching import answer_cached, open_stream
-from enginehouse.server.observe import note_model, observe_openai
-from enginehouse.server.openai_rendered import rendered_chat
-from enginehouse.server.upstream import raise_for_engine
+from enginehouse.server.observe import observe_bytes
+from enginehouse.server.relay import relay_bytes, renamer
 from enginehouse.store import ModelRecord
+from enginehouse.wire import SSE_DONE
 
 
 async def models(request: web.Request) -> web.Response:
@@ -121,34 +125,22 @@ async def model(request: web.Request) -> web.Response:
     )
 
 
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts: the text ones
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return ""
+CALLS = {
+    "/v1/chat/completions": chat_call,
+    "/v1/completions": completion_call,
+    "/v1/embeddings": embed_call,
+}
 
 
-def routing_text(data: dict[str, Any], path: str) -> tuple[str, str]:
-    """(system prompt, last user turn) for a router to classify."""
-    if path == "/v1/chat/completions":
-        messages = [m for m in data.get("messages") or [] if isinstance(m, dict)]
-        system = "\n".join(
-            _text_of(m.get("content")) for m in messages if m.get("role") in ("system", "developer")
-        )
-        user = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
-        return system, user
-    value = data.get("prompt" if path == "/v1/completions" else "input")
-    first = value[0] if isinstance(value, list) and value else value
-    return "", first if isinstance(first, str) else ""
+class _SSEFraming:
+    """OpenAI's streams for the byte relay: SSE events, ended by ``data: [DONE]``."""
 
+    line_based = False  # engines write whole events per chunk; a rename needs no line buffer
+    end_marker = SSE_DONE
 
-def affinity_text(data: dict[str, Any], path: str) -> str:
-    """The request's whole text, for a pool that balances on shared prefixes."""
-    if path == "/v1/chat/completions":
-        return chat_prompt([m for m in data.get("messages") or [] if isinstance(m, dict)])
-    value = data.get("prompt" if path == "/v1/completions" else "input")
-    return value if isinstance(value, str) else str(value)
+    @staticmethod
+    def error(exc: EnginehouseError) -> bytes:
+        return b"data: " + orjson.dumps(openai_error_body(exc)) + b"\n\n"
 
 
 async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
@@ -157,20 +149,11 @@ async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
     data = await read_json(request)
     as_sent = dict(data)  # the cache keys on the client's request, before normalising
     spec = normalise_request(data, path)
-    asked = data["model"]
-    await gw.catalog.ensure_known(asked)  # free unless upstream discovery is due
-    system, text = routing_text(data, path) if gw.dispatch.is_router(asked) else ("", "")
-    plan = await gw.dispatch.plan(
-        asked,
-        system=system,
-        text=text,
-        num_ctx=spec.num_ctx,
-        embedding=spec.embedding,
-        prompt=lambda: affinity_text(data, path),
-        via=request.headers.get(VIA, ""),
-    )
+    call = CALLS[path](data)
+    if spec.num_ctx is not None:
+        call = replace(call, num_ctx=spec.num_ctx)  # type: ignore[type-var]
 
-    async def attempt(name: str) -> web.StreamResponse:
+    async def attempt(name: str, outcome: Outcome) -> web.StreamResponse:
         record = gw.catalog.resolve(name)
         run_spec = spec
         if spec.num_ctx is not None:
@@ -182,85 +165,49 @@ async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
             path,
             as_sent,
             record,
-            lambda: _answer(request, path, body, record, name, run_spec, started),
+            lambda: _answer(request, path, body, call, record, name, run_spec, started, outcome),
         )
 
-    return await gw.dispatch.run(request, plan, attempt)
+    return await routed(request, await plan_request(request, call), attempt)
 
 
 async def _answer(
     request: web.Request,
     path: str,
     data: dict[str, Any],
+    call: Call,
     record: ModelRecord,
     name: str,
     spec: RunnerSpec,
     started: float,
+    outcome: Outcome,
 ) -> web.StreamResponse:
-    gw = request.app[GATEWAY]
-    streaming = bool(data.get("stream"))
     asked = data["model"]
-    async with gw.scheduler.acquire(name, None, spec, record) as lease:
-        note_model(request, lease)
+    async with lease_for(request, name, None, spec, record) as lease:
         engine = lease.model.engine
         record = lease.model.record
+        if path == "/v1/chat/completions" and is_gguf(record):
+            facts = facts_for(request, record)
+            if renders(call, facts):  # type: ignore[arg-type]
+                prepared = prepare(call, facts)  # type: ignore[arg-type]
+                encoder = OpenAIChatEncoder(asked, prepared.call.include_usage, started)
+                return await run_generation(request, "openai", lease, prepared, encoder, outcome)
         data["model"] = engine.served_model
         apply_model_defaults(data, record, path)
-        if path == "/v1/chat/completions" and is_gguf(record):
-            tools = bool(data.get("tools")) and data.get("tool_choice") != "none"
-            template = gateway_template(record.template, tools, engine_takes_tools(request, record))
-            if template:
-                return await rendered_chat(request, lease, data, template, started, asked)
-        # The answer names the model the client asked for (an alias, a router), not the engine's name.
-        rename = _renamer(engine.served_model, asked)
         sent = time.monotonic()
-        resp = await gw.upstream.post(engine.base_url + path, data, engine_headers(request, engine))
+        resp = await forward(request, lease, path, data)
         try:
             await raise_for_engine(resp)
-            content_type = resp.headers.get("Content-Type", "application/json")
-            if not streaming:
-                body = await resp.read()
-                observe_openai(request, lease, started, sent, None, body)
-                return web.Response(
-                    body=rename(body) if rename else body, headers={"Content-Type": content_type}
-                )
-            out = open_stream(request, {"Content-Type": content_type, "Cache-Control": "no-cache"})
-            await out.prepare(request)
-            first: float | None = None
-            prev = b""  # the engine's counts are in the last event before [DONE]
-            try:
-                async for chunk in resp.content.iter_any():
-                    await out.write(rename(chunk) if rename else chunk)
-                    first = first or time.monotonic()
-                    if chunk.endswith(b"data: [DONE]\n\n"):
-                        observe_openai(request, lease, started, sent, first, prev[-4096:] + chunk)
-                        break
-                    prev = chunk  # llama-server's end marker: do not wait for it to close the stream
-            except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, EnginehouseError) as exc:
-                # EnginehouseError: the request's deadline (engine_http) cuts the stream and says so
-                closed = RunnerError("the engine closed the stream early")
-                error = exc if isinstance(exc, EnginehouseError) else closed
-                request[FAILED_MID_STREAM] = error.message
-                await out.write(b"data: " + orjson.dumps(openai_error_body(error)) + b"\n\n")
-            await out.write_eof()
-            return out
-        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-            resp.close()  # the client left: closing the engine's stream cancels its generation
+        except BaseException:
+            resp.close()
             raise
-        finally:
-            if streaming:  # llama-server closes after a stream without saying so: never pool it
-                resp.close()
-            else:
-                resp.release()
 
+        def observe(first: float | None, tail: bytes) -> None:
+            observe_bytes(request, "openai", lease, started, sent, first, tail)
 
-def _renamer(served: str, asked: str) -> Callable[[bytes], bytes] | None:
-    """A byte replace of the ``model`` field, or None when the names agree (no per-chunk cost).
-    Engines write compact JSON (llama-server, vLLM), so the field has one spelling."""
-    if served == asked:
-        return None
-    old, new = b'"model":' + orjson.dumps(served), b'"model":' + orjson.dumps(asked)
-    return lambda chunk: chunk.replace(old, new)
+        # The answer names the model the client asked for (an alias, a router), not the engine's name.
+        rename = renamer(engine.served_model, asked)
+        return await relay_bytes(request, resp, _SSEFraming, outcome, rename, observe)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

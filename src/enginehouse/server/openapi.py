@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from enginehouse import __version__
 from enginehouse.api import ollama as o
 from enginehouse.api import openai as oa
+from enginehouse.api import rerank_door as rr
 
 # (method, path, request model or None, summary)
 OPERATIONS: tuple[tuple[str, str, type[BaseModel] | None, str], ...] = (
@@ -19,6 +20,10 @@ OPERATIONS: tuple[tuple[str, str, type[BaseModel] | None, str], ...] = (
     ("get", "/api/version", None, "Server version"),
     ("get", "/api/tags", None, "Models in the store"),
     ("get", "/api/ps", None, "Loaded models"),
+    ("get", "/api/status", None, "Memory budget and runners (extension, read-only)"),
+    ("get", "/api/logs", None, "Runner logs (extension, read-only)"),
+    ("get", "/api/route/recent", None, "Last routing decisions (extension, read-only)"),
+    ("get", "/api/bench", None, "Saved bench reports (extension, read-only)"),
     ("post", "/api/show", o.NameRequest, "A model's metadata"),
     ("post", "/api/chat", o.ChatRequest, "Chat (NDJSON stream unless stream=false)"),
     ("post", "/api/generate", o.GenerateRequest, "Completion (NDJSON stream unless stream=false)"),
@@ -30,6 +35,9 @@ OPERATIONS: tuple[tuple[str, str, type[BaseModel] | None, str], ...] = (
     ("post", "/v1/chat/completions", oa.ChatCompletionRequest, "Chat completions (SSE when stream=true)"),
     ("post", "/v1/completions", oa.CompletionRequest, "Completions (SSE when stream=true)"),
     ("post", "/v1/embeddings", oa.EmbeddingRequest, "Embeddings (OpenAI)"),
+    ("post", "/v1/rerank", rr.RerankRequest, "Rerank documents (Jina/Cohere shape)"),
+    ("post", "/rerank", rr.RerankRequest, "Rerank documents (Jina/Cohere shape)"),
+    ("post", "/api/rerank", rr.OllamaRerankRequest, "Rerank documents (extension, Ollama style)"),
 )
 
 
@@ -44,7 +52,7 @@ def build_openapi(extra: tuple[tuple[str, str, type[BaseModel] | None, str], ...
     components: dict[str, Any] = {}
     paths: dict[str, Any] = {}
     for method, path, model, summary in OPERATIONS + extra:
-        openai = path.startswith("/v1")
+        openai = path.startswith("/v1") or path == "/rerank"
         error = {"description": "error", "content": {"application/json": {"schema": _error_schema(openai)}}}
         op: dict[str, Any] = {
             "summary": summary,

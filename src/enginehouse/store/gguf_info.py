@@ -38,6 +38,8 @@ EMBEDDING_ARCHITECTURES = frozenset(
     }
 )
 
+POOLING_RANK = 4  # llama.cpp's LLAMA_POOLING_TYPE_RANK: one relevance score per (query, document) pair
+
 
 class _Reader(GGUFReader):
     """GGUFReader that steps over long metadata arrays without materialising their items."""
@@ -96,6 +98,7 @@ class GGUFInfo:
     tensor_bytes: int
     pooling_type: int | None = None
     is_embedding: bool = False
+    is_reranker: bool = False
     model_info: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -227,7 +230,9 @@ def _extract(reader: GGUFReader, path: Path, size: int) -> GGUFInfo:
     parameter_count = 0
     tensor_bytes = 0
     by_type: Counter[str] = Counter()
+    tensor_names: set[str] = set()
     for t in reader.tensors:
+        tensor_names.add(t.name)
         end = int(t.data_offset) + int(t.n_bytes)
         if end > size:
             raise InvalidModelFile(
@@ -270,5 +275,22 @@ def _extract(reader: GGUFReader, path: Path, size: int) -> GGUFInfo:
         pooling_type=pooling,
         # pooling_type 0 is "none"; any other pooling means the model outputs embeddings.
         is_embedding=arch in EMBEDDING_ARCHITECTURES or bool(pooling),
+        is_reranker=_is_reranker(reader, arch, pooling, tensor_names),
         model_info=meta,
     )
+
+
+def _is_reranker(reader: GGUFReader, arch: str, pooling: int | None, tensors: set[str]) -> bool:
+    """A cross-encoder that scores (query, document) pairs, as llama.cpp's converter writes one: rank
+    pooling (Qwen3 rerankers), a rerank prompt template, or a one-output classification head
+    (``cls.output``: BGE/XLM-RoBERTa and BERT ``...ForSequenceClassification`` with one label; a head
+    with more labels is a classifier, not a reranker)."""
+    if pooling == POOLING_RANK or "tokenizer.chat_template.rerank" in reader.fields:
+        return True
+    if "cls.output.weight" not in tensors:
+        return False
+    labels = reader.fields.get(f"{arch}.classifier.output_labels")
+    if labels is None:
+        return True
+    # parts: key length, key, value type, item type, item count, items (long arrays are skipped)
+    return len(labels.parts) > 4 and len(labels.parts[4]) == 1 and int(labels.parts[4][0]) <= 1

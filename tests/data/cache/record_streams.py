@@ -18,9 +18,10 @@ from pathlib import Path
 import httpx
 import orjson
 
-from enginehouse.api.convert import OllamaStream
+from enginehouse.api.ollama_door import OllamaEncoder
 from enginehouse.config import Config
 from enginehouse.engines import llama_install
+from enginehouse.engines.openai_wire import events_of
 from enginehouse.server.runtime import BackgroundServer
 
 HERE = Path(__file__).parent
@@ -111,8 +112,13 @@ def tool_call_streams() -> None:
     ]
     sse = b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
     (HERE / "openai-chat-toolcall-stream.sse").write_bytes(sse)
-    translator = OllamaStream(MODEL, "chat", started=time.monotonic() - 0.5, load_duration=0.0)
-    lines = [line for c in chunks if (line := translator.feed(c))] + translator.final()
+    encoder = OllamaEncoder(MODEL, "chat", started=time.monotonic() - 0.5, load_duration=0.0)
+    lines = []
+    for chunk in chunks:
+        for event in events_of(chunk):
+            encoder.tally.see(event, time.monotonic())
+            lines += encoder.objects(event)
+    lines += encoder.closing()
     ndjson = b"".join(orjson.dumps(line) + b"\n" for line in lines)
     (HERE / "ollama-chat-toolcall-stream.ndjson").write_bytes(ndjson)
 

@@ -1,8 +1,13 @@
-"""Ollama's ``keep_alive``: a Go duration string ("5m", "1h30m", "300ms"), or a number of seconds.
+"""Values that enginehouse.toml, requests and the command line share, parsed one way.
+
+Ollama's ``keep_alive``: a Go duration string ("5m", "1h30m", "300ms"), or a number of seconds.
 
 Zero unloads at once; a negative value keeps the model loaded forever (returned as ``math.inf``), and so
 does anything at or past Go's longest duration (about 292 years), where Ollama's own parsing overflows:
 "9999999999h" or 1e20 mean "keep it", so they are clamped to forever rather than refused.
+
+An RPC worker's ``host:port`` (:func:`parse_endpoint`): a model entry's ``llama_server.rpc`` and
+``enginehouse rpc-worker`` take the same rules.
 """
 
 from __future__ import annotations
@@ -68,3 +73,22 @@ def format_duration(seconds: float) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return "".join(f"{v}{u}" for v, u in ((hours, "h"), (minutes, "m"), (secs, "s")) if v) or "0s"
+
+
+#: The port of a llama.cpp RPC worker (``rpc-server``'s own default).
+RPC_DEFAULT_PORT = 50052
+
+
+def parse_endpoint(value: str) -> tuple[str, int]:
+    """``"host:port"`` as llama-server's ``--rpc`` takes it: an IPv4 address or host name, and a port.
+
+    llama.cpp splits at the first ":" and connects over IPv4, so IPv6 addresses cannot be used; a comma
+    would split the ``--rpc`` list. Raises ValueError with a message for the user."""
+    host, sep, port_text = value.strip().partition(":")
+    if not sep or not host or not port_text:
+        raise ValueError(f"RPC worker {value!r} is not host:port (e.g. 10.0.0.2:{RPC_DEFAULT_PORT})")
+    if any(c.isspace() or c in ",[]/" for c in host) or ":" in port_text:
+        raise ValueError(f"RPC worker {value!r}: the host must be an IPv4 address or a host name")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"RPC worker {value!r}: the port must be a number from 1 to 65535")
+    return host, int(port_text)

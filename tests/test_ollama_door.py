@@ -1,4 +1,6 @@
-"""Ollama <-> OpenAI conversion: request bodies for the engine and the stream translator back."""
+"""Ollama's door, with tables: its requests through the canonical call to the engine's body
+(``chat_body``/``generate_body`` below compose door -> prepare -> engine request), and the engine's
+chunks through canonical events to Ollama's lines."""
 
 from __future__ import annotations
 
@@ -8,19 +10,40 @@ from typing import Any
 
 import pytest
 
-from enginehouse.api.convert import (
+from enginehouse.api.ollama import ChatRequest, GenerateRequest, Message, Options
+from enginehouse.api.ollama_door import (
     LOAD_OPTIONS,
     SAMPLING_OPTIONS,
-    OllamaStream,
-    chat_body,
+    OllamaEncoder,
+    canonical_message,
+    chat_call,
     collapse,
-    generate_body,
+    generate_call,
     merge_options,
-    message_to_openai,
     response_format,
     sampling_fields,
 )
-from enginehouse.api.ollama import ChatRequest, GenerateRequest, Message, Options
+from enginehouse.api.prepare import ModelFacts, prepare_chat, prepare_completion
+from enginehouse.engines.openai_wire import chat_request, engine_message, events_of, request_for
+
+
+def message_to_openai(msg: Message) -> dict[str, Any]:
+    return engine_message(canonical_message(msg))
+
+
+def chat_body(
+    req: ChatRequest, served: str, defaults: dict[str, Any], system: str | None = None
+) -> dict[str, Any]:
+    prepared = prepare_chat(chat_call(req), ModelFacts(params=defaults, system=system))
+    return chat_request(prepared.call, served)[1]  # type: ignore[arg-type]
+
+
+def generate_body(
+    req: GenerateRequest, served: str, defaults: dict[str, Any], system: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    prepared = prepare_completion(generate_call(req), ModelFacts(params=defaults, system=system))
+    return request_for(prepared.call, served)
+
 
 # -- sampling options -------------------------------------------------------------------------------
 
@@ -302,7 +325,7 @@ def test_generate_format_and_think() -> None:
     assert raw["json_schema"] == {"type": "object"} and "response_format" not in raw  # what raw enforces
 
 
-# -- OllamaStream -----------------------------------------------------------------------------------
+# -- OllamaEncoder ----------------------------------------------------------------------------------
 
 FIRST = {
     "choices": [{"finish_reason": None, "index": 0, "delta": {"role": "assistant", "content": None}}],
@@ -340,9 +363,14 @@ def text_chunk(text: str, reason: str | None = None) -> dict[str, Any]:
 
 
 def run_stream(kind: str, chunks: list[dict[str, Any]], load: float = 0.25) -> list[dict[str, Any]]:
-    stream = OllamaStream("smollm2:135m", kind, started=time.monotonic(), load_duration=load)
-    lines = [line for c in chunks if (line := stream.feed(c)) is not None]
-    return lines + stream.final()
+    """Engine chunks -> canonical events -> Ollama lines, as the relay drives the encoder."""
+    encoder = OllamaEncoder("smollm2:135m", kind, started=time.monotonic(), load_duration=load)
+    lines: list[dict[str, Any]] = []
+    for chunk in chunks:
+        for event in events_of(chunk):
+            encoder.tally.see(event, time.monotonic())
+            lines += encoder.objects(event)
+    return lines + encoder.closing()
 
 
 PIECES = ["Par", "is", " is the capital."]

@@ -16,16 +16,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from enginehouse.errors import InvalidRequest
-from enginehouse.routing.classify import Route, Router, Rule
-from enginehouse.routing.default_examples import (
+from enginehouse.config_auto_examples import (
     ABSTAIN_EXAMPLES,
     CODE_EXAMPLES,
     GENERAL_EXAMPLES,
     MATH_EXAMPLES,
     WRITING_EXAMPLES,
 )
-from enginehouse.routing.tables import router_from_table
+from enginehouse.config_routers import Route, Router, Rule, router_from_table
+from enginehouse.errors import InvalidRequest
 
 BUNDLED = "smollm2:135m"
 

@@ -9,14 +9,13 @@ mid-stream is reported, not retried here.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import orjson
 
+from enginehouse.engines.engine_http import EngineHTTP, EngineResponse
 from enginehouse.errors import ContextOverflow, InvalidRequest, LoopDetected, RunnerError, UpstreamUnavailable
-from enginehouse.server.engine_http import EngineHTTP, EngineResponse
 
 _STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
@@ -95,22 +94,3 @@ async def error_text(resp: aiohttp.ClientResponse | EngineResponse) -> str:
         return str(err.get("message", err) if isinstance(err, dict) else err)
     except (orjson.JSONDecodeError, AttributeError):
         return raw.decode(errors="replace")[:500] or resp.reason or "error"
-
-
-async def sse_events(resp: aiohttp.ClientResponse | EngineResponse) -> AsyncIterator[dict[str, Any]]:
-    """Parsed ``data:`` events of an SSE stream, until ``[DONE]``."""
-    try:
-        async for raw in resp.content:
-            line = raw.strip()
-            if not line.startswith(b"data:"):
-                continue
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                return
-            event = orjson.loads(payload)
-            if isinstance(event, dict) and "error" in event:
-                err = event["error"]
-                raise RunnerError(str(err.get("message", err) if isinstance(err, dict) else err))
-            yield event
-    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-        raise RunnerError("the engine closed the stream early") from exc

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from enginehouse import process
 from enginehouse.child_output import output_lines, wait_exit
 from enginehouse.config import Config
 from enginehouse.engines.converter import Converter, require_converter
@@ -197,8 +198,6 @@ def check_hf_dir(path: Path, *, trust_remote_code: bool = False) -> HfModelDir:
 
 def _preexec() -> Callable[[], None] | None:
     """On Linux the converter dies with us (even on SIGKILL), as runners do."""
-    from enginehouse import process
-
     if getattr(process, "_prctl", None) is None:
         return None
     return process._pdeathsig_preexec(os.getpid())

@@ -13,14 +13,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from enginehouse.cache import (
-    CACHE_HEADER,
-    CacheRequest,
-    CacheSettings,
-    ResponseCache,
-    respond_from_cache,
-    tee,
-)
+from enginehouse.cache import CACHE_HEADER, CacheRequest, CacheSettings, ResponseCache
+from enginehouse.server.cache_http import respond_from_cache, tee
 
 DATA = Path(__file__).parent / "data" / "cache"
 ANSWERS = {

@@ -1,0 +1,168 @@
+"""The one relay: an engine's answer to the client, for every door.
+
+Two shapes of answer reach a client:
+
+- **events** (:func:`relay_events`): the engine's answer as canonical events, written by the door's
+  encoder (NDJSON lines, SSE chunks, or one folded body for ``stream: false``);
+- **bytes** (:func:`relay_bytes`): client and engine speak the same dialect, so the engine's bytes go
+  back untouched but for the ``model`` field (a byte replace, only when the names differ).
+
+Both: the response opens once the engine accepted the request (a refusal before that is an exception,
+and routing may try another candidate); after the first byte a failure ends the stream with an error
+in the door's own shape and is noted on the :class:`~enginehouse.routing.dispatch.Outcome`, so it still
+counts against the model's health; a client that leaves closes the engine's stream, which cancels its
+generation; writes go through :func:`~enginehouse.server.caching.open_stream`, which records them when
+the response cache asked; metrics are observed once per answer, never per chunk.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from enginehouse.canonical import Event, Failure
+from enginehouse.engines.base import STREAM_BROKEN, EventStream
+from enginehouse.engines.engine_http import EngineResponse
+from enginehouse.errors import EnginehouseError, RunnerError
+from enginehouse.routing.dispatch import Outcome
+from enginehouse.server.app_state import json_response
+from enginehouse.server.caching import open_stream
+
+
+class Encoder(Protocol):
+    """A door's writer of canonical events (``api/*_door.py``)."""
+
+    content_type: str
+    closing_bytes: bytes  # after the last object (OpenAI's ``data: [DONE]``)
+    tally: Any
+
+    def objects(self, event: Event) -> list[dict[str, Any]]: ...
+    def closing(self) -> list[dict[str, Any]]: ...
+    def fold(self, objects: list[dict[str, Any]]) -> dict[str, Any]: ...
+    def frame(self, obj: Any) -> bytes: ...
+    def error(self, exc: EnginehouseError) -> bytes: ...
+
+
+async def relay_events(
+    request: web.Request, answer: EventStream, encoder: Encoder, outcome: Outcome, stream: bool
+) -> web.StreamResponse:
+    tally = encoder.tally
+    try:
+        if not stream:
+            objects: list[dict[str, Any]] = []
+            async for event in answer:
+                if isinstance(event, Failure):
+                    raise RunnerError(event.message)
+                tally.see(event, time.monotonic())
+                objects += encoder.objects(event)
+            return json_response(encoder.fold(objects + encoder.closing()))
+        out = open_stream(request, {"Content-Type": encoder.content_type, "Cache-Control": "no-cache"})
+        await out.prepare(request)
+        try:
+            async for event in answer:
+                if isinstance(event, Failure):
+                    raise RunnerError(event.message)
+                tally.see(event, time.monotonic())
+                for obj in encoder.objects(event):
+                    await out.write(encoder.frame(obj))
+            await out.write(b"".join(encoder.frame(o) for o in encoder.closing()) + encoder.closing_bytes)
+        except EnginehouseError as exc:  # after the first byte the status is sent: reported in-band
+            outcome.failed = exc.message
+            await out.write(encoder.error(exc))
+        await out.write_eof()
+        return out
+    finally:
+        answer.close()  # also when the client left: the engine stops generating
+
+
+def renamer(served: str, asked: str) -> Callable[[bytes], bytes] | None:
+    """A byte replace of the ``model`` field, or None when the names agree (no per-chunk cost). Engines
+    write compact JSON (llama-server, vLLM, Ollama), so the field has one spelling."""
+    if served == asked:
+        return None
+    old, new = b'"model":' + orjson.dumps(served), b'"model":' + orjson.dumps(asked)
+    return lambda chunk: chunk.replace(old, new)
+
+
+class ByteFraming(Protocol):
+    """How a dialect's stream is cut and ends, for :func:`relay_bytes`."""
+
+    line_based: bool  # renames must see whole lines (NDJSON), or events arrive whole (SSE from engines)
+    end_marker: bytes | None  # the stream's last event; the relay stops there, not at the close
+
+    def error(self, exc: EnginehouseError) -> bytes: ...
+
+
+async def relay_bytes(
+    request: web.Request,
+    resp: EngineResponse | aiohttp.ClientResponse,
+    framing: ByteFraming,
+    outcome: Outcome,
+    rename: Callable[[bytes], bytes] | None,
+    observe: Callable[[float | None, bytes], None],
+) -> web.StreamResponse:
+    """Stream (or, without chunked framing, return) the engine's answer as it came. ``observe(first
+    byte time, the answer's tail)`` is called once, at the end."""
+    streaming = resp.headers.get("Content-Type", "").startswith(("text/event-stream", "application/x-ndjson"))
+    content_type = resp.headers.get("Content-Type", "application/json")
+    whole = False
+    try:
+        if not streaming:
+            body = await resp.read()
+            whole = True
+            observe(None, body)
+            return web.Response(
+                status=resp.status,
+                body=rename(body) if rename else body,
+                headers={"Content-Type": content_type},
+            )
+        headers = {"Content-Type": content_type}
+        if content_type.startswith("text/event-stream"):
+            headers["Cache-Control"] = "no-cache"
+        out = open_stream(request, headers)
+        await out.prepare(request)
+        first: float | None = None
+        prev = b""  # the engine's counts are in the last events before the end
+        pending = b""  # NDJSON with a rename: the unfinished line
+        ended = False
+        try:
+            async for chunk in resp.content.iter_any():
+                first = first or time.monotonic()
+                if rename is not None and framing.line_based:
+                    pending += chunk
+                    cut = pending.rfind(b"\n") + 1
+                    if cut:
+                        await out.write(rename(pending[:cut]))
+                        pending = pending[cut:]
+                else:
+                    await out.write(rename(chunk) if rename else chunk)
+                if framing.end_marker is not None and chunk.endswith(framing.end_marker):
+                    observe(first, prev[-4096:] + chunk)  # llama-server's end: do not wait for the close
+                    ended = True
+                    break
+                prev = chunk
+            if pending:
+                await out.write(rename(pending) if rename else pending)
+            if not ended:
+                observe(first, prev[-4096:])
+        except (*STREAM_BROKEN, EnginehouseError) as exc:
+            # EnginehouseError: the request's deadline (engine_http) cuts the stream and says so
+            error = (
+                exc
+                if isinstance(exc, EnginehouseError)
+                else RunnerError("the engine closed the stream early")
+            )
+            outcome.failed = error.message
+            await out.write(framing.error(error))
+        await out.write_eof()
+        return out
+    finally:
+        if whole:
+            resp.release()  # a whole answer with a length: its connection may carry the next request
+        else:
+            resp.close()  # a stream is never pooled (llama-server closes it unannounced); the client left
