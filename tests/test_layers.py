@@ -22,7 +22,7 @@ SRC = Path(enginehouse.__file__).parent
 #: The config side: imports nothing of the project but errors.
 CONFIG = (
     "config", "config_file", "config_names", "config_errors", "config_values", "config_cache",
-    "config_routers", "config_auto_router",
+    "config_routers", "config_auto_router", "config_auto_examples",
 )  # fmt: skip
 #: Top first; a module may import from its own layer's members only where the layer says so (``independent``
 #: False) and from any layer below it. Every module and package directly under enginehouse is in one layer.

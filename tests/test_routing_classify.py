@@ -28,6 +28,7 @@ from enginehouse.routing.classify import (
     word_count,
 )
 from enginehouse.routing.minilm import prepare_cached
+from enginehouse.routing.softmax_head import softmax, train_head
 
 DIM = 512
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "routing_prompts.jsonl"
@@ -101,6 +102,24 @@ def classify(clf: Classifier, text: str, system: str | None = None):  # type: ig
         ("Write a Python function that returns the derivative of a polynomial", None),
         ("Write a TypeScript interface for a blog post", None),
         ("Is the function f(x) = x^3 odd or even?", "math"),
+        # error output with no code word, regex syntax, "write a function" beside a writing word
+        ("  File \"app.py\", line 3, in <module>\n    run()\nNameError: name 'run' is not defined", "code"),
+        ("fatal: refusing to merge unrelated histories", "code"),
+        ("what does ^\\d{3}-\\d{4}$ match", "code"),
+        ("Write a function that strips punctuation from a string", "code"),
+        # arithmetic asked outright; a number alone is not arithmetic
+        ("12 * 17 = ?", "math"),
+        ("whats 15% of 240", "math"),
+        ("12345", None),
+        # rewrite, edit and tone cues; "proof-read" is not a proof
+        ("Proof-read: their going too the park tomorow", "writing"),
+        ("can you make this sound less rude: send it now", "writing"),
+        ("Edit for clarity: the meeting, which was long, was long.", "writing"),
+        # French, Spanish, German
+        ("Écris-moi un poème sur la mer", "writing"),
+        ("escribe una carta a mi abuela", "writing"),
+        ("Löse die Gleichung 2x + 3 = 7", "math"),
+        ("¿cuánto es el 20 por ciento de 80?", "math"),
     ],
 )
 def test_keyword_tier(prompt: str, route: str | None) -> None:
@@ -171,6 +190,49 @@ def test_abstain_examples_take_the_default_route() -> None:
     d = classify(clf, "zzz qqq please")
     assert (d.route, d.tier) == ("misc", "default")
     assert d.scores[ABSTAIN] > max(v for k, v in d.scores.items() if k != ABSTAIN)
+
+
+def test_abstain_examples_only_for_short_turns() -> None:
+    long_turn = "zzz qqq " * 5  # ten words, all from the abstain example
+    assert classify(Classifier(toy_router(), BagOfWords()), long_turn).tier == "default"
+    d = classify(Classifier(toy_router(abstain_max_words=6, threshold=-1.0), BagOfWords()), long_turn)
+    assert d.tier == "embedding" and ABSTAIN not in d.scores
+    short = classify(Classifier(toy_router(abstain_max_words=6), BagOfWords()), "zzz qqq please")
+    assert short.tier == "default" and ABSTAIN in short.scores
+
+
+def test_softmax_head_learns_the_routes_and_weighs_in() -> None:
+    rng = np.random.default_rng(0)
+    centres = np.eye(3, 8)
+    rows = np.concatenate([c + 0.1 * rng.standard_normal((20, 8)) for c in centres])
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    bounds = ((0, 20), (20, 40), (40, 60))
+    w, b = train_head(rows, bounds)
+    assert np.array_equal(w, train_head(rows, bounds)[0])  # deterministic
+    probs = softmax(centres @ w + b)
+    assert probs.argmax(axis=1).tolist() == [0, 1, 2] and (probs.max(axis=1) > 0.5).all()
+    embed = BagOfWords()
+    with_head = Classifier(toy_router(head_weight=0.5, threshold=-1.0), embed)
+    d = classify(with_head, "kittens purr")
+    assert (
+        d.route == "cats"
+        and d.scores["cats"] > classify(Classifier(toy_router(), embed), "kittens purr").scores["cats"]
+    )
+    assert Classifier(toy_router()).head_probabilities(np.ones(DIM, dtype=np.float32)).tolist() == [0, 0, 0]
+    # a matrix from the cache: prepare() trains the head without embedding anything
+    cached = Classifier(toy_router(head_weight=0.5), example_matrix=with_head.example_matrix)
+    assert not cached.ready
+    asyncio.run(cached.prepare())
+    assert cached.ready and cached.head_probabilities(with_head.example_matrix[0]).argmax() == 0
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [{"head_weight": -1}, {"abstain_max_words": -1}],
+)
+def test_blend_knobs_are_checked(knobs: dict) -> None:
+    with pytest.raises(InvalidRequest, match="router 'pets'"):
+        toy_router(**knobs)
 
 
 def test_too_little_text_never_embeds() -> None:
@@ -276,6 +338,9 @@ def test_router_from_table_merges_with_the_default_routes() -> None:
     }
     router = router_from_table("auto", table, base)
     assert router.threshold == 0.2 and router.default_route == "general"
+    assert (router.head_weight, router.abstain_max_words) == (base.head_weight, base.abstain_max_words)
+    knobs = {"head_weight": 0, "abstain_max_words": 0}
+    assert router_from_table("auto", {**table, **knobs}, base).head_weight == 0
     code = router.route("code")
     assert code.candidates == ("my-coder:7b",) and code.prefer == "quality"
     assert code.examples == base.route("code").examples and code.rules == base.route("code").rules
@@ -329,6 +394,16 @@ def test_bench_prompts_are_labelled_and_do_not_leak() -> None:
     assert sum(r["label"] == "default" for r in rows) >= 40
     assert {r["split"] for r in rows} == {"dev", "test"}
     assert len({r["id"] for r in rows}) == len(rows)
+    examples = {" ".join(e.lower().split()) for _, e in all_examples(default_router())}
+    assert not [r["id"] for r in rows if " ".join(r["text"].lower().split()) in examples]
+
+
+@pytest.mark.parametrize("name", ["routing_prompts_varied.jsonl", "routing_prompts_fresh.jsonl"])
+def test_route_labelled_sets_are_labelled_and_do_not_leak(name: str) -> None:
+    rows = [json.loads(line) for line in (BENCH.parent / name).read_text().splitlines() if line.strip()]
+    assert len(rows) >= 100 and len({r["id"] for r in rows}) == len(rows)
+    assert {r["label"] for r in rows} == {"code", "math", "writing", "general"}
+    assert {r["split"] for r in rows} <= {"dev", "test"}
     examples = {" ".join(e.lower().split()) for _, e in all_examples(default_router())}
     assert not [r["id"] for r in rows if " ".join(r["text"].lower().split()) in examples]
 

@@ -92,6 +92,12 @@ class Router:
     # Requests with nothing to classify ("go on", "the other one", keyboard mash): when the closest
     # examples are these, the default route is taken even above the threshold.
     abstain_examples: tuple[str, ...] = ()
+    # The abstain examples are short; a turn of more words than this always asks something, so the
+    # abstain examples are not consulted for it (0: always consulted).
+    abstain_max_words: int = 0
+    # Weight of a softmax classifier trained on the route examples (routing/softmax_head.py): its
+    # probability for each route is added, times this, to the route's score (0: no classifier).
+    head_weight: float = 0.0
 
     def __post_init__(self) -> None:
         names = [r.name for r in self.routes]
@@ -106,6 +112,8 @@ class Router:
                 raise InvalidRequest(f"route {r.name!r}: prefer must be one of {', '.join(PREFER)}")
         if self.top_k < 1 or self.max_tokens < 8:
             raise InvalidRequest(f"router {self.name!r}: top_k must be >= 1 and max_tokens >= 8")
+        if self.head_weight < 0 or self.abstain_max_words < 0:
+            raise InvalidRequest(f"router {self.name!r}: head_weight and abstain_max_words must be >= 0")
 
     def route(self, name: str) -> Route:
         for r in self.routes:
@@ -116,7 +124,7 @@ class Router:
 
 _ROUTER_KEYS = {
     "routes", "default", "threshold", "keyword_min", "keyword_ratio", "top_k", "system_weight",
-    "max_tokens", "min_words", "abstain_examples",
+    "max_tokens", "min_words", "abstain_examples", "abstain_max_words", "head_weight",
 }  # fmt: skip
 _ROUTE_KEYS = {"description", "examples", "keywords", "rules", "candidates", "prefer", "fallbacks"}
 

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from enginehouse.config_routers import Router
+from enginehouse.routing.softmax_head import softmax, train_head
 
 Embed = Callable[[list[str]], Awaitable[Sequence[Any]]]
 TIERS = ("keyword", "embedding", "default")
@@ -222,6 +223,7 @@ class Classifier:
         self._bounds = tuple(bounds)
         self._n_routes = len(router.routes)
         self._matrix: np.ndarray | None = None
+        self._head: tuple[np.ndarray, np.ndarray] | None = None
         if example_matrix is not None:
             self._set_matrix(example_matrix)
         self._system_vecs: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -242,17 +244,33 @@ class Classifier:
                 f"example matrix has {matrix.shape[0]} rows, the routes have {expected} examples"
             )
         self._matrix = _unit_rows(matrix) if expected else matrix
+        self._head = None  # trained for this matrix by prepare(), off the event loop
+
+    @property
+    def ready(self) -> bool:
+        """Whether the embedding tier has what it needs: the example matrix, and the softmax head
+        when the router weighs one in."""
+        return self._matrix is not None and (self._head is not None or not self._wants_head())
+
+    def _wants_head(self) -> bool:
+        bounds = self._bounds[: self._n_routes]
+        return bool(self.router.head_weight) and all(hi > lo for lo, hi in bounds)
 
     async def prepare(self) -> None:
-        """Embed every route's examples (in batches of ``batch``), once."""
+        """Embed every route's examples (in batches of ``batch``), once; then train the softmax head
+        (``head_weight``) in a worker thread, so the event loop goes on meanwhile."""
         async with self._prepare_lock:
-            if self._matrix is not None or self.embed is None:
-                return
-            texts = [e for _, e in all_examples(self.router)]
-            rows: list[Any] = []
-            for i in range(0, len(texts), self.batch):
-                rows.extend(await self.embed(texts[i : i + self.batch]))
-            self._set_matrix(np.asarray(rows, dtype=np.float32))
+            if self._matrix is None and self.embed is not None:
+                texts = [e for _, e in all_examples(self.router)]
+                rows: list[Any] = []
+                for i in range(0, len(texts), self.batch):
+                    rows.extend(await self.embed(texts[i : i + self.batch]))
+                self._set_matrix(np.asarray(rows, dtype=np.float32))
+            if self._matrix is not None and self._head is None and self._wants_head():
+                matrix, bounds = self._matrix, self._bounds[: self._n_routes]
+                head = await asyncio.to_thread(train_head, matrix, bounds)
+                if self._matrix is matrix:  # not replaced meanwhile
+                    self._head = head
 
     def route_scores(self, vec: np.ndarray) -> np.ndarray:
         """Per route (then the abstain examples, if any), the mean of the ``top_k`` best cosine
@@ -270,6 +288,13 @@ class Classifier:
             else:
                 out[i] = np.partition(part, hi - lo - k)[hi - lo - k :].mean()
         return out
+
+    def head_probabilities(self, vec: np.ndarray) -> np.ndarray:
+        """Per route, the softmax head's probability for ``vec`` (zeros without a head)."""
+        if self._head is None:
+            return np.zeros(self._n_routes, dtype=np.float32)
+        w, b = self._head
+        return softmax(vec @ w + b)
 
     def _decision(
         self, route: str, tier: str, scores: dict[str, float], kw: dict[str, float], t0: int, reason: str
@@ -305,39 +330,44 @@ class Classifier:
         if self.embed is None:
             return self._decision(router.default_route, "default", {}, kw, t0, "no embedding model")
         try:
-            if self._matrix is None:
+            if not self.ready:
                 await self.prepare()
-            all_scores = await self._embedding_scores(system, truncate_tokens(text, router.max_tokens))
+            all_scores, probs = await self._embedding_scores(system, truncate_tokens(text, router.max_tokens))
         except Exception as exc:
             if not self.fail_open:
                 raise
             why = f"embedding failed ({str(exc)[:120] or 'no answer'})"
             return self._decision(router.default_route, "default", {}, kw, t0, why)
-        scores_vec = all_scores[: self._n_routes]
-        scores = dict(zip(self._names, scores_vec.tolist(), strict=True))
-        best = int(scores_vec.argmax())
-        name, top = self._names[best], float(scores_vec[best])
-        if len(all_scores) > self._n_routes and all_scores[-1] > top:
-            scores[ABSTAIN] = float(all_scores[-1])
-            why = (
-                f"closest to the examples with nothing to classify ({all_scores[-1]:.3f} > {top:.3f}, {name})"
-            )
+        sims, abstain = all_scores[: self._n_routes], all_scores[self._n_routes :]
+        blended = sims + router.head_weight * probs  # the route: similarity plus the head's share
+        scores = dict(zip(self._names, blended.tolist(), strict=True))
+        best = int(blended.argmax())
+        name, top, nearest = self._names[best], float(blended[best]), float(sims.max())
+        # whether anything was asked at all: the plain similarities
+        short = not router.abstain_max_words or word_count(text, router.abstain_max_words + 1) <= (
+            router.abstain_max_words
+        )
+        if len(abstain) and short and abstain[0] > nearest:
+            scores[ABSTAIN] = float(abstain[0])
+            why = f"closest to the examples with nothing to classify ({abstain[0]:.3f} > {nearest:.3f})"
             return self._decision(router.default_route, "default", scores, kw, t0, why)
-        if top < router.threshold:
-            why = f"best embedding score {top:.3f} ({name}) is below the threshold {router.threshold:.2f}"
+        if nearest < router.threshold:
+            why = f"best embedding similarity {nearest:.3f} is below the threshold {router.threshold:.2f}"
             return self._decision(router.default_route, "default", scores, kw, t0, why)
-        ranked = sorted(scores_vec.tolist(), reverse=True)
+        ranked = sorted(blended.tolist(), reverse=True)
         margin = ranked[0] - ranked[1] if len(ranked) > 1 else ranked[0]
         why = f"closest to the {name} examples: {top:.3f}, {margin:.3f} ahead of the next route"
         return self._decision(name, "embedding", scores, kw, t0, why)
 
-    async def _embedding_scores(self, system: str, text: str) -> np.ndarray:
+    async def _embedding_scores(self, system: str, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """Similarities per route (then the abstain examples') and the head's probabilities, the
+        system prompt's weighing ``system_weight`` in both."""
         sys_vec = self._system_vecs.get(system) if system else None
         texts = [text] if not system or sys_vec is not None else [text, system]
         vecs = _unit_rows(await self.embed(texts))  # type: ignore[misc]
-        scores = self.route_scores(vecs[0])
+        scores, probs = self.route_scores(vecs[0]), self.head_probabilities(vecs[0])
         if not system:
-            return scores
+            return scores, probs
         if sys_vec is None:
             sys_vec = vecs[1]
             self._system_vecs[system] = sys_vec
@@ -346,7 +376,10 @@ class Classifier:
         else:
             self._system_vecs.move_to_end(system)
         w = self.router.system_weight
-        return (1 - w) * scores + w * self.route_scores(sys_vec)
+        return (
+            (1 - w) * scores + w * self.route_scores(sys_vec),
+            (1 - w) * probs + w * self.head_probabilities(sys_vec),
+        )
 
 
 def all_examples(router: Router) -> Iterable[tuple[str, str]]:

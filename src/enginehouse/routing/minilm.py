@@ -168,6 +168,7 @@ async def prepare_cached(classifier: Classifier, cache_dir: Path, model: str) ->
     path = cache_dir / f"{examples_digest(classifier.router, model)}.npy"
     with contextlib.suppress(OSError, ValueError):
         classifier.set_example_matrix(np.load(path, allow_pickle=False))
+        await classifier.prepare()  # embeds nothing now; trains the softmax head, if any
         return True
     await classifier.prepare()
     matrix = classifier.example_matrix
