@@ -48,7 +48,7 @@ def aiohttp_relay(runner_port: int, port: int) -> None:
         out = web.StreamResponse(headers={"Content-Type": resp.headers.get("Content-Type", "text/plain")})
         await out.prepare(request)
         try:
-            async for chunk in resp.content.iter_any():
+            async for chunk in resp.iter_any():
                 await out.write(chunk)
                 if chunk.endswith(b"data: [DONE]\n\n"):
                     break

@@ -175,7 +175,7 @@ def test_a_chunked_answer_is_decoded_and_its_connection_never_reused() -> None:
             with closing(EngineHTTP()) as http:
                 resp = await http.post(engine.url, b"{}", JSON)
                 # One write, so each chunk arrives whole: one piece per chunk, framing stripped.
-                assert [p async for p in resp.content.iter_any()] == pieces
+                assert [p async for p in resp.iter_any()] == pieces
                 await spare_ready(engine, 2)
                 resp.release()
                 await wait_until(lambda: 1 in engine.eof)  # closed on release, not pooled
@@ -196,7 +196,7 @@ def test_lines_are_whole_across_chunk_boundaries() -> None:
         async with Engine(answering(answer)) as engine:
             with closing(EngineHTTP()) as http:
                 async with await http.post(engine.url, b"{}", JSON) as resp:
-                    lines = [line async for line in resp.content]
+                    lines = [line async for line in resp.lines()]
                 assert lines == [b"data: abc\n", b"\n", b"data: [DONE]\n", b"\n", b"tail"]
 
     run(scenario())
@@ -320,7 +320,7 @@ def test_a_body_cut_short_raises_server_disconnected_while_iterating(cut: bytes)
                 resp = await http.post(engine.url, b"{}", JSON)
                 got: list[bytes] = []
                 with pytest.raises(aiohttp.ServerDisconnectedError):
-                    async for piece in resp.content.iter_any():
+                    async for piece in resp.iter_any():
                         got.append(piece)
                 assert b"".join(got) == b"data: a\n\n"  # what came before the cut was handed over
                 resp.release()
@@ -357,7 +357,7 @@ def test_a_slow_reader_pauses_the_engine_and_gets_every_byte_in_order() -> None:
                 assert transport is not None
                 await wait_until(lambda: not transport.is_reading())  # paused, nothing read yet
                 digest, size = hashlib.sha256(), 0
-                async for piece in resp.content.iter_any():
+                async for piece in resp.iter_any():
                     digest.update(piece)
                     size += len(piece)
                     await asyncio.sleep(0.002)
@@ -397,7 +397,7 @@ def test_closing_a_stream_hangs_up_on_the_engine() -> None:
         async with Engine(script) as engine:
             with closing(EngineHTTP()) as http:
                 resp = await http.post(engine.url, b"{}", JSON)
-                pieces = resp.content.iter_any()
+                pieces = resp.iter_any()
                 assert await anext(pieces) == b"data: first\n\n"
                 await pieces.aclose()
                 resp.close()

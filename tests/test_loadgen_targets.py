@@ -14,16 +14,18 @@ from aiohttp import web
 from enginehouse.loadgen.runner import run_fixed, run_poisson
 from enginehouse.loadgen.stats import RequestResult
 from enginehouse.loadgen.targets import (
+    Event,
     Target,
     chat_body,
     model_overrides,
     parse_ollama_line,
-    parse_openai_line,
+    parse_openai_payload,
     parse_target,
     parse_targets,
     stream_chat,
 )
 from enginehouse.loadgen.workload import WorkItem, exact_prompt, load_prompts, synthetic
+from enginehouse.wire import SSEParser
 
 DATA = Path(__file__).parent / "data" / "loadgen"
 # llama-server 0c1e570, POST /v1/chat/completions, stream with stream_options.include_usage, max_tokens 6.
@@ -80,6 +82,13 @@ def test_target_urls() -> None:
 def test_model_overrides() -> None:
     assert model_overrides(["m1", "direct=m2"]) == ("m1", {"direct": "m2"})
     assert model_overrides([]) == (None, {})
+
+
+def parse_openai_line(line: bytes) -> Event | None:
+    """A recorded SSE line through the package's SSE parser (a blank line ends its event)."""
+    parser = SSEParser()
+    payloads = [*parser.feed(line), *parser.feed(b"\n")]
+    return parse_openai_payload(payloads[0]) if payloads else None
 
 
 def test_openai_stream_from_llama_server() -> None:

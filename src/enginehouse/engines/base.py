@@ -25,9 +25,8 @@ import aiohttp
 import orjson
 
 from enginehouse.canonical import ChatCall, CompletionCall, EmbedCall, Event, Ranked, RerankCall, RerankResult
-from enginehouse.engines.engine_http import EngineResponse
 from enginehouse.engines.openai_wire import events, request_for
-from enginehouse.engines.upstream import Upstream, raise_for_engine
+from enginehouse.engines.upstream import EngineAnswer, Upstream, raise_for_engine
 from enginehouse.errors import ContextOverflow, InvalidRequest, RunnerError
 
 #: What a broken engine stream looks like from the clients' side: reported as "closed early".
@@ -187,7 +186,7 @@ class Engine(abc.ABC):
         except BaseException:
             resp.close()
             raise
-        return EventStream(events(resp.content.iter_any()), resp.close)
+        return EventStream(events(resp.iter_any()), resp.close)
 
     async def embed(self, call: EmbedCall, http: Upstream, extra: dict[str, str] | None = None) -> Embeddings:
         if not call.inputs:
@@ -222,7 +221,7 @@ class Engine(abc.ABC):
 
     async def forward(
         self, path: str, body: dict[str, Any] | bytes, http: Upstream, extra: dict[str, str] | None = None
-    ) -> EngineResponse | aiohttp.ClientResponse:
+    ) -> EngineAnswer:
         """Send a client's body in one of :attr:`dialects` as it is; the caller checks the status and
         releases or closes the answer."""
         data = body if isinstance(body, bytes) else orjson.dumps(body)

@@ -196,8 +196,8 @@ class _Connection(asyncio.Protocol):
 
 
 class EngineResponse:
-    """An engine's answer, with the part of aiohttp's ClientResponse the gateway uses: ``status``,
-    ``headers``, ``read()``, ``content.iter_any()``, line iteration, ``release()`` and ``close()``."""
+    """An engine's answer (:class:`~enginehouse.engines.upstream.EngineAnswer`): ``status``, ``headers``,
+    ``iter_any()``, ``lines()``, ``read()``, ``release()`` and ``close()``."""
 
     def __init__(self, conn: _Connection, pool: EngineHTTP, key: tuple[str, int]) -> None:
         self._conn = conn
@@ -206,14 +206,13 @@ class EngineResponse:
         self.status = conn.status
         self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict(conn.headers))
         self.reason = ""
-        self.content = self  # aiohttp's spelling: resp.content.iter_any(), `async for line in resp.content`
         self._done = False
 
     async def iter_any(self) -> AsyncIterator[bytes]:
         while (chunk := await self._conn.next_chunk()) is not None:
             yield chunk
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    async def lines(self) -> AsyncIterator[bytes]:
         """The body line by line, each with its ``\\n`` (the last one may have none)."""
         pending = b""
         async for chunk in self.iter_any():

@@ -1,7 +1,8 @@
 """HTTP to engines, with the one retry that pooled keep-alive connections need.
 
 Plain ``http://`` engines (every runner this gateway starts) go through engine_http's lean client, the
-hot path; ``https://`` upstreams through aiohttp. A pooled connection can go stale (the engine closed it
+hot path; ``https://`` upstreams through aiohttp. Either way the caller gets an :class:`EngineAnswer`:
+one interface, whichever client carried it. A pooled connection can go stale (the engine closed it
 while idle, or restarted); the first write then fails before any byte reached the client. That case,
 and only that case, is retried once on a fresh connection. An engine that refuses connections or dies
 mid-stream is reported, not retried here.
@@ -9,7 +10,8 @@ mid-stream is reported, not retried here.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -19,6 +21,51 @@ from enginehouse.engines.engine_http import EngineHTTP, EngineResponse
 from enginehouse.errors import ContextOverflow, InvalidRequest, LoopDetected, RunnerError, UpstreamUnavailable
 
 _STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+
+
+class EngineAnswer(Protocol):
+    """An engine's answer once its status line arrived; released (reusable) or closed by the caller."""
+
+    status: int
+    reason: str | None
+
+    @property
+    def headers(self) -> Any: ...  # a case-insensitive mapping
+    def iter_any(self) -> AsyncIterator[bytes]: ...
+    async def read(self) -> bytes: ...
+    def release(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class _AiohttpAnswer:
+    """An https upstream's aiohttp response as an :class:`EngineAnswer`."""
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+        self.status = resp.status
+        self.reason = resp.reason
+
+    @property
+    def headers(self) -> Any:
+        return self._resp.headers
+
+    def iter_any(self) -> AsyncIterator[bytes]:
+        return self._resp.content.iter_any()
+
+    async def read(self) -> bytes:
+        return await self._resp.read()
+
+    def release(self) -> None:
+        self._resp.release()
+
+    def close(self) -> None:
+        self._resp.close()
+
+    async def __aenter__(self) -> _AiohttpAnswer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
 
 
 class Upstream:
@@ -44,15 +91,15 @@ class Upstream:
 
     async def post(
         self, url: str, body: dict[str, Any] | bytes, headers: dict[str, str] | None = None
-    ) -> aiohttp.ClientResponse | EngineResponse:
-        """POST and return the response once its status line arrived; the caller must release it."""
+    ) -> EngineResponse | _AiohttpAnswer:
+        """POST and return the answer once its status line arrived; the caller must release it."""
         data = body if isinstance(body, bytes) else orjson.dumps(body)
         hdrs = {"Content-Type": "application/json", **(headers or {})}
         if url.startswith("http://"):
             return await self._plain.post(url, data, hdrs, self.deadline)
         for attempt in (1, 2):
             try:
-                return await self.session.post(url, data=data, headers=hdrs)
+                return _AiohttpAnswer(await self.session.post(url, data=data, headers=hdrs))
             except _STALE as exc:
                 if attempt == 2 or isinstance(exc, aiohttp.ClientConnectorError):
                     raise UpstreamUnavailable(f"engine at {url} is unreachable: {exc}") from exc
@@ -73,7 +120,7 @@ class Upstream:
             return await resp.json(loads=orjson.loads)
 
 
-async def raise_for_engine(resp: aiohttp.ClientResponse | EngineResponse) -> None:
+async def raise_for_engine(resp: EngineAnswer) -> None:
     """An engine's non-200 answer as our error: its 400 is the client's (InvalidRequest), anything else
     a RunnerError, with the engine's own message either way."""
     if resp.status != 200:
@@ -85,7 +132,7 @@ async def raise_for_engine(resp: aiohttp.ClientResponse | EngineResponse) -> Non
         raise (InvalidRequest if resp.status == 400 else RunnerError)(message)
 
 
-async def error_text(resp: aiohttp.ClientResponse | EngineResponse) -> str:
+async def error_text(resp: EngineAnswer) -> str:
     """The engine's own error message from a non-2xx answer (OpenAI or llama.cpp shape)."""
     raw = await resp.read()
     try:

@@ -2,8 +2,8 @@
 
 ``--target [LABEL:]DIALECT=URL``: ``openai=http://127.0.0.1:8080/v1`` or
 ``direct:openai=http://127.0.0.1:8080`` (``/v1`` is added to a bare host) or
-``ollama=http://127.0.0.1:11434``. Stream parsing is split from I/O (``parse_openai_line``,
-``parse_ollama_line``) so recorded bytes can be tested without a server.
+``ollama=http://127.0.0.1:11434``. Stream parsing is split from I/O (``parse_openai_payload`` after
+the package's one SSE parser, ``parse_ollama_line``) so recorded bytes can be tested without a server.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -19,6 +20,7 @@ import aiohttp
 import orjson
 
 from enginehouse.loadgen.stats import RequestResult
+from enginehouse.wire import DONE, SSEParser, ndjson_lines
 
 Dialect = Literal["openai", "ollama"]
 DIALECTS: tuple[Dialect, ...] = ("openai", "ollama")
@@ -110,13 +112,12 @@ def _error_message(err: Any) -> str:
     return str(err)
 
 
-def parse_openai_line(line: bytes) -> Event | None:
-    """One SSE line of a chat completion stream; None for blank lines, comments and other fields."""
-    line = line.strip()
-    if not line.startswith(b"data:"):
+def parse_openai_payload(payload: bytes) -> Event | None:
+    """One SSE event's data (wire.SSEParser cuts the stream) of a chat completion stream."""
+    payload = payload.strip()
+    if not payload:
         return None
-    payload = line[5:].strip()
-    if payload == b"[DONE]":
+    if payload == DONE:
         return Event(done=True)
     data = orjson.loads(payload)
     if "error" in data:
@@ -174,11 +175,22 @@ async def _error_body(resp: aiohttp.ClientResponse) -> str:
     return f"HTTP {resp.status}: {text[:200]}"
 
 
-async def _consume(resp: aiohttp.ClientResponse, parse: Any, start: float) -> RequestResult:
+async def _sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Every event's data, ``[DONE]`` included (its arrival ends the answer)."""
+    parser = SSEParser()
+    async for chunk in chunks:
+        for payload in parser.feed(chunk):
+            yield payload
+
+
+async def _consume(resp: aiohttp.ClientResponse, dialect: str, start: float) -> RequestResult:
     result = RequestResult(ok=False)
     last = 0.0
     events = 0
-    async for raw in resp.content:
+    openai = dialect == "openai"
+    units = _sse_data(resp.content.iter_any()) if openai else ndjson_lines(resp.content.iter_any())
+    parse = parse_openai_payload if openai else parse_ollama_line
+    async for raw in units:
         event = parse(raw)
         if event is None:
             continue
@@ -214,7 +226,6 @@ async def stream_chat(
 ) -> RequestResult:
     """One streamed chat, timed from just before sending; every failure becomes an error result
     (never an exception), a stall included: the whole request is bounded by ``timeout``."""
-    parse = parse_openai_line if target.dialect == "openai" else parse_ollama_line
     start = time.perf_counter()
     try:
         async with asyncio.timeout(timeout):
@@ -223,7 +234,7 @@ async def stream_chat(
                     return RequestResult(
                         ok=False, e2e=time.perf_counter() - start, error=await _error_body(resp)
                     )
-                return await _consume(resp, parse, start)
+                return await _consume(resp, target.dialect, start)
     except TimeoutError:
         return RequestResult(ok=False, e2e=time.perf_counter() - start, error=f"timed out after {timeout:g}s")
     except (aiohttp.ClientError, ValueError, OSError) as exc:

@@ -21,6 +21,7 @@ from enginehouse.api.thinking import split_thinking
 from enginehouse.api.toolcalls import split_tool_calls
 from enginehouse.canonical import Call, ChatCall, CompletionCall, Event
 from enginehouse.engines.base import Engine, RunnerSpec
+from enginehouse.engines.upstream import EngineAnswer
 from enginehouse.routing.dispatch import Outcome
 from enginehouse.routing.plan import Plan
 from enginehouse.sched.scheduler import Lease
@@ -101,7 +102,7 @@ async def run_generation(
 
 async def forward(
     request: web.Request, lease: Lease, path: str, body: dict[str, Any] | bytes
-) -> Any:  # EngineResponse | aiohttp.ClientResponse
+) -> EngineAnswer:
     """A client's body to the leased engine as it is (the dialects agree)."""
     engine = lease.model.engine
     return await engine.forward(path, body, request.app[GATEWAY].upstream, link_headers(request, engine))

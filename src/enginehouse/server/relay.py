@@ -21,13 +21,12 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import aiohttp
 import orjson
 from aiohttp import web
 
 from enginehouse.canonical import Event, Failure
 from enginehouse.engines.base import STREAM_BROKEN, EventStream
-from enginehouse.engines.engine_http import EngineResponse
+from enginehouse.engines.upstream import EngineAnswer
 from enginehouse.errors import EnginehouseError, RunnerError
 from enginehouse.routing.dispatch import Outcome
 from enginehouse.server.app_state import json_response
@@ -100,7 +99,7 @@ class ByteFraming(Protocol):
 
 async def relay_bytes(
     request: web.Request,
-    resp: EngineResponse | aiohttp.ClientResponse,
+    resp: EngineAnswer,
     framing: ByteFraming,
     outcome: Outcome,
     rename: Callable[[bytes], bytes] | None,
@@ -131,7 +130,7 @@ async def relay_bytes(
         pending = b""  # NDJSON with a rename: the unfinished line
         ended = False
         try:
-            async for chunk in resp.content.iter_any():
+            async for chunk in resp.iter_any():
                 first = first or time.monotonic()
                 if rename is not None and framing.line_based:
                     pending += chunk
