@@ -78,6 +78,17 @@ class Response:
         return bytes(out[:limit])
 
 
+def check_scheme(url: str, allow_http_hosts: frozenset[str], why_not_http: str) -> None:
+    """https always; plain http only to the hosts given (a registry used with insecure=True)."""
+    p = urlsplit(url)
+    scheme = p.scheme.lower()
+    if scheme == "https" or (scheme == "http" and (p.hostname or "").lower() in allow_http_hosts):
+        return
+    if scheme == "http":
+        raise UpstreamUnavailable(f"refusing plain-http URL {shown_url(url)}: {why_not_http}")
+    raise UpstreamUnavailable(f"refusing URL {shown_url(url)}: not http(s)")
+
+
 class HttpSession:
     """Requests that follow redirects by hand, bind tokens to origins and refuse plain http except
     to ``allow_http_hosts`` (host names, without port). Use as ``async with``."""
@@ -114,17 +125,7 @@ class HttpSession:
             self._aio = None
 
     def check_url(self, url: str) -> None:
-        p = urlsplit(url)
-        scheme = p.scheme.lower()
-        if scheme == "https":
-            return
-        if scheme == "http" and (p.hostname or "").lower() in self.allow_http_hosts:
-            return
-        if scheme == "http":
-            raise UpstreamUnavailable(
-                f"refusing plain-http URL {shown_url(url)}: only hosts pulled with insecure=True may use http"
-            )
-        raise UpstreamUnavailable(f"refusing URL {shown_url(url)}: not http(s)")
+        check_scheme(url, self.allow_http_hosts, "only hosts pulled with insecure=True may use http")
 
     async def _send(self, url: str, headers: dict[str, str], params: Any = None) -> Response:
         if self._aio is None:

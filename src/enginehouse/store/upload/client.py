@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import yarl
@@ -23,6 +22,7 @@ from enginehouse import http_client
 from enginehouse.errors import UpstreamUnavailable
 from enginehouse.store.download import tuning
 from enginehouse.store.download.auth import BearerAuth, shown_url
+from enginehouse.store.download.http import check_scheme
 
 __all__ = ["Body", "RegistryClient", "Reply", "TransientError"]
 
@@ -91,16 +91,11 @@ class RegistryClient:
             self._session = None
 
     def check_url(self, url: str) -> None:
-        p = urlsplit(url)
-        scheme = p.scheme.lower()
-        if scheme == "https" or (scheme == "http" and (p.hostname or "").lower() in self.allow_http_hosts):
-            return
-        if scheme == "http":
-            raise UpstreamUnavailable(
-                f"refusing plain-http URL {shown_url(url)}: only a name's own registry host pushed with"
-                " insecure=True may use http"
-            )
-        raise UpstreamUnavailable(f"refusing URL {shown_url(url)}: not http(s)")
+        check_scheme(
+            url,
+            self.allow_http_hosts,
+            "only a name's own registry host pushed with insecure=True may use http",
+        )
 
     def _net_error(self, url: str, e: BaseException) -> Exception:
         detail = str(e) or type(e).__name__
