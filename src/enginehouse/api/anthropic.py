@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from enginehouse.api import limits
 from enginehouse.api.limits import INT32_MAX, MAX_TOKENS
@@ -32,7 +32,7 @@ class AnthropicMessage(_Wire):
     content: str | Annotated[list[dict[str, Any]], Field(max_length=limits.MAX_MESSAGES)]
 
 
-class CountTokensRequest(_Wire):
+class CountTokensRequest(_Wire, limits.DepthBounded):
     """What ``count_tokens`` reads: the prompt side of a Messages request."""
 
     model: str = Field(min_length=1, examples=["smollm2:135m"])
@@ -41,12 +41,6 @@ class CountTokensRequest(_Wire):
     tools: list[dict[str, Any]] | None = Field(None, max_length=limits.MAX_TOOLS)
     tool_choice: dict[str, Any] | None = None
     thinking: dict[str, Any] | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _bounded_depth(cls, data: Any) -> Any:
-        limits.check_depth(data)
-        return data
 
 
 class MessagesRequest(CountTokensRequest):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, model_validator
+
 from enginehouse.errors import InvalidRequest
 
 INT32_MAX = 2**31 - 1
@@ -97,3 +99,13 @@ def check_images(images: list[str], param: str) -> None:
         if len(image) > MAX_IMAGE_CHARS:
             mib = MAX_IMAGE_BYTES // (1024 * 1024)
             raise InvalidRequest(f"'{param}': an image is larger than {mib} MiB", param=param)
+
+
+class DepthBounded(BaseModel):
+    """A whole request body: its nesting is bounded before any field is read (every door's bodies)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded_depth(cls, data: Any) -> Any:
+        check_depth(data)
+        return data

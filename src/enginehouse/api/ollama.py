@@ -22,14 +22,8 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True, allow_inf_nan=False)
 
 
-class _Body(_Wire):
-    """A whole request body: its nesting is bounded before any field is read."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _bounded_depth(cls, data: Any) -> Any:
-        limits.check_depth(data)
-        return data
+class _Body(_Wire, limits.DepthBounded):
+    """A whole request body of this door."""
 
 
 class Options(_Wire):

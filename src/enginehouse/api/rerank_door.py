@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from enginehouse.api import limits
 from enginehouse.api.limits import MAX_RERANK_CHARS, MAX_RERANK_DOCUMENTS
@@ -34,18 +34,12 @@ class TextDocument(_Wire):
     text: Text
 
 
-class RerankRequest(_Wire):
+class RerankRequest(_Wire, limits.DepthBounded):
     model: str = Field(min_length=1, examples=["bge-reranker"])
     query: Text | TextDocument
     documents: list[Text | TextDocument] = Field(min_length=1, max_length=MAX_RERANK_DOCUMENTS)
     top_n: int | None = Field(None, ge=1, le=MAX_RERANK_DOCUMENTS)
     return_documents: bool = False
-
-    @model_validator(mode="before")
-    @classmethod
-    def _bounded_depth(cls, data: Any) -> Any:
-        limits.check_depth(data)
-        return data
 
 
 class OllamaRerankRequest(RerankRequest):

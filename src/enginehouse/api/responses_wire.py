@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from enginehouse.api import limits
 from enginehouse.api.limits import MAX_TOKENS
@@ -35,7 +35,7 @@ class TextOptions(_Wire):
     verbosity: Literal["low", "medium", "high"] | None = None
 
 
-class ResponsesRequest(_Wire):
+class ResponsesRequest(_Wire, limits.DepthBounded):
     model: str = Field(min_length=1, examples=["smollm2:135m"])
     input: str | Annotated[list[dict[str, Any]], Field(max_length=limits.MAX_MESSAGES)] = ""
     instructions: str | None = None
@@ -52,9 +52,3 @@ class ResponsesRequest(_Wire):
     metadata: dict[Key, Value] | None = Field(None, max_length=MAX_METADATA)
     parallel_tool_calls: bool | None = None
     user: str | None = Field(None, max_length=256)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _bounded_depth(cls, data: Any) -> Any:
-        limits.check_depth(data)
-        return data
