@@ -83,27 +83,40 @@ async def wait_ready(url: str, timeout: float = 180) -> None:
     raise TimeoutError(url)
 
 
+def _piece(line: bytes, dialect: str) -> str | None:
+    """The generated text one line of a stream carries, in the door's dialect (None: no text)."""
+    if dialect == "ndjson":
+        return orjson.loads(line).get("message", {}).get("content")
+    if not line.startswith(b"data:") or line.endswith(b"[DONE]"):
+        return None
+    data = orjson.loads(line[5:])
+    if dialect == "anthropic":  # content_block_delta events carry text_delta pieces
+        return (data.get("delta") or {}).get("text") if data.get("type") == "content_block_delta" else None
+    if dialect == "responses":
+        return data.get("delta") if data.get("type") == "response.output_text.delta" else None
+    choices = data.get("choices") or [{}]
+    return (choices[0].get("delta") or {}).get("content")
+
+
 async def one_stream(
-    session: aiohttp.ClientSession, url: str, body: dict, ndjson: bool, headers: dict[str, str] | None = None
+    session: aiohttp.ClientSession,
+    url: str,
+    body: dict,
+    ndjson: bool,
+    headers: dict[str, str] | None = None,
+    dialect: str = "",
 ) -> Sample:
-    """One streamed request; a token is one content-bearing event (llama-server sends one per token)."""
+    """One streamed request; a token is one content-bearing event (llama-server sends one per token).
+    ``dialect``: "anthropic" or "responses" for those doors' SSE events; else NDJSON or OpenAI chunks."""
     start = time.perf_counter()
     first = last = 0.0
     tokens = 0
+    kind = dialect or ("ndjson" if ndjson else "openai")
     async with session.post(url, json=body, headers=headers) as resp:
         resp.raise_for_status()
         async for raw in resp.content:
             line = raw.strip()
-            if not line:
-                continue
-            if ndjson:
-                piece = orjson.loads(line).get("message", {}).get("content")
-            else:
-                if not line.startswith(b"data:") or line.endswith(b"[DONE]"):
-                    continue
-                choices = orjson.loads(line[5:]).get("choices") or [{}]
-                piece = (choices[0].get("delta") or {}).get("content")
-            if piece:
+            if line and _piece(line, kind):
                 now = time.perf_counter()
                 first = first or now
                 last = now

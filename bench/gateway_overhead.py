@@ -8,6 +8,7 @@ from /proc), so slots and prompt cache are shared and the only difference is the
   direct      the runner's own /v1/chat/completions (the baseline)
   openai-api  enginehouse /v1/chat/completions (SSE bytes passed through)
   ollama-api  enginehouse /api/chat (each chunk translated to NDJSON)
+  anthropic-api, responses-api  enginehouse /v1/messages and /v1/responses (events per chunk, SSE)
 Sampling is the same on all: greedy (temperature 0, seed 1: sent by direct, Modelfile defaults on the
 doors) and the same max tokens in every body.
 
@@ -60,7 +61,7 @@ from bench.common import (
     wait_ready,
 )
 
-PATHS = ("direct", "openai-api", "ollama-api")
+PATHS = ("direct", "openai-api", "ollama-api", "anthropic-api", "responses-api")
 DOORS = PATHS[1:]
 RELAYS = ("relay-tcp", "relay-aiohttp")
 TTFT_WARMUP_ROUNDS = 3
@@ -84,6 +85,23 @@ def targets(pair: Pair, tokens: int) -> dict[str, Target]:
         ),
         "openai-api": (f"{pair.gateway_url}/v1/chat/completions", {**base, "max_tokens": tokens}, {}),
         "ollama-api": (f"{pair.gateway_url}/api/chat", {**base, "options": {"num_predict": tokens}}, {}),
+        # the newer doors go the canonical way (events encoded per chunk), as a Go-template model does
+        "anthropic-api": (
+            f"{pair.gateway_url}/v1/messages",
+            {**base, "max_tokens": tokens, "temperature": 0},
+            {},
+        ),
+        "responses-api": (
+            f"{pair.gateway_url}/v1/responses",
+            {
+                "model": BENCH_MODEL,
+                "input": PROMPT,
+                "stream": True,
+                "max_output_tokens": tokens,
+                "temperature": 0,
+            },
+            {},
+        ),
     }
 
 
@@ -114,7 +132,8 @@ def reference_relays(pair: Pair):  # type: ignore[no-untyped-def]
 
 async def stream(session: aiohttp.ClientSession, target: Target, name: str) -> Sample:
     url, body, headers = target
-    return await one_stream(session, url, body, name == "ollama-api", headers)
+    dialect = {"anthropic-api": "anthropic", "responses-api": "responses"}.get(name, "")
+    return await one_stream(session, url, body, name == "ollama-api", headers, dialect)
 
 
 def median_ci(values: list[float]) -> tuple[float, float]:
