@@ -10,7 +10,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 from aiohttp import web
 from pydantic import Field
 
@@ -22,6 +21,7 @@ from enginehouse.store import parse_digest
 from enginehouse.store.create import create_from_request
 from enginehouse.store.pull import pull_model
 from enginehouse.store.push_ollama import push_ollama
+from enginehouse.wire import ndjson
 
 NDJSON = "application/x-ndjson"
 Progress = Callable[[dict[str, Any]], None]
@@ -63,7 +63,7 @@ async def stream_progress(
             if out is None:
                 out = web.StreamResponse(headers={"Content-Type": NDJSON})
                 await out.prepare(request)
-            await out.write(orjson.dumps(event) + b"\n")
+            await out.write(ndjson(event))
     except BaseException:
         task.cancel()
         raise
@@ -72,7 +72,7 @@ async def stream_progress(
         out = web.StreamResponse(headers={"Content-Type": NDJSON})
         await out.prepare(request)
     elif not task.cancelled() and (exc := task.exception()) is not None:
-        await out.write(orjson.dumps({"error": public_message(exc)}) + b"\n")
+        await out.write(ndjson({"error": public_message(exc)}))
     await out.write_eof()
     return out
 

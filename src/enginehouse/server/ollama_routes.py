@@ -59,6 +59,7 @@ from enginehouse.server.generation import (
 from enginehouse.server.relay import relay_bytes, renamer
 from enginehouse.store import ModelRecord
 from enginehouse.store.modelfile import modelfile_for
+from enginehouse.wire import ndjson
 
 NDJSON = "application/x-ndjson"
 log = logging.getLogger("enginehouse.server")
@@ -317,7 +318,7 @@ class _OllamaFraming:
 
     @staticmethod
     def error(exc: EnginehouseError) -> bytes:
-        return orjson.dumps(ollama_error_body(exc)) + b"\n"
+        return ndjson(ollama_error_body(exc))
 
 
 async def _passthrough(

@@ -12,7 +12,6 @@ import time
 from dataclasses import replace
 from typing import Any
 
-import orjson
 from aiohttp import web
 from pydantic import BaseModel
 
@@ -41,7 +40,7 @@ from enginehouse.server.generation import (
 from enginehouse.server.observe import observe_bytes
 from enginehouse.server.relay import relay_bytes, renamer
 from enginehouse.store import ModelRecord
-from enginehouse.wire import SSE_DONE
+from enginehouse.wire import SSE_DONE, sse
 
 
 async def models(request: web.Request) -> web.Response:
@@ -157,7 +156,7 @@ class _SSEFraming:
 
     @staticmethod
     def error(exc: EnginehouseError) -> bytes:
-        return b"data: " + orjson.dumps(openai_error_body(exc)) + b"\n\n"
+        return sse(openai_error_body(exc))
 
 
 async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
