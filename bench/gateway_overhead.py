@@ -1,7 +1,7 @@
 """What the gateway adds: the same streamed requests straight to its llama-server runner and through it.
 
     .venv/bin/python -m bench.gateway_overhead [--levels 1,8,32] [--rounds 5] [--tokens 128]
-        [--ttft-requests 300] [--ttft-tokens 8] [--relays]
+        [--ttft-requests 300] [--ttft-tokens 8] [--relays] [--with-console]
 
 Every path ends at one process: the llama-server runner that the gateway started for the model (found
 from /proc), so slots and prompt cache are shared and the only difference is the gateway hop:
@@ -330,20 +330,37 @@ def main() -> None:
         "--relays", action="store_true", help="add the reference relays (bench/relays.py) to both phases"
     )
     ap.add_argument(
+        "--with-console",
+        action="store_true",
+        help="keep the console (/ui) open in a headless Chromium during the run (bench/console_open.py)",
+    )
+    ap.add_argument(
         "--json", type=Path, default=ROOT / "bench" / "results" / "gateway_overhead.json", help="results file"
     )
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     params = {"temperature": 0, "seed": 1, "num_predict": args.tokens}
     with direct_and_gateway(ctx=512, parallel=max(levels), params=params, separate_direct=False) as pair:
-        if args.relays:
-            with reference_relays(pair) as relays:
-                out = asyncio.run(measure(pair, args, levels, relays))
-        else:
-            out = asyncio.run(measure(pair, args, levels, {}))
+        console = None
+        if args.with_console:  # a person watching: the page polls /api/status, /metrics... every 2 s
+            console = subprocess.Popen([sys.executable, "-m", "bench.console_open", pair.gateway_url])
+        try:
+            out = _run(pair, args, levels)
+        finally:
+            if console is not None:
+                console.terminate()
+                console.wait(30)
+        out["with_console"] = args.with_console
     report(out)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=2))
+
+
+def _run(pair: Pair, args: argparse.Namespace, levels: list[int]) -> dict:
+    if args.relays:
+        with reference_relays(pair) as relays:
+            return asyncio.run(measure(pair, args, levels, relays))
+    return asyncio.run(measure(pair, args, levels, {}))
 
 
 if __name__ == "__main__":
