@@ -186,6 +186,7 @@ class Usage:
     prompt_tokens: int | None = None  # None: not reported by this event
     completion_tokens: int | None = None
     timings: dict[str, Any] = field(default_factory=dict)  # llama-server's (prompt_ms, predicted_ms...)
+    cached_tokens: int | None = None  # of the prompt, served from the engine's prompt cache
 
 
 @dataclass(slots=True)

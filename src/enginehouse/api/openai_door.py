@@ -160,6 +160,8 @@ class OpenAIChatEncoder:
                 "completion_tokens": output,
                 "total_tokens": prompt + output,
             }
+            if event.cached_tokens is not None:  # as the engine's own answer says it
+                self.usage["prompt_tokens_details"] = {"cached_tokens": event.cached_tokens}
         return []
 
     def _content(self, text: str) -> dict[str, Any]:

@@ -159,8 +159,14 @@ def events_of(chunk: dict[str, Any]) -> list[Event]:
             out.append(Finish(reason))
     usage, timings = chunk.get("usage"), chunk.get("timings")
     if usage:
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
         out.append(
-            Usage(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)), timings or {})
+            Usage(
+                int(usage.get("prompt_tokens", 0)),
+                int(usage.get("completion_tokens", 0)),
+                timings or {},
+                int(cached) if isinstance(cached, int) else None,
+            )
         )
     elif timings:
         out.append(Usage(timings=timings))
