@@ -15,7 +15,8 @@ Every request is the same streamed chat: greedy (temperature 0, seed 1), --token
 
 At each level: one excluded warm-up batch per path, then --rounds rounds, each sending L concurrent
 streams per path (order rotated each round) and waiting for all. Reported per path: aggregate tokens/s
-(all tokens of a round over its wall time, median over rounds) and its ratio to hand, the median of the
+(all tokens of a round over its wall time, median over rounds; a stream that fails or outlasts
+--request-timeout adds no tokens and is counted as failed) and its ratio to hand, the median of the
 per-round ratios, p50/p95 TTFT pooled over rounds, and the runner's RSS after the level. The 1-minute load
 average is read before and after each level; --wait-load first waits (polling each minute, up to 30
 minutes) for it to drop below the given value, since the machine is shared.
@@ -41,7 +42,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.common import PROMPT, ROOT, free_port, one_stream, percentile, runner_url, wait_ready
+from bench.common import PROMPT, ROOT, Sample, free_port, one_stream, percentile, runner_url, wait_ready
 from enginehouse.config import Config
 from enginehouse.engines.llama_install import require_llama_server
 from enginehouse.engines.llama_server import LlamaServerSettings, build_argv
@@ -225,7 +226,9 @@ def rotated(rnd: int) -> tuple[str, ...]:
     return PATHS[k:] + PATHS[:k]
 
 
-async def level_run(paths: Paths, level: int, rounds: int, tokens: int) -> dict[str, Any]:
+async def level_run(
+    paths: Paths, level: int, rounds: int, tokens: int, request_timeout: float
+) -> dict[str, Any]:
     # A fresh connection per request on every path: llama-server closes a connection after a streamed
     # answer while advertising keep-alive, so a pooled one may fail the next request.
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
@@ -233,14 +236,25 @@ async def level_run(paths: Paths, level: int, rounds: int, tokens: int) -> dict[
     targets = {name: paths.target(name, tokens) for name in PATHS}
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
-        async def batch(name: str) -> list[Any]:
+        async def guarded(name: str) -> Sample | None:
+            """One stream, or None when it failed or outlasted --request-timeout (the router mode was
+            seen to stall: its streams then count as failures, not as a hung benchmark)."""
             url, body, headers = targets[name]
-            return await asyncio.gather(
-                *(one_stream(session, url, body, False, headers) for _ in range(level))
-            )
+            try:
+                return await asyncio.wait_for(one_stream(session, url, body, False, headers), request_timeout)
+            except (aiohttp.ClientError, TimeoutError):
+                return None
+
+        async def batch(name: str) -> list[Sample]:
+            samples = await asyncio.gather(*(guarded(name) for _ in range(level)))
+            failed[name] += sum(s is None for s in samples)
+            return [s for s in samples if s is not None]
+
+        failed = dict.fromkeys(PATHS, 0)
 
         for name in PATHS:  # warm-up, excluded: fills each path's slots (the router also loads its model)
             await batch(name)
+        failed = dict.fromkeys(PATHS, 0)  # the warm-up's failures are not counted
         ttfts: dict[str, list[float]] = {n: [] for n in PATHS}
         rates: dict[str, list[float]] = {n: [] for n in PATHS}
         for rnd in range(rounds):
@@ -255,8 +269,9 @@ async def level_run(paths: Paths, level: int, rounds: int, tokens: int) -> dict[
     for name in PATHS:
         row: dict[str, Any] = {
             "tokens_per_s": statistics.median(rates[name]),
-            "ttft_p50_ms": percentile(ttfts[name], 50) * 1000,
-            "ttft_p95_ms": percentile(ttfts[name], 95) * 1000,
+            "ttft_p50_ms": percentile(ttfts[name], 50) * 1000 if ttfts[name] else float("nan"),
+            "ttft_p95_ms": percentile(ttfts[name], 95) * 1000 if ttfts[name] else float("nan"),
+            "failed": failed[name],
             "rss_mib": paths.runner_rss(name),
             "slots": paths.argv_of(name),
         }
@@ -274,7 +289,7 @@ def report(out: dict[str, Any]) -> None:
     print(f"\n{out['rounds']} rounds of {out['tokens']}-token streams per path and level, ctx {out['ctx']}")
     print(
         f"{'streams':>7} {'path':<12}{'tok/s':>9}{'vs hand':>9}{'per round':>10}{'TTFT p50':>11}"
-        f"{'TTFT p95':>11}{'RSS':>9}  {'load':>11}  slots"
+        f"{'TTFT p95':>11}{'RSS':>9}{'failed':>7}  {'load':>11}  slots"
     )
     for level, per in out["levels"].items():
         load = f"{per['load'][0]:.2f}-{per['load'][1]:.2f}"
@@ -285,7 +300,7 @@ def report(out: dict[str, Any]) -> None:
             print(
                 f"{level:>7} {name:<12}{r['tokens_per_s']:>9.1f}{ratio:>9}{rounds:>10}"
                 f"{r['ttft_p50_ms']:>9.0f}ms"
-                f"{r['ttft_p95_ms']:>9.0f}ms{r['rss_mib']:>6.0f}MiB  {load:>11}  {r['slots']}"
+                f"{r['ttft_p95_ms']:>9.0f}ms{r['rss_mib']:>6.0f}MiB{r['failed']:>7}  {load:>11}  {r['slots']}"
             )
     print(f"\nTarget: enginehouse >= {RATE_TARGET}x hand's tok/s, p50 TTFT no worse than hand's")
     for level, per in out["levels"].items():
@@ -306,6 +321,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--ctx", type=int, default=4096, help="context per request (tokens) on every path")
     ap.add_argument("--wait-load", type=float, default=0.0, help="first wait for load average below this")
+    ap.add_argument("--request-timeout", type=float, default=180.0, help="seconds before a stream fails")
     ap.add_argument("--eh-env", action="append", default=[], help="KEY=VALUE for the enginehouse path")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "slots.json")
     args = ap.parse_args()
@@ -319,7 +335,7 @@ def main() -> None:
         for level in levels:
             paths.start_hand(level)
             before = load1()
-            per = asyncio.run(level_run(paths, level, args.rounds, args.tokens))
+            per = asyncio.run(level_run(paths, level, args.rounds, args.tokens, args.request_timeout))
             per["load"] = [before, load1()]
             out["levels"][level] = per
             paths.stop("hand")
