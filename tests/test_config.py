@@ -43,7 +43,7 @@ def test_from_env_ignores_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ENGINEHOUSE_NUM_PARALLEL", "99")
     monkeypatch.setenv("OLLAMA_HOST", "0.0.0.0:1")
     cfg = Config.from_env({})
-    assert cfg.num_parallel == 4
+    assert cfg.num_parallel == 0  # auto: slots share a KV pool
     assert cfg.host == "127.0.0.1:11434"
     assert Config.from_env().num_parallel == 99  # None means os.environ
 

@@ -148,6 +148,20 @@ def test_compute_buffer() -> None:
     assert small.compute == 256 * 4 * (4 * 4096 + 3 * 14336) + 256 * 256 * 2 + 128256 * 4
 
 
+def test_a_shared_pool_counts_its_contexts_and_a_logits_row_per_slot() -> None:
+    own = estimate_runner(shape(), ctx_per_slot=4096, num_parallel=4)
+    shared = estimate_runner(shape(), ctx_per_slot=4096, num_parallel=32, kv_contexts=4, shared_kv=True)
+    assert shared.kv_cache == own.kv_cache == 32 * 4 * 4096 * 2 * (8 * 128 * 2)
+    mask = 512 * (4 * 4096 - 4096) * 2  # one sequence may see the whole pool
+    assert shared.compute - own.compute == mask + 28 * 128256 * 4
+    nofa = estimate_runner(
+        shape(), ctx_per_slot=4096, num_parallel=32, kv_contexts=4, shared_kv=True, flash_attention=False
+    )
+    assert nofa.compute - shared.compute == 512 * 4 * 4096 * 32 * 4
+    more = estimate_runner(shape(), ctx_per_slot=4096, num_parallel=4, kv_contexts=8)  # a pool beyond slots
+    assert more.kv_cache == 2 * own.kv_cache
+
+
 def test_compute_buffer_fallbacks() -> None:
     e = estimate_runner(shape(model_info={}), ctx_per_slot=256, num_parallel=1, n_ubatch=256)
     assert e.compute == 256 * 4 * (4 * 4096 + 3 * 4 * 4096) + 256 * 256 * 2 + FALLBACK_VOCAB * 4
@@ -255,8 +269,12 @@ def _wait_healthy(proc: subprocess.Popen[bytes], url: str, timeout: float = 120.
 
 
 @pytest.mark.slow
-def test_estimate_matches_a_real_runner(tmp_path: Path, user_config: Config) -> None:
-    """Estimate the bundled model at 1024 x 2 slots and compare with the runner's RSS.
+@pytest.mark.parametrize(("slots", "kv_pool"), [(2, 0), (16, 2)], ids=["own", "shared"])
+def test_estimate_matches_a_real_runner(
+    tmp_path: Path, user_config: Config, slots: int, kv_pool: int
+) -> None:
+    """Estimate the bundled model at 1024 x 2 slots (or 16 slots sharing a pool of 2 x 1024) and compare
+    with the runner's RSS.
 
     RSS is read twice: when /health first answers (llama.cpp has allocated its compute buffer but not
     touched it yet, so RSS is below the estimate by about that buffer) and after a 400-token prompt
@@ -269,8 +287,17 @@ def test_estimate_matches_a_real_runner(tmp_path: Path, user_config: Config) -> 
     if found is None or gguf is None:
         pytest.skip("needs a llama-server binary and the bundled model")
     info = read_gguf_info(gguf)
-    settings = LlamaServerSettings(gguf, "m", ctx_per_slot=1024, num_parallel=2, cache_ram_mib=0)
-    est = estimate_runner(info, ctx_per_slot=1024, num_parallel=2, cache_ram_mib=0)
+    settings = LlamaServerSettings(
+        gguf, "m", ctx_per_slot=1024, num_parallel=slots, kv_pool=kv_pool, cache_ram_mib=0
+    )
+    est = estimate_runner(
+        info,
+        ctx_per_slot=1024,
+        num_parallel=slots,
+        kv_contexts=settings.kv_contexts,
+        shared_kv=settings.shared_kv,
+        cache_ram_mib=0,
+    )
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     with (tmp_path / "runner.log").open("wb") as log:

@@ -125,10 +125,28 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "num_parallel",
         "ENGINEHOUSE_NUM_PARALLEL",
-        "4",
-        "Parallel slots per loaded model (continuous batching in the runner).",
+        "0",
+        "Parallel slots per loaded model (continuous batching in the runner), each with a context of its "
+        "own. 0: as many as ENGINEHOUSE_SLOT_MEMORY_MIB holds contexts for, from 4 up to 32.",
         int,
         fallback_env="OLLAMA_NUM_PARALLEL",
+    ),
+    Setting(
+        "slot_memory_mib",
+        "ENGINEHOUSE_SLOT_MEMORY_MIB",
+        "0",
+        "With ENGINEHOUSE_NUM_PARALLEL=0: KV cache a llama-server runner's slots may take, MiB (0: a "
+        "quarter of ENGINEHOUSE_MAX_MEMORY_MIB, or of RAM less the reserve; of free VRAM when offloaded).",
+        int,
+    ),
+    Setting(
+        "kv_pool",
+        "ENGINEHOUSE_KV_POOL",
+        "0",
+        "With ENGINEHOUSE_NUM_PARALLEL=0: N > 0 gives 32 slots sharing one KV pool of N contexts "
+        "instead (less memory, slower at 8+ streams on CPU; requests that together outgrow the pool all "
+        "fail: docs/engines.md).",
+        int,
     ),
     Setting(
         "threads", "ENGINEHOUSE_THREADS", "0", "CPU threads per runner (0: let llama-server decide).", int
@@ -330,7 +348,9 @@ class Config:
     engines_dir: Path | None = None
     native_build: bool = False
     ctx_size: int = 4096
-    num_parallel: int = 4
+    num_parallel: int = 0  # 0: sized from slot_memory_mib (engines/factory.py)
+    slot_memory_mib: int = 0
+    kv_pool: int = 0
     threads: int = 0
     cache_ram_mib: int = 256
     keep_alive: str = "5m"

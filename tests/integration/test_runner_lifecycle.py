@@ -117,3 +117,31 @@ def test_serve_stops_its_runners_on_sigterm(server_config: Config, tmp_path: Pat
     finally:
         if gateway.poll() is None:
             gateway.kill()
+
+
+def test_shared_pool_slots_all_start_at_once(
+    llama_server_bin: Path, bundled_gguf: Path, tmp_path: Path
+) -> None:
+    """The default layout on the real build: 8 slots in a pool of 2 contexts, each request capped at one
+    context, and 8 short concurrent requests all answered (bench/slots.py measures that they start at
+    once)."""
+    settings = LlamaServerSettings(
+        bundled_gguf, "smollm2", ctx_per_slot=512, num_parallel=8, kv_pool=2, cache_ram_mib=32
+    )
+
+    async def scenario() -> None:
+        engine = LlamaServerEngine(llama_server_bin, settings, log_dir=tmp_path, ready_timeout=120)
+        await engine.ensure_ready()
+        try:
+            async with httpx.AsyncClient(timeout=120, headers=engine.request_headers) as client:
+                slots = (await client.get(engine.base_url + "/slots")).json()
+                assert [s["n_ctx"] for s in slots] == [512] * 8  # the cap, not the pool's 1024
+                body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
+                answers = await asyncio.gather(
+                    *(client.post(engine.base_url + "/v1/chat/completions", json=body) for _ in range(8))
+                )
+                assert [r.status_code for r in answers] == [200] * 8
+        finally:
+            await engine.stop()
+
+    asyncio.run(scenario())

@@ -91,11 +91,14 @@ def _gguf_fit(config: Config, record: ModelRecord, budget: int, choice: Choice) 
             info,
             ctx_per_slot=ctx,
             num_parallel=settings.num_parallel,
+            kv_contexts=settings.kv_contexts,
+            shared_kv=settings.shared_kv,
             embedding=settings.embedding,
             cache_ram_mib=settings.cache_ram_mib,
         ).total
 
-    fit = fit_context(size_at, wanted_ctx=settings.ctx_per_slot, slots=settings.num_parallel, budget=budget)
+    # The KV cache grows with the contexts it holds: a shared pool's, or one per slot.
+    fit = fit_context(size_at, wanted_ctx=settings.ctx_per_slot, slots=settings.kv_contexts, budget=budget)
     reason = fit.reason
     if choice.offload:
         reason += f" (host memory; layers offloaded with {choice.offload} need less)"
@@ -173,7 +176,11 @@ def build_report(
             "reserve_mib": config.memory_reserve_mib,
             "max_memory_mib": config.max_memory_mib or None,
         },
-        "settings": {"ctx_per_slot": config.ctx_size, "num_parallel": config.num_parallel},
+        "settings": {
+            "ctx_per_slot": config.ctx_size,
+            "num_parallel": config.num_parallel,
+            "kv_pool": config.kv_pool,
+        },
         "models": [model_row(config, r, hw, installed, budget) for r in store.list_models()],
         "nodes": node_rows(config),
         "server": server_state(config),

@@ -26,8 +26,8 @@ from enginehouse.config_file import EMPTY, FileConfig, ModelEntry
 from enginehouse.engines.base import Engine, RunnerSpec
 from enginehouse.engines.choose import InstalledEngine, choose_engine, installed_engines, model_format
 from enginehouse.engines.external import ExternalRecord, is_gguf
-from enginehouse.engines.llama_install import require_llama_server
-from enginehouse.engines.llama_memory import MemoryEstimate, estimate_runner
+from enginehouse.engines.llama_install import require_llama_server, supports_shared_kv
+from enginehouse.engines.llama_memory import MemoryEstimate, MiB, estimate_runner
 from enginehouse.engines.llama_server import LlamaServerEngine, LlamaServerSettings
 from enginehouse.engines.offload import (
     DEFAULT_RESERVE,
@@ -46,6 +46,16 @@ from enginehouse.store import ModelRecord, Store
 from enginehouse.store.gguf_info import EMBEDDING_ARCHITECTURES, GGUFInfo, read_gguf_info
 
 log = logging.getLogger(__name__)
+
+#: Slots of a llama-server runner when no ``num_parallel`` is set: as many, up to AUTO_SLOTS, as the slot
+#: memory (ENGINEHOUSE_SLOT_MEMORY_MIB; by default a quarter of the memory the runner lives in) holds
+#: contexts of their own, and never fewer than MIN_AUTO_SLOTS (the old fixed default). 32 slots carry 32
+#: concurrent streams at the tokens/s and TTFT of a llama-server configured for them (bench/slots.py).
+AUTO_SLOTS = 32
+MIN_AUTO_SLOTS = 4
+#: Share of the memory budget (RAM, or the GPUs' free VRAM when the model is offloaded) that the default
+#: slots' KV cache may take.
+AUTO_SLOT_SHARE = 4
 
 
 @lru_cache(maxsize=64)
@@ -86,12 +96,58 @@ class EngineFactory:
         # instance), so the name finds the entry.
         return self.file_config.entry(record.name.display) or ModelEntry()
 
-    def num_parallel_for(self, record: ModelRecord) -> int:
-        """Slots: the model's entry, then the file's defaults, then ENGINEHOUSE_NUM_PARALLEL."""
+    def num_parallel_for(self, record: ModelRecord, ctx: int | None = None) -> int:
+        """Slots: the model's entry, then the file's defaults, then ENGINEHOUSE_NUM_PARALLEL; unset
+        everywhere (0): :meth:`auto_slots` for contexts of ``ctx`` tokens (or AUTO_SLOTS sharing a pool
+        when ENGINEHOUSE_KV_POOL is set)."""
+        explicit = self._explicit_slots(record)
+        if explicit:
+            return explicit
+        if self.config.kv_pool > 0:
+            return AUTO_SLOTS
+        return self.auto_slots(record, ctx or self.config.ctx_size)
+
+    def kv_pool_for(self, record: ModelRecord) -> int:
+        """Per-slot contexts of a KV pool the slots share (ENGINEHOUSE_KV_POOL, default slots only), or 0:
+        each slot its own context. An explicit ``num_parallel`` keeps its meaning (and its memory)."""
+        return 0 if self._explicit_slots(record) else max(0, self.config.kv_pool)
+
+    def _explicit_slots(self, record: ModelRecord) -> int:
         entry = self.entry_for(record)
-        return max(
-            1, entry.num_parallel or self.file_config.defaults.num_parallel or self.config.num_parallel
-        )
+        n = entry.num_parallel or self.file_config.defaults.num_parallel or self.config.num_parallel
+        return max(0, n)
+
+    def slot_memory(self, record: ModelRecord) -> int:
+        """Bytes the default slots' KV cache may take: ENGINEHOUSE_SLOT_MEMORY_MIB, else a quarter of the
+        budget (ENGINEHOUSE_MAX_MEMORY_MIB, or RAM less the reserve; the GPUs' free VRAM for a model
+        llama-server offloads), less nothing else: the eviction policy still decides what fits."""
+        if self.config.slot_memory_mib > 0:
+            return self.config.slot_memory_mib * MiB
+        hw = self.hardware()
+        built = self.installed().get("llama-server") if hw.gpus else None
+        if hw.gpus and (built is None or built.backends is None or "CUDA" in built.backends):
+            memory = free_vram(self.hardware(fresh=True).gpus)[0]
+        else:
+            total = hw.memory.total - self.config.memory_reserve_mib * MiB
+            cap = self.config.max_memory_mib * MiB
+            memory = min(total, cap) if cap else total
+        return max(0, memory) // AUTO_SLOT_SHARE
+
+    def auto_slots(self, record: ModelRecord, ctx: int) -> int:
+        """As many slots of ``ctx`` tokens as :meth:`slot_memory` holds KV caches for, within
+        [MIN_AUTO_SLOTS, AUTO_SLOTS]."""
+        info = gguf_info_for(record)
+        opts = self.entry_for(record).llama_server
+        per_context = estimate_runner(
+            info,
+            ctx_per_slot=ctx,
+            num_parallel=1,
+            cache_type_k=opts.cache_type_k or "f16",
+            cache_type_v=opts.cache_type_v or "f16",
+        ).kv_cache
+        if per_context <= 0:  # no KV cache (an encoder): slots cost nothing but a logits row
+            return AUTO_SLOTS
+        return max(MIN_AUTO_SLOTS, min(AUTO_SLOTS, self.slot_memory(record) // per_context))
 
     # ---- which engine ---------------------------------------------------------------------------
     def engine_for(self, record: ModelRecord) -> str:
@@ -153,14 +209,19 @@ class EngineFactory:
         for adapter in record.adapters:  # Modelfile ADAPTER lines: LoRA applied by llama-server
             extra += ("--lora", str(adapter))
         extra += entry.flags
+        embedding = info.is_embedding or spec.embedding or spec.rerank
+        # An embedding runner keeps its old default (4 slots of their own): it answers batches of inputs,
+        # not concurrent streams.
+        embedding_slots = self._explicit_slots(record) or MIN_AUTO_SLOTS
         settings = LlamaServerSettings(
             model_path=record.model_path,
             alias=record.name.display,
             ctx_per_slot=ctx,
-            num_parallel=self.num_parallel_for(record),
+            num_parallel=self.num_parallel_for(record, ctx) if not embedding else embedding_slots,
+            kv_pool=self.kv_pool_for(record) if not embedding else 0,
             threads=opts.threads or int(record.params.get("num_thread") or self.config.threads),
             cache_ram_mib=self.config.cache_ram_mib,
-            embedding=info.is_embedding or spec.embedding or spec.rerank,
+            embedding=embedding,
             rerank=spec.rerank,
             extra_args=extra,
             n_gpu_layers=opts.n_gpu_layers,
@@ -228,6 +289,8 @@ class EngineFactory:
             gguf_info_for(record),
             ctx_per_slot=settings.ctx_per_slot,
             num_parallel=settings.num_parallel,
+            kv_contexts=settings.kv_contexts,
+            shared_kv=settings.shared_kv,
             cache_type_k=settings.cache_type_k or "f16",
             cache_type_v=settings.cache_type_v or "f16",
             embedding=settings.embedding,
@@ -313,9 +376,17 @@ class EngineFactory:
                 ready_timeout=self.config.load_timeout,
             )
         binary = require_llama_server(self.config)
+        settings = self.settings_for(record, spec)
+        if settings.shared_kv and not supports_shared_kv(binary.path):
+            # A llama-server from elsewhere without the per-slot cap: as many slots of their own as the
+            # pool holds contexts, which is the memory the estimate counted.
+            log.info(
+                "%s has no --kv-unified-per-slot: %d slots of their own", binary.path, settings.kv_contexts
+            )
+            settings = dataclasses.replace(settings, num_parallel=settings.kv_contexts, kv_pool=0)
         return LlamaServerEngine(
             binary.path,
-            self.settings_for(record, spec),
+            settings,
             log_dir=self.config.logs,
             ready_timeout=self.config.load_timeout,
         )

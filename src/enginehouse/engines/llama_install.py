@@ -27,6 +27,7 @@ import tarfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from urllib.parse import urljoin
 
@@ -187,6 +188,25 @@ def supports_rpc(binary: Path) -> bool:
         except (OSError, subprocess.TimeoutExpired):
             return False
     return f"Failed to connect to {endpoint}" in out.stdout + out.stderr
+
+
+def supports_shared_kv(binary: Path) -> bool:
+    """Whether this llama-server caps each slot of a unified KV pool (``--kv-unified-per-slot``, which the
+    pinned build has and upstream builds may lack). Read from its ``--help`` once per binary version."""
+    try:
+        stat = binary.stat()
+    except OSError:
+        return False
+    return _lists_flag(binary, stat.st_mtime_ns, stat.st_size, "--kv-unified-per-slot")
+
+
+@lru_cache(maxsize=8)
+def _lists_flag(binary: Path, mtime_ns: int, size: int, flag: str) -> bool:  # mtime, size: a rebuild re-reads
+    try:
+        out = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return flag in out.stdout + out.stderr
 
 
 def require_llama_server(config: Config) -> LlamaServerBinary:

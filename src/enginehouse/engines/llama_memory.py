@@ -101,6 +101,8 @@ def estimate_runner(
     *,
     ctx_per_slot: int,
     num_parallel: int,
+    kv_contexts: int | None = None,
+    shared_kv: bool = False,
     cache_type_k: str = "f16",
     cache_type_v: str = "f16",
     embedding: bool = False,
@@ -109,21 +111,25 @@ def estimate_runner(
     n_ubatch: int = DEFAULT_UBATCH,
     flash_attention: bool = True,
 ) -> MemoryEstimate:
-    """Predict the resident memory of ``llama-server -c ctx_per_slot*num_parallel -np num_parallel``.
+    """Predict the resident memory of ``llama-server -c ctx_per_slot*kv_contexts -np num_parallel``
+    (``kv_contexts`` defaults to ``num_parallel``: each slot its own context). ``shared_kv``: the slots share
+    one unified pool of ``kv_contexts`` contexts (``--kv-unified --kv-unified-per-slot ctx_per_slot``).
 
-    Terms (bytes; ``ctx_slot = pad256(ctx_per_slot)`` as llama.cpp pads it, ``ub = min(n_ubatch,
-    ctx_slot * num_parallel)``):
+    Terms (bytes; ``ctx_slot = pad256(ctx_per_slot)`` as llama.cpp pads it, ``cells = ctx_slot *
+    kv_contexts``, ``ub = min(n_ubatch, cells)``):
 
     - weights = sum of tensor sizes. They are mmapped, but llama.cpp touches every page while loading,
       so they all become resident (as page cache, shared by runners of the same file).
-    - kv_cache = block_count * ctx_slot * num_parallel * (row(k, head_count_kv*key_length)
+    - kv_cache = block_count * cells * (row(k, head_count_kv*key_length)
       + row(v, head_count_kv*value_length)), row() being bytes per element for f16/bf16 (2), f32 (4), or
       whole blocks for quantized types (q8_0: 34 bytes per 32 elements; q4_0 18, q4_1 20, q5_0 22, q5_1
       24). Exact for full-attention models (SWA or MLA models need less). Encoder-only embedding
       models keep no KV cache.
     - compute = ub * 4 * (4*embedding_length + 3*feed_forward_length)  (activations of one layer)
-      + ub * ctx_slot * 2  (the f16 attention mask; with flash attention off, plus ub*ctx_slot*heads*4
-      for the attention scores) + num_parallel * vocab * 4  (the logits buffer)
+      + ub * span * 2  (the f16 attention mask, ``span`` the KV one sequence may see: ctx_slot, or the
+      whole pool when shared; with flash attention off, plus ub*span*heads*4 for the attention scores)
+      + num_parallel * vocab * 4  (the logits buffer: one row per slot, which is all that slots cost;
+      measured: 32 slots sharing a pool of 4 x 4096 hold 7 MiB more than 4 slots of their own)
       + for an embedding runner of a decoder model, 2 * ub * vocab * 4: llama.cpp computes and keeps
       logits for every token of the batch. (llama.cpp allocates the buffer at load; it becomes
       resident with the first large prompt.)
@@ -133,7 +139,8 @@ def estimate_runner(
     """
     slots = max(1, num_parallel)
     ctx_slot = _pad(max(1, ctx_per_slot), CTX_PAD)
-    cells = ctx_slot * slots
+    cells = ctx_slot * max(1, kv_contexts if kv_contexts is not None else slots)
+    span = cells if shared_kv else ctx_slot
     embd = info.embedding_length or 0
     heads = info.head_count or 0
     kv_heads = info.head_count_kv if info.head_count_kv is not None else heads
@@ -153,9 +160,9 @@ def estimate_runner(
     if experts and ff_expert:  # MoE: the active experts' activations
         n_ff = max(n_ff, experts * ff_expert)
     vocab = _meta_int(info, "vocab_size") or FALLBACK_VOCAB
-    compute = ub * 4 * (4 * embd + 3 * n_ff) + ub * ctx_slot * 2
+    compute = ub * 4 * (4 * embd + 3 * n_ff) + ub * span * 2
     if not flash_attention:
-        compute += ub * ctx_slot * heads * 4
+        compute += ub * span * heads * 4
     if encoder_only:
         compute += slots * embd * 4
     else:

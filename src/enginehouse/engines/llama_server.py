@@ -1,8 +1,18 @@
 """llama.cpp's ``llama-server`` as a managed runner on loopback.
 
-One runner serves one model with ``num_parallel`` slots and continuous batching. llama-server splits
-``-c`` across its slots (``-c 4096 -np 8`` leaves 512 tokens each), so we pass the per-slot context times
-the slot count. Its host-RAM prompt cache (``--cache-ram``) defaults to 8 GiB and grows with distinct
+One runner serves one model with ``num_parallel`` slots and continuous batching. Its KV cache is laid out
+one of two ways:
+
+- own contexts (``kv_pool`` 0): llama-server splits ``-c`` across its slots (``-c 4096 -np 8`` leaves 512
+  tokens each), so we pass the per-slot context times the slot count.
+- a shared pool (``kv_pool`` N, opt-in with ENGINEHOUSE_KV_POOL): one unified KV buffer of N per-slot contexts
+  (``--kv-unified``) that all slots draw from as their requests grow, each request capped at the per-slot
+  context (``--kv-unified-per-slot``). Many slots then cost the memory of N: short concurrent requests
+  each get a slot at once, but on CPU each step is slower (0.71-0.84x the tokens/s at 8 and 32 streams,
+  bench/slots.py), and if the requests in progress together outgrow the pool llama-server fails all of
+  them ("Context size has been exceeded."): docs/engines.md.
+
+Its host-RAM prompt cache (``--cache-ram``) defaults to 8 GiB and grows with distinct
 prompts, so we always set it on purpose.
 """
 
@@ -30,6 +40,7 @@ class LlamaServerSettings:
     alias: str
     ctx_per_slot: int = 4096
     num_parallel: int = 4
+    kv_pool: int = 0  # 0: each slot its own context; N: one KV pool of N contexts shared by the slots
     threads: int = 0
     cache_ram_mib: int = 256
     embedding: bool = False
@@ -50,8 +61,18 @@ class LlamaServerSettings:
     rpc: tuple[str, ...] = ()
 
     @property
+    def kv_contexts(self) -> int:
+        """Per-slot contexts the KV cache holds: the pool (never more than one per slot), or one per slot."""
+        return min(self.kv_pool, self.num_parallel) if self.kv_pool > 0 else self.num_parallel
+
+    @property
+    def shared_kv(self) -> bool:
+        return self.kv_pool > 0
+
+    @property
     def ctx_total(self) -> int:
-        return self.ctx_per_slot * self.num_parallel
+        """Tokens of KV cache (``--ctx-size``)."""
+        return self.ctx_per_slot * self.kv_contexts
 
 
 def build_argv(binary: Path, s: LlamaServerSettings, port: int) -> list[str]:
@@ -75,6 +96,8 @@ def build_argv(binary: Path, s: LlamaServerSettings, port: int) -> list[str]:
         "--metrics",
         "--no-webui",
     ]
+    if s.shared_kv:  # one pool for all slots; a request may still grow to ctx_per_slot, not to the pool
+        argv += ["--kv-unified", "--kv-unified-per-slot", str(s.ctx_per_slot)]
     if s.threads > 0:
         argv += ["--threads", str(s.threads)]
     if s.rerank:
@@ -211,6 +234,7 @@ class LlamaServerEngine(Engine):
             {
                 "ctx_per_slot": self.settings.ctx_per_slot,
                 "num_parallel": self.settings.num_parallel,
+                "kv_tokens": self.settings.ctx_total,
                 "n_gpu_layers": self.settings.n_gpu_layers,
                 "log": str(p.log_path),
                 "restart_cause": p.last_cause,
