@@ -72,11 +72,16 @@ def test_doctor_json_describes_this_machine(tmp_path: Path, llama_server: Path |
     assert model["name"] == MODEL and model["format"] == "gguf" and model["requested"] == "auto"
     assert model["engine"] == "llama-server"
     assert model["ready"] is (llama_server is not None)
-    # Defaults: 4 slots of 4096 tokens; the 135M model needs well under a GiB.
+    # Defaults: slots of 4096 tokens, as many as a quarter of the budget holds (4 to 32; engines.md "Slots").
     assert model["fits"] is True
-    assert (model["slots"], model["ctx_per_slot"], model["total_ctx"]) == (4, 4096, 16384)
-    assert 0 < model["needed_bytes"] < 1 << 30 and model["needed_bytes"] <= model["budget_bytes"]
+    assert 4 <= model["slots"] <= 32 and model["ctx_per_slot"] == 4096
+    assert model["total_ctx"] == model["slots"] * 4096
+    assert 0 < model["needed_bytes"] <= model["budget_bytes"]
     assert "GGUF runs on llama-server" in model["reason"]
+    # With the old fixed count set by hand: 4 slots of 4096 tokens; the 135M model needs well under a GiB.
+    pinned = report(tmp_path, llama_server, ENGINEHOUSE_NUM_PARALLEL="4")["models"][0]
+    assert (pinned["slots"], pinned["ctx_per_slot"], pinned["total_ctx"]) == (4, 4096, 16384)
+    assert 0 < pinned["needed_bytes"] < 1 << 30
 
 
 def test_doctor_finds_the_largest_context_under_a_small_cap(
