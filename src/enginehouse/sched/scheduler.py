@@ -247,8 +247,7 @@ class Scheduler:
     def speaks(self, record: ModelRecord, dialect: str) -> bool:
         """Whether the model's engine takes ``dialect``'s requests as they come (see
         :meth:`~enginehouse.engines.factory.EngineFactory.dialects_for`)."""
-        dialects = getattr(self.engine_factory, "dialects_for", None)  # test factories may be plain callables
-        return dialect in (dialects(record) if dialects is not None else frozenset({"openai"}))
+        return dialect in self.engine_factory.dialects_for(record)
 
     def entry(self, name: str) -> ModelEntry:
         return self.file_config.entry(name) or NO_ENTRY

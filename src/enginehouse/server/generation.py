@@ -10,6 +10,7 @@ the client's dialect is one the engine takes as it comes, the door forwards the 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -108,28 +109,15 @@ async def forward(
     return await engine.forward(path, body, request.app[GATEWAY].upstream, link_headers(request, engine))
 
 
-def lease_for(
+@contextlib.asynccontextmanager
+async def lease_for(
     request: web.Request,
     name: str,
     keep_alive: float | None = None,
     spec: RunnerSpec | None = None,
     record: ModelRecord | None = None,
-) -> _Noted:
-    """The scheduler's lease on ``name`` (``async with``), noted on the request for the metrics."""
-    return _Noted(request, request.app[GATEWAY].scheduler.acquire(name, keep_alive, spec, record))
-
-
-class _Noted:
-    """``async with``: the scheduler's lease, with the answering model noted on the request."""
-
-    def __init__(self, request: web.Request, inner: Any) -> None:
-        self._request = request
-        self._inner = inner
-
-    async def __aenter__(self) -> Lease:
-        lease: Lease = await self._inner.__aenter__()
-        note_model(self._request, lease)
-        return lease
-
-    async def __aexit__(self, *exc: Any) -> Any:
-        return await self._inner.__aexit__(*exc)
+) -> AsyncIterator[Lease]:
+    """The scheduler's lease on ``name``, noted on the request for the metrics."""
+    async with request.app[GATEWAY].scheduler.acquire(name, keep_alive, spec, record) as lease:
+        note_model(request, lease)
+        yield lease

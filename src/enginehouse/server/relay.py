@@ -18,7 +18,7 @@ the response cache asked; metrics are observed once per answer, never per chunk.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import orjson
@@ -47,28 +47,28 @@ class Encoder(Protocol):
     def error(self, exc: EnginehouseError) -> bytes: ...
 
 
+async def _objects(answer: EventStream, encoder: Encoder) -> AsyncIterator[dict[str, Any]]:
+    """The door's objects for an answer's events; the engine's in-band failure raises here."""
+    async for event in answer:
+        if isinstance(event, Failure):
+            raise RunnerError(event.message)
+        encoder.tally.see(event, time.monotonic())
+        for obj in encoder.objects(event):
+            yield obj
+
+
 async def relay_events(
     request: web.Request, answer: EventStream, encoder: Encoder, outcome: Outcome, stream: bool
 ) -> web.StreamResponse:
-    tally = encoder.tally
     try:
         if not stream:
-            objects: list[dict[str, Any]] = []
-            async for event in answer:
-                if isinstance(event, Failure):
-                    raise RunnerError(event.message)
-                tally.see(event, time.monotonic())
-                objects += encoder.objects(event)
+            objects = [obj async for obj in _objects(answer, encoder)]
             return json_response(encoder.fold(objects + encoder.closing()))
         out = open_stream(request, {"Content-Type": encoder.content_type, "Cache-Control": "no-cache"})
         await out.prepare(request)
         try:
-            async for event in answer:
-                if isinstance(event, Failure):
-                    raise RunnerError(event.message)
-                tally.see(event, time.monotonic())
-                for obj in encoder.objects(event):
-                    await out.write(encoder.frame(obj))
+            async for obj in _objects(answer, encoder):
+                await out.write(encoder.frame(obj))
             await out.write(b"".join(encoder.frame(o) for o in encoder.closing()) + encoder.closing_bytes)
         except EnginehouseError as exc:  # after the first byte the status is sent: reported in-band
             outcome.failed = exc.message
