@@ -167,3 +167,23 @@ def test_bad_settings() -> None:
         Health(failures=0)
     with pytest.raises(ValueError):
         Health(cooldown=10, max_cooldown=5)
+
+
+def test_requests_failed_together_by_one_incident_count_once() -> None:
+    h, clock = make(failures=3, window=30, cooldown=10)
+    sent = clock.now  # five requests in flight on one runner
+    clock.now += 2  # it dies: each of them fails
+    assert [h.failure("a", "died", sent_at=sent) for _ in range(5)] == [False] * 5
+    assert state(h).failures == 1 and h.available("a")
+    clock.now += 1  # requests sent after that failure count again: a model that keeps failing cools
+    assert not h.failure("a", "died", sent_at=clock.now - 0.5)
+    clock.now += 1
+    assert h.failure("a", "died", sent_at=clock.now - 0.5)
+    assert not h.available("a")
+
+
+def test_a_failure_without_its_send_time_always_counts() -> None:
+    h, clock = make(failures=2)
+    sent = clock.now
+    h.failure("a", "x", sent_at=sent)
+    assert h.failure("a", "x")  # the balancer's own reports give no send time

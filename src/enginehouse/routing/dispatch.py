@@ -11,7 +11,8 @@ the relay ends the stream with an explicit error in the door's dialect and notes
 
 Engine failures (start, connection, 5xx, timeout) count in :class:`~enginehouse.routing.health.Health`:
 ``[cooldown] failures`` of them within ``window`` seconds set the model aside for ``seconds``
-(doubling on each repeat), then one trial request decides. A request whose only candidate is cooled
+(doubling on each repeat), then one trial request decides. The requests one incident fails together
+(a runner's death, every request it had in flight) count once. A request whose only candidate is cooled
 down gets 503 saying until when.
 
 Requests that name a model directly pay a dictionary look-up or two here, nothing more.
@@ -348,6 +349,7 @@ class Dispatcher:
                 balancer.remember(replica, text)
                 replica.in_flight += 1
             self.health.begin(name)
+            sent_at = self.health.clock()
             try:
                 response = await attempt(name, outcome)
             except (EnginehouseError, TimeoutError) as exc:
@@ -357,7 +359,7 @@ class Dispatcher:
                 code, counts = reason
                 message = exc.message if isinstance(exc, EnginehouseError) else "timed out"
                 if counts:
-                    self.health.failure(name, message)
+                    self.health.failure(name, message, sent_at)
                 if self.metrics is not None:
                     self.metrics.fallbacks.labels(name, code).inc()
                 tried.append((name, f"{code}: {message}"))
@@ -369,7 +371,7 @@ class Dispatcher:
                 if pooled is not None:
                     pooled[1].in_flight -= 1
             if outcome.failed:
-                self.health.failure(name, outcome.failed)
+                self.health.failure(name, outcome.failed, sent_at)
             else:
                 self.health.success(name)
             return response

@@ -9,6 +9,11 @@ cools it down at once with the doubled back-off. ``begin`` marks the one request
 half-open as the trial, so that others wait for its answer instead of all piling onto a target that
 may still be broken.
 
+One incident is counted once: a runner that dies fails every request it had in flight, and those
+failures say the same thing. A failure that gives ``sent_at`` (when its request was sent) counts only
+if the request was sent after the last failure that counted; the others were already on their way
+when the target failed.
+
 Times are ``clock()`` seconds (``time.time`` by default, so that ``cooled_until`` can be shown as a
 wall-clock time); tests pass a fake clock. Pure and synchronous: no tasks, no I/O.
 """
@@ -39,6 +44,7 @@ class _State:
     ejections: int = 0
     probing: bool = False
     trial_at: float | None = None  # when the half-open trial request was sent
+    counted_at: float | None = None  # when the last failure that counted happened
 
 
 class Health:
@@ -86,14 +92,18 @@ class Health:
         that was sent before a cool-down began: the target works again)."""
         self._states.pop(key, None)
 
-    def failure(self, key: str, reason: str) -> bool:
-        """Count one failure; True when it started a cool-down."""
+    def failure(self, key: str, reason: str, sent_at: float | None = None) -> bool:
+        """Count one failure; True when it started a cool-down. ``sent_at``: when the failed request
+        was sent (``clock()`` seconds), so that the requests one incident fails together count once."""
         st = self._states.setdefault(key, _State())
         now = self.clock()
         self._settle(st, now)
         st.reason = reason
         if st.cooled_until is not None:
             return False  # a request sent before the cool-down began: one incident, one cool-down
+        if sent_at is not None and st.counted_at is not None and sent_at <= st.counted_at:
+            return False  # in flight when an earlier failure was counted: the same incident
+        st.counted_at = now
         if st.probing:
             self._cool(st, now)
             return True
