@@ -182,3 +182,18 @@ def test_wrong_types_on_every_endpoint_of_the_openapi_document(srv: BackgroundSe
                     call(srv, method.upper(), path, json=body)
                     checked += 1
     assert checked > 100
+
+
+def test_show_names_blobs_by_digest_and_its_modelfile_recreates_the_model(srv: BackgroundServer) -> None:
+    shown = httpx.post(f"{srv.base_url}/api/show", json={"model": MODEL}, timeout=30).json()
+    for secret in (str(srv.config.home), str(srv.config.models), str(Path.home()) + "/"):
+        assert secret not in json.dumps(shown), secret
+    assert "\nFROM sha256:" in shown["modelfile"]
+    resp = httpx.post(
+        f"{srv.base_url}/api/create",
+        json={"model": "again:latest", "modelfile": shown["modelfile"], "stream": False},
+        timeout=60,
+    )
+    assert resp.status_code == 200, resp.text
+    again = httpx.post(f"{srv.base_url}/api/show", json={"model": "again:latest"}, timeout=30).json()
+    assert again["details"] == shown["details"] and again["parameters"] == shown["parameters"]

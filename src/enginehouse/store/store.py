@@ -77,6 +77,12 @@ class ModelRecord:
     size: int = 0
     modified_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
+    @property
+    def adapter_digests(self) -> list[str]:
+        """The adapters' blob digests, in the manifest's order (the order of ``adapters``)."""
+        layers = self.manifest.get("layers", [])
+        return [layer["digest"] for layer in layers if layer.get("mediaType") == MEDIA_ADAPTER]
+
 
 def manifest_digests(manifest: Any) -> list[str]:
     """Every blob digest a manifest names (config first), validated; StoreError if malformed."""
