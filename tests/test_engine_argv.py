@@ -12,7 +12,7 @@ from enginehouse.config_file import parse_config_text
 from enginehouse.engines.base import RunnerSpec
 from enginehouse.engines.choose import InstalledEngine
 from enginehouse.engines.factory import EngineFactory
-from enginehouse.engines.llama_server import LlamaServerSettings, build_argv
+from enginehouse.engines.llama_server import LlamaServerSettings, build_argv, input_limit
 from enginehouse.engines.offload import LayerSizes, layers_that_fit, read_layer_sizes
 from enginehouse.engines.vllm import API_SERVER_MODULE, VllmSettings, find_vllm, runner_env
 from enginehouse.engines.vllm import build_argv as vllm_argv
@@ -342,3 +342,25 @@ def test_a_projector_layer_is_the_runners_mmproj(tmp_path: Path, store: Store, b
     assert factory.settings_for(store.resolve(BUNDLED_NAME)).mmproj is None
     embedding = factory.settings_for(seer, RunnerSpec(embedding=True))
     assert embedding.mmproj is None  # an embedding runner needs no projector
+
+
+@pytest.mark.parametrize(
+    ("message", "limit"),
+    [
+        # an encoder (can_split false) longer than its micro-batch, then than its context
+        (
+            "input (900 tokens) is too large to process. increase the physical batch size "
+            "(current batch size: 512)",
+            512,
+        ),
+        ("input (900 tokens) is larger than the max context size (512 tokens). skipping", 512),
+        # a decoder: the prompt must leave one token of the context free
+        ("request (5000 tokens) exceeds the available context size (4096 tokens), try increasing it", 4095),
+        ("Context size has been exceeded.", None),
+        ("model is loading", None),
+    ],
+)
+def test_an_embedding_inputs_limit_is_read_from_llama_servers_refusal(
+    message: str, limit: int | None
+) -> None:
+    assert input_limit(message) == limit

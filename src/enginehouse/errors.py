@@ -19,7 +19,8 @@
     ├── EngineBuildFailed                 500  building an engine failed (carries the log tail)
     ├── ConversionFailed                  500  converting a Hugging Face model to GGUF failed
     ├── RunnerError                       502  a runner failed to start, died, or answered badly
-    │   └── RunnerStartFailed             502  carries the last lines of the runner's log
+    │   ├── RunnerStartFailed             502  carries the last lines of the runner's log
+    │   └── EngineRefused                 502  the engine is up and answered this request with an error
     ├── ServerBusy                        503  queue full: try again after ``retry_after`` seconds
     ├── InsufficientMemory                507  the model cannot fit in the memory budget, ever
     ├── InsufficientStorage               507  the store's disk has no room for an upload
@@ -146,6 +147,13 @@ class ConversionFailed(EnginehouseError):
 
 class RunnerError(EnginehouseError):
     status = 502
+
+
+class EngineRefused(RunnerError):
+    """The engine is up and answered this request with an error (its 500, or an error event mid-stream):
+    the request failed, not the engine, so it does not count against the model's health. llama-server
+    answers 500 to inputs its template or parser throws on; counting those would let one client's bad
+    requests cool a model down for everyone."""
 
 
 class RunnerStartFailed(RunnerError):

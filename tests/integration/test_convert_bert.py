@@ -169,3 +169,37 @@ def test_legacy_api_embeddings_matches_sentence_transformers(
     assert httpx.post(
         f"{server.base_url}/api/embeddings", json={"model": converted, "prompt": ""}
     ).json() == {"embedding": []}
+
+
+def test_an_input_longer_than_the_model_takes_is_truncated_unless_the_client_says_not_to(
+    server: BackgroundServer, converted: str
+) -> None:
+    """llama-server refuses such an input (with a 500 for an encoder); Ollama truncates by default."""
+    head = " ".join(f"word{i} and the cat sat on the mat." for i in range(300))  # well past 512 tokens
+    long_a, long_b = head + " first ending", head + " a different ending entirely"
+    client = ollama.Client(host=server.base_url)
+    resp = client.embed(model=converted, input=[long_a, long_b, SENTENCES[0]])
+    a, b, short = (list(v) for v in resp.embeddings)
+    assert abs(norm(a) - 1) < 1e-3 and len(a) == 384
+    assert cosine(a, b) > 0.9999  # the same first tokens: the endings were cut off
+    assert cosine(a, short) < 0.9
+    assert 512 * 2 < resp.prompt_eval_count <= 512 * 2 + 50  # counted as truncated
+    alone = client.embed(model=converted, input=SENTENCES[0]).embeddings[0]
+    assert cosine(short, list(alone)) > 0.9999  # inputs that fit are sent as they are
+
+    openai_vec = (
+        openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused")
+        .embeddings.create(model=converted, input=long_a)
+        .data[0]
+        .embedding
+    )
+    assert cosine(openai_vec, a) > 0.9999
+
+    with pytest.raises(ollama.ResponseError) as refused:
+        client.embed(model=converted, input=[SENTENCES[0], long_a], truncate=False)
+    assert refused.value.status_code == 400
+    assert "exceeds the model's maximum context length (512 tokens)" in refused.value.error
+    for _ in range(4):  # refusals are the client's: they never cool the model down for others
+        with pytest.raises(ollama.ResponseError):
+            client.embed(model=converted, input=long_a, truncate=False)
+    assert client.embed(model=converted, input=SENTENCES[1]).embeddings

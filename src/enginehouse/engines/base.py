@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -27,7 +27,7 @@ import orjson
 from enginehouse.canonical import ChatCall, CompletionCall, EmbedCall, Event, Ranked, RerankCall, RerankResult
 from enginehouse.engines.openai_wire import events, request_for
 from enginehouse.engines.upstream import EngineAnswer, Upstream, raise_for_engine
-from enginehouse.errors import ContextOverflow, InvalidRequest, RunnerError
+from enginehouse.errors import ContextOverflow, EnginehouseError, InvalidRequest, RunnerError
 
 #: What a broken engine stream looks like from the clients' side: reported as "closed early".
 STREAM_BROKEN = (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
@@ -130,6 +130,10 @@ class Engine(abc.ABC):
     dialects: ClassVar[frozenset[str]] = frozenset({"openai"})
     #: Another gateway or server across the network: requests carry the loop guard's header to it.
     forwards: ClassVar[bool] = False
+    #: What the engine's 500 raises. A RunnerError counts against the model's health; a runner whose
+    #: liveness the gateway judges itself (process, watchdog) says EngineRefused: its 500 is about the
+    #: request, so a client's bad input cannot cool the model down for others.
+    refused: ClassVar[type[RunnerError]] = RunnerError
 
     @property
     @abc.abstractmethod
@@ -182,7 +186,7 @@ class Engine(abc.ABC):
         path, body = request_for(call, self.served_model)
         resp = await http.post(self.base_url + path, body, self.headers(extra))
         try:
-            await raise_for_engine(resp)
+            await raise_for_engine(resp, self.refused)
         except BaseException:
             resp.close()
             raise
@@ -191,8 +195,25 @@ class Engine(abc.ABC):
     async def embed(self, call: EmbedCall, http: Upstream, extra: dict[str, str] | None = None) -> Embeddings:
         if not call.inputs:
             return Embeddings([], 0)
-        body = {"model": self.served_model, "input": call.inputs}
-        data = await http.post_json(self.base_url + "/v1/embeddings", body, self.headers(extra))
+        return await self.embeddings(call.inputs, http, extra)
+
+    async def fit_inputs(
+        self,
+        inputs: Sequence[str | list[int]],
+        refusal: EnginehouseError,
+        http: Upstream,
+        extra: dict[str, str] | None = None,
+    ) -> list[str | list[int]] | None:
+        """Embedding inputs cut to what the engine takes, when its ``refusal`` said one was too long
+        (Ollama's ``truncate``); None when the refusal says something else or the engine cannot cut."""
+        return None
+
+    async def embeddings(
+        self, inputs: Sequence[str | list[int]], http: Upstream, extra: dict[str, str] | None = None
+    ) -> Embeddings:
+        """One vector per input, each text or the model's own token ids, from ``/v1/embeddings``."""
+        body = {"model": self.served_model, "input": list(inputs)}
+        data = await http.post_json(self.base_url + "/v1/embeddings", body, self.headers(extra), self.refused)
         vectors = [d["embedding"] for d in sorted(data["data"], key=lambda d: d.get("index", 0))]
         return Embeddings(vectors, int((data.get("usage") or {}).get("prompt_tokens", 0)))
 
@@ -214,7 +235,7 @@ class Engine(abc.ABC):
         if call.top_n is not None:
             body["top_n"] = call.top_n
         try:
-            data = await http.post_json(self.base_url + "/v1/rerank", body, self.headers(extra))
+            data = await http.post_json(self.base_url + "/v1/rerank", body, self.headers(extra), self.refused)
         except RunnerError as exc:
             raise too_long(exc) or exc from exc
         return rerank_result(data, len(call.documents), call.top_n)

@@ -20,15 +20,23 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from enginehouse.canonical import ChatCall, CompletionCall
-from enginehouse.engines.base import Engine, EngineInfo
+from enginehouse.canonical import ChatCall, CompletionCall, EmbedCall
+from enginehouse.engines.base import Embeddings, Engine, EngineInfo
 from enginehouse.engines.openai_wire import chat_request
 from enginehouse.engines.rpc_worker import check_workers_async, name_failed_workers
 from enginehouse.engines.upstream import Upstream
-from enginehouse.errors import RunnerStartFailed
+from enginehouse.errors import (
+    ContextOverflow,
+    EnginehouseError,
+    EngineRefused,
+    InvalidRequest,
+    RunnerError,
+    RunnerStartFailed,
+)
 from enginehouse.process import ManagedProcess, RestartPolicy, State
 
 
@@ -133,11 +141,31 @@ def log_name(alias: str) -> str:
     return _SAFE.sub("_", alias).strip("_") + ".log"
 
 
+# llama-server's refusals of an input longer than an embedding runner takes (server-context.cpp): an
+# encoder's micro-batch, its context, or a decoder's context (which must keep one token free).
+_INPUT_LIMITS = (
+    (re.compile(r"is too large to process.*batch size: (\d+)", re.S), 0),
+    (re.compile(r"is larger than the max context size \((\d+) tokens\)"), 0),
+    (re.compile(r"exceeds the available context size \((\d+) tokens\)"), 1),
+)
+
+
+def input_limit(message: str) -> int | None:
+    """The most tokens one input may have, read from llama-server's refusal of a longer one."""
+    for pattern, spare in _INPUT_LIMITS:
+        if found := pattern.search(message):
+            return int(found[1]) - spare
+    return None
+
+
 class LlamaServerEngine(Engine):
     kind = "llama-server"
     #: What the watchdog probes (sched/watchdog.py): /health is answered by the HTTP threads and stays green
     #: while the main loop is stuck; /slots is a task on the main loop's queue, answered between batches.
     stall_probe = "/slots"
+    #: llama-server answers 500 to inputs its template or parser throws on; a dead or stuck runner shows
+    #: as a dropped connection or to the watchdog instead.
+    refused = EngineRefused
 
     def __init__(
         self, binary: Path, settings: LlamaServerSettings, *, log_dir: Path, ready_timeout: float = 300.0
@@ -214,10 +242,64 @@ class LlamaServerEngine(Engine):
         prompt = call.prompt if isinstance(call, CompletionCall) else None
         if isinstance(call, ChatCall):
             _, body = chat_request(call, self.served_model)
-            prompt = (await http.post_json(self.base_url + "/apply-template", body, headers)).get("prompt")
+            prompt = (
+                await http.post_json(self.base_url + "/apply-template", body, headers, self.refused)
+            ).get("prompt")
         body = {"content": prompt or "", "add_special": True, "parse_special": True}
-        tokens = (await http.post_json(self.base_url + "/tokenize", body, headers)).get("tokens")
+        tokens = (await http.post_json(self.base_url + "/tokenize", body, headers, self.refused)).get(
+            "tokens"
+        )
         return len(tokens or [])
+
+    async def embed(self, call: EmbedCall, http: Upstream, extra: dict[str, str] | None = None) -> Embeddings:
+        """Embeddings; an input longer than the runner takes is cut to fit (Ollama's ``truncate``, its
+        default), or refused with 400 when the client asked not to truncate."""
+        try:
+            return await super().embed(call, http, extra)
+        except (InvalidRequest, RunnerError) as exc:
+            limit = input_limit(exc.message)
+            if limit is None:
+                raise
+            if not call.truncate:
+                raise ContextOverflow(
+                    f"input length exceeds the model's maximum context length ({limit} tokens)"
+                ) from exc
+        return await self.embeddings(
+            [await self._fit(x, limit, http, extra) for x in call.inputs], http, extra
+        )
+
+    async def fit_inputs(
+        self,
+        inputs: Sequence[str | list[int]],
+        refusal: EnginehouseError,
+        http: Upstream,
+        extra: dict[str, str] | None = None,
+    ) -> list[str | list[int]] | None:
+        """llama-server refuses an input longer than its context or, for an encoder, its micro-batch
+        (with a 500): the limit is read from that refusal."""
+        limit = input_limit(refusal.message)
+        if limit is None:
+            return None
+        return [await self._fit(x, limit, http, extra) for x in inputs]
+
+    async def _fit(
+        self, item: str | list[int], limit: int, http: Upstream, extra: dict[str, str] | None
+    ) -> str | list[int]:
+        """``item`` as it is when it fits, else its first tokens with the special tokens the model puts
+        around an input kept (a BERT's [CLS] ... [SEP], a last-token pooler's EOS). Token ids from the
+        client are the client's own: cut, nothing added."""
+        if not isinstance(item, str):
+            return item[:limit]
+        url, headers = self.base_url + "/tokenize", self.headers(extra)
+        body = {"content": item, "add_special": True, "parse_special": True}
+        full: list[int] = (await http.post_json(url, body, headers, self.refused))["tokens"]
+        if len(full) <= limit:
+            return item
+        body["add_special"] = False
+        plain: list[int] = (await http.post_json(url, body, headers, self.refused))["tokens"]
+        lead = 0 if full[: len(plain[:1])] == plain[:1] else 1
+        trail = max(len(full) - len(plain) - lead, 0)
+        return full[: limit - trail] + full[len(full) - trail :] if trail else full[:limit]
 
     def kill(self, cause: str) -> bool:
         """The watchdog's remedy: SIGKILL the runner and start a fresh one (see ManagedProcess.kill)."""

@@ -18,7 +18,13 @@ import orjson
 
 from enginehouse import http_client
 from enginehouse.engines.engine_http import EngineHTTP, EngineResponse
-from enginehouse.errors import ContextOverflow, InvalidRequest, LoopDetected, RunnerError, UpstreamUnavailable
+from enginehouse.errors import (
+    ContextOverflow,
+    InvalidRequest,
+    LoopDetected,
+    RunnerError,
+    UpstreamUnavailable,
+)
 
 _STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
@@ -107,11 +113,17 @@ class Upstream:
                 raise UpstreamUnavailable(f"engine at {url} is unreachable: {exc}") from exc
         raise AssertionError("unreachable")
 
-    async def post_json(self, url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
-        """POST and parse a JSON answer; the engine's 400 becomes ours, anything else a RunnerError."""
+    async def post_json(
+        self,
+        url: str,
+        body: dict[str, Any],
+        headers: dict[str, str] | None = None,
+        refused: type[RunnerError] = RunnerError,
+    ) -> Any:
+        """POST and parse a JSON answer; an error answer raises as in :func:`raise_for_engine`."""
         resp = await self.post(url, body, headers)
         async with resp:
-            await raise_for_engine(resp)
+            await raise_for_engine(resp, refused)
             return orjson.loads(await resp.read())
 
     async def get_json(self, url: str, timeout: float = 10) -> Any:
@@ -120,15 +132,18 @@ class Upstream:
             return await resp.json(loads=orjson.loads)
 
 
-async def raise_for_engine(resp: EngineAnswer) -> None:
-    """An engine's non-200 answer as our error: its 400 is the client's (InvalidRequest), anything else
-    a RunnerError, with the engine's own message either way."""
+async def raise_for_engine(resp: EngineAnswer, refused: type[RunnerError] = RunnerError) -> None:
+    """An engine's non-200 answer as our error: its 400 is the client's (InvalidRequest), its 500
+    ``refused`` (the engine's :attr:`~enginehouse.engines.base.Engine.refused`), anything else a
+    RunnerError, with the engine's own message either way."""
     if resp.status != 200:
         message = await error_text(resp)
         if resp.status == 400 and "context" in message and ("exceed" in message or "larger" in message):
             raise ContextOverflow(message)  # llama-server's exceed_context_size_error, vLLM's too
         if resp.status == 508:
             raise LoopDetected(message)  # another node: the request already passed it
+        if resp.status == 500:
+            raise refused(message)
         raise (InvalidRequest if resp.status == 400 else RunnerError)(message)
 
 

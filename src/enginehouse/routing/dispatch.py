@@ -39,6 +39,7 @@ from enginehouse.errors import (
     ContextOverflow,
     EnginehouseError,
     EngineNotInstalled,
+    EngineRefused,
     InsufficientMemory,
     LoopDetected,
     ModelNotFound,
@@ -73,6 +74,7 @@ MAX_HOPS = 8
 FALLTHROUGH: tuple[tuple[type[BaseException], str, bool], ...] = (
     (ContextOverflow, "context", False),
     (InsufficientMemory, "no-fit", False),
+    (EngineRefused, "engine-error", False),  # the engine is up: this request failed, not the engine
     (RunnerStartFailed, "start-failed", True),
     (UpstreamUnavailable, "unreachable", True),
     (RunnerError, "engine-error", True),
@@ -105,6 +107,13 @@ class Outcome:
     model: str = ""  # the candidate answering now
     tried: list[str] = field(default_factory=list)  # candidates that could not answer, in order
     failed: str | None = None  # the engine failed after the first byte reached the client
+    failed_counts: bool = False  # ... in a way that says the engine is broken (health counts it)
+
+    def fail(self, exc: EnginehouseError) -> None:
+        """Note a failure after the first byte: a dropped stream counts against the model's health, an
+        engine's own error event or the request's deadline does not."""
+        reason = fallthrough(exc)
+        self.failed, self.failed_counts = exc.message, bool(reason and reason[1])
 
     @property
     def fallbacks(self) -> str | None:
@@ -370,10 +379,10 @@ class Dispatcher:
             finally:
                 if pooled is not None:
                     pooled[1].in_flight -= 1
-            if outcome.failed:
-                self.health.failure(name, outcome.failed, sent_at)
-            else:
+            if outcome.failed is None:
                 self.health.success(name)
+            elif outcome.failed_counts:
+                self.health.failure(name, outcome.failed, sent_at)
             return response
         if last is not None and len(tried) == 1 and len(plan.candidates) == 1:
             if isinstance(last, ModelNotFound) and plan.router is None:

@@ -23,15 +23,17 @@ from enginehouse.api.prepare import renders
 from enginehouse.canonical import Call
 from enginehouse.catalog import is_gguf
 from enginehouse.engines.base import RunnerSpec
-from enginehouse.engines.upstream import raise_for_engine
-from enginehouse.errors import EnginehouseError, InvalidRequest, openai_error_body
+from enginehouse.engines.upstream import EngineAnswer, raise_for_engine
+from enginehouse.errors import EnginehouseError, InvalidRequest, RunnerError, openai_error_body
 from enginehouse.routing.dispatch import Outcome
+from enginehouse.sched.scheduler import Lease
 from enginehouse.server.app_state import GATEWAY, clamp_num_ctx, json_response, read_json
 from enginehouse.server.caching import answer_cached
 from enginehouse.server.generation import (
     facts_for,
     forward,
     lease_for,
+    link_headers,
     plan_request,
     prepare,
     routed,
@@ -214,12 +216,19 @@ async def _answer(
         data["model"] = engine.served_model
         apply_model_defaults(data, record, path)
         sent = time.monotonic()
-        resp = await forward(request, lease, path, data)
         try:
-            await raise_for_engine(resp)
-        except BaseException:
-            resp.close()
-            raise
+            resp = await _sent(request, lease, path, data)
+        except (InvalidRequest, RunnerError) as exc:
+            # An embedding input longer than the engine takes is cut to fit, as Ollama's /v1 does
+            fitted = None
+            if path == "/v1/embeddings":
+                inputs = _embedding_inputs(data.get("input"))
+                upstream, extra = request.app[GATEWAY].upstream, link_headers(request, engine)
+                fitted = await engine.fit_inputs(inputs, exc, upstream, extra)
+            if fitted is None:
+                raise
+            data["input"] = fitted
+            resp = await _sent(request, lease, path, data)
 
         def observe(first: float | None, tail: bytes) -> None:
             observe_bytes(request, "openai", lease, started, sent, first, tail)
@@ -227,6 +236,24 @@ async def _answer(
         # The answer names the model the client asked for (an alias, a router), not the engine's name.
         rename = renamer(engine.served_model, asked)
         return await relay_bytes(request, resp, _SSEFraming, outcome, rename, observe)
+
+
+async def _sent(request: web.Request, lease: Lease, path: str, data: dict[str, Any]) -> EngineAnswer:
+    """The body to the leased engine; its error answer raises (the connection closed)."""
+    resp = await forward(request, lease, path, data)
+    try:
+        await raise_for_engine(resp, lease.model.engine.refused)
+    except BaseException:
+        resp.close()
+        raise
+    return resp
+
+
+def _embedding_inputs(value: Any) -> list[str | list[int]]:
+    """OpenAI's ``input`` as a list of inputs: a string, token ids, or a list of either."""
+    if isinstance(value, str) or (isinstance(value, list) and value and isinstance(value[0], int)):
+        return [value]
+    return list(value or [])
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

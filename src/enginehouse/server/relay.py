@@ -27,7 +27,7 @@ from aiohttp import web
 from enginehouse.canonical import Event, Failure
 from enginehouse.engines.base import STREAM_BROKEN, EventStream
 from enginehouse.engines.upstream import EngineAnswer
-from enginehouse.errors import EnginehouseError, RunnerError
+from enginehouse.errors import EnginehouseError, EngineRefused, RunnerError
 from enginehouse.routing.dispatch import Outcome
 from enginehouse.server.app_state import json_response
 from enginehouse.server.caching import open_stream
@@ -51,7 +51,7 @@ async def _objects(answer: EventStream, encoder: Encoder) -> AsyncIterator[dict[
     """The door's objects for an answer's events; the engine's in-band failure raises here."""
     async for event in answer:
         if isinstance(event, Failure):
-            raise RunnerError(event.message)
+            raise EngineRefused(event.message)
         encoder.tally.see(event, time.monotonic())
         for obj in encoder.objects(event):
             yield obj
@@ -71,7 +71,7 @@ async def relay_events(
                 await out.write(encoder.frame(obj))
             await out.write(b"".join(encoder.frame(o) for o in encoder.closing()) + encoder.closing_bytes)
         except EnginehouseError as exc:  # after the first byte the status is sent: reported in-band
-            outcome.failed = exc.message
+            outcome.fail(exc)
             await out.write(encoder.error(exc))
         await out.write_eof()
         return out
@@ -156,7 +156,7 @@ async def relay_bytes(
                 if isinstance(exc, EnginehouseError)
                 else RunnerError("the engine closed the stream early")
             )
-            outcome.failed = error.message
+            outcome.fail(error)
             await out.write(framing.error(error))
         await out.write_eof()
         return out
