@@ -22,6 +22,7 @@ from tests.conftest import MODEL
 pytestmark = pytest.mark.slow
 
 HI = [{"role": "user", "content": "Say hi."}]
+LOOP_TEMPLATE = "{% for i in range(10**9) %}x{% endfor %}"
 HUGE_ENUM = {"type": "string", "enum": [f"v{i}" for i in range(100_000)]}
 
 
@@ -55,6 +56,16 @@ def ordinary_chat_is_fast(oai: openai.OpenAI, usual: float) -> None:
     assert timed_chat(oai) < usual + 1.0
 
 
+def image_message(url: str) -> dict[str, Any]:
+    return {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "What is it?"},
+            {"type": "image_url", "image_url": {"url": url}},
+        ],
+    }
+
+
 def tool(parameters: Any) -> list[dict[str, Any]]:
     return [{"type": "function", "function": {"name": "f", "parameters": parameters}}]
 
@@ -80,6 +91,20 @@ OPENAI_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("logit_bias as a list", {"extra_body": {"logit_bias": [[1, 5.0]]}}, "logit_bias"),
     ("max_tokens 0", {"max_tokens": 0}, "max_tokens"),
     ("content of a wrong type", {"messages": [{"role": "user", "content": 7}]}, "messages[0].content"),
+    # llama-server fetches an http(s) image link itself: a request must not make the machine fetch
+    (
+        "an image link",
+        {"messages": [image_message("http://127.0.0.1:9/cat.png")]},
+        "messages.content.image_url",
+    ),
+    ("a file URL", {"messages": [image_message("file:///etc/passwd")]}, "messages.content.image_url"),
+    # vLLM renders a request's own template: a loop of 10^9 steps would stall it
+    ("a client chat template", {"extra_body": {"chat_template": LOOP_TEMPLATE}}, "chat_template"),
+    (
+        "a chat template smuggled in chat_template_kwargs",
+        {"extra_body": {"chat_template_kwargs": {"chat_template": LOOP_TEMPLATE}}},
+        "chat_template_kwargs.chat_template",
+    ),
 ]
 
 

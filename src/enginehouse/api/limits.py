@@ -39,6 +39,7 @@ MAX_EMBED_INPUTS = 2_048  # OpenAI's cap on one embeddings request
 MAX_RERANK_DOCUMENTS = 1_000  # Cohere's recommended cap on one rerank request; each is one engine task
 MAX_RERANK_CHARS = 65_536  # a query or one document: ~16k tokens, past the context of today's rerankers
 MAX_TOOLS = 128  # OpenAI's cap
+MAX_TEMPLATE_KWARGS = 64  # chat_template_kwargs: a few switches (enable_thinking, reasoning_effort)
 MAX_BODY_DEPTH = 128  # JSON nesting of a whole request body
 # Images: each one is decoded and encoded by the engine's projector before the first token (seconds of
 # CPU per image for real projectors), so a request carries a few, each within OpenAI's 20 MB.

@@ -9,6 +9,7 @@ here with their bounds: an unknown field reaches the engine, a known one only wi
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from enginehouse.api import limits, structured
 from enginehouse.api.limits import INT32_MAX, MAX_CHOICES, MAX_TOKENS
 from enginehouse.api.ollama import Options
+from enginehouse.errors import InvalidRequest
 
 __all__ = ["MAX_CHOICES", "ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest"]
 
@@ -36,6 +38,9 @@ class _Body(_Wire, limits.DepthBounded):
 class ChatMessage(_Wire):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = None
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")  # a URL's scheme; base64 has no colon
 
 
 def image_urls(content: Any) -> list[str]:
@@ -144,10 +149,40 @@ class ChatCompletionRequest(_Sampling):
     reasoning: Reasoning | None = Field(None, description="the Responses API's spelling of reasoning_effort")
     tools: list[dict[str, Any]] | None = Field(None, max_length=limits.MAX_TOOLS)
     tool_choice: str | dict[str, Any] | None = None
+    chat_template_kwargs: dict[str, Any] | None = Field(None, max_length=limits.MAX_TEMPLATE_KWARGS)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_client_templates(cls, data: Any) -> Any:
+        """A template is code the engine runs: vLLM renders a request's ``chat_template`` (and one passed
+        in ``chat_template_kwargs``), which its advisory for template-driven resource exhaustion shows
+        a client can use to stall it. The model's template is the operator's (its Modelfile)."""
+        if isinstance(data, dict):
+            kwargs = data.get("chat_template_kwargs")
+            for param, found in (
+                ("chat_template", data),
+                ("chat_template_kwargs.chat_template", kwargs if isinstance(kwargs, dict) else {}),
+            ):
+                if "chat_template" in found:
+                    raise InvalidRequest(
+                        f"'{param}': a request cannot bring its own chat template; "
+                        "set the model's TEMPLATE in a Modelfile instead",
+                        param=param,
+                    )
+        return data
 
     @model_validator(mode="after")
     def _bounded_images(self) -> ChatCompletionRequest:
         urls = [url for m in self.messages for url in image_urls(m.content)]
+        for url in urls:
+            # llama-server would fetch an http(s) link itself: a request must not make the machine
+            # fetch anything (server-side request forgery, as in vLLM's advisory for media URLs).
+            if _SCHEME.match(url) and not url.startswith("data:"):
+                raise InvalidRequest(
+                    "'messages.content.image_url': send the image as a data URL "
+                    "(data:image/png;base64,...); the server fetches no links or files",
+                    param="messages.content.image_url",
+                )
         limits.check_images([u.split(",", 1)[-1] for u in urls], "messages.content.image_url")
         return self
 
@@ -164,8 +199,19 @@ class ChatCompletionRequest(_Sampling):
         return value
 
 
+Tokens = Annotated[list[Annotated[int, Field(ge=0, le=INT32_MAX)]], Field(max_length=limits.MAX_TOKENS)]
+
+
 class CompletionRequest(_Sampling):
-    prompt: str | Annotated[list[str], Field(max_length=limits.MAX_PROMPTS)]
+    # OpenAI's prompt: a string, a list of them, token ids, or a list of token-id lists
+    prompt: (
+        str
+        | Annotated[list[str], Field(max_length=limits.MAX_PROMPTS)]
+        | Tokens
+        | Annotated[list[Tokens], Field(max_length=limits.MAX_PROMPTS)]
+    )
+    # The legacy API's logprobs is a count of candidates per token (llama-server's n_probs), not a switch
+    logprobs: int | None = Field(None, ge=0, le=limits.MAX_TOP_LOGPROBS)  # type: ignore[assignment]
     suffix: str | None = None
     echo: bool | None = None
 
