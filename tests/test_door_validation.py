@@ -183,6 +183,14 @@ def test_other_endpoints_are_bounded_too():
     assert refusal(CompletionRequest, prompts).param == "prompt"
 
 
+def test_legacy_completions_take_what_openais_api_defines():
+    """``logprobs`` is a count there (llama-server's n_probs), and a prompt may be token ids."""
+    for prompt in ("x", ["x", "y"], [1, 2, 3], [[1, 2], [3]]):
+        CompletionRequest.model_validate({"model": "m", "prompt": prompt, "logprobs": 3})
+    assert refusal(CompletionRequest, {"model": "m", "prompt": "x", "logprobs": 10**9}).param == "logprobs"
+    assert refusal(CompletionRequest, {"model": "m", "prompt": [1, -5]}).param.startswith("prompt")
+
+
 def test_a_body_nested_past_the_bound_is_refused_before_any_field_is_read():
     deep: Any = "x"
     for _ in range(limits.MAX_BODY_DEPTH + 1):
