@@ -193,20 +193,37 @@ class Engine(abc.ABC):
         return EventStream(events(resp.iter_any()), resp.close)
 
     async def embed(self, call: EmbedCall, http: Upstream, extra: dict[str, str] | None = None) -> Embeddings:
+        """Embeddings; an input longer than the engine takes (when it says how long that is, see
+        :meth:`input_limit`) is cut to fit, Ollama's ``truncate`` default, or refused with 400."""
         if not call.inputs:
             return Embeddings([], 0)
-        return await self.embeddings(call.inputs, http, extra)
+        try:
+            return await self.embeddings(call.inputs, http, extra)
+        except (InvalidRequest, RunnerError) as exc:
+            limit = self.input_limit(exc)
+            if limit is None:
+                raise
+            if not call.truncate:
+                raise ContextOverflow(
+                    f"input length exceeds the model's maximum context length ({limit} tokens)"
+                ) from exc
+        return await self.embeddings(await self.fit_inputs(call.inputs, limit, http, extra), http, extra)
+
+    def input_limit(self, refusal: EnginehouseError) -> int | None:
+        """The most tokens one embedding input may have, when ``refusal`` says an input was longer;
+        None when it says something else or the engine does not tell."""
+        return None
 
     async def fit_inputs(
         self,
         inputs: Sequence[str | list[int]],
-        refusal: EnginehouseError,
+        limit: int,
         http: Upstream,
         extra: dict[str, str] | None = None,
-    ) -> list[str | list[int]] | None:
-        """Embedding inputs cut to what the engine takes, when its ``refusal`` said one was too long
-        (Ollama's ``truncate``); None when the refusal says something else or the engine cannot cut."""
-        return None
+    ) -> list[str | list[int]]:
+        """Embedding inputs cut to ``limit`` tokens each (only engines with an :meth:`input_limit` are
+        asked): token ids are cut here; an engine that can tokenize cuts texts too."""
+        return [x if isinstance(x, str) else x[:limit] for x in inputs]
 
     async def embeddings(
         self, inputs: Sequence[str | list[int]], http: Upstream, extra: dict[str, str] | None = None

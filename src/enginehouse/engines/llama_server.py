@@ -24,19 +24,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from enginehouse.canonical import ChatCall, CompletionCall, EmbedCall
-from enginehouse.engines.base import Embeddings, Engine, EngineInfo
+from enginehouse.canonical import ChatCall, CompletionCall
+from enginehouse.engines.base import Engine, EngineInfo
 from enginehouse.engines.openai_wire import chat_request
 from enginehouse.engines.rpc_worker import check_workers_async, name_failed_workers
 from enginehouse.engines.upstream import Upstream
-from enginehouse.errors import (
-    ContextOverflow,
-    EnginehouseError,
-    EngineRefused,
-    InvalidRequest,
-    RunnerError,
-    RunnerStartFailed,
-)
+from enginehouse.errors import EnginehouseError, EngineRefused, RunnerStartFailed
 from enginehouse.process import ManagedProcess, RestartPolicy, State
 
 
@@ -251,35 +244,18 @@ class LlamaServerEngine(Engine):
         )
         return len(tokens or [])
 
-    async def embed(self, call: EmbedCall, http: Upstream, extra: dict[str, str] | None = None) -> Embeddings:
-        """Embeddings; an input longer than the runner takes is cut to fit (Ollama's ``truncate``, its
-        default), or refused with 400 when the client asked not to truncate."""
-        try:
-            return await super().embed(call, http, extra)
-        except (InvalidRequest, RunnerError) as exc:
-            limit = input_limit(exc.message)
-            if limit is None:
-                raise
-            if not call.truncate:
-                raise ContextOverflow(
-                    f"input length exceeds the model's maximum context length ({limit} tokens)"
-                ) from exc
-        return await self.embeddings(
-            [await self._fit(x, limit, http, extra) for x in call.inputs], http, extra
-        )
+    def input_limit(self, refusal: EnginehouseError) -> int | None:
+        """llama-server refuses an input longer than its context or, for an encoder, its micro-batch
+        (with a 500): the limit is read from that refusal."""
+        return input_limit(refusal.message)
 
     async def fit_inputs(
         self,
         inputs: Sequence[str | list[int]],
-        refusal: EnginehouseError,
+        limit: int,
         http: Upstream,
         extra: dict[str, str] | None = None,
-    ) -> list[str | list[int]] | None:
-        """llama-server refuses an input longer than its context or, for an encoder, its micro-batch
-        (with a 500): the limit is read from that refusal."""
-        limit = input_limit(refusal.message)
-        if limit is None:
-            return None
+    ) -> list[str | list[int]]:
         return [await self._fit(x, limit, http, extra) for x in inputs]
 
     async def _fit(

@@ -18,13 +18,7 @@ import orjson
 
 from enginehouse import http_client
 from enginehouse.engines.engine_http import EngineHTTP, EngineResponse
-from enginehouse.errors import (
-    ContextOverflow,
-    InvalidRequest,
-    LoopDetected,
-    RunnerError,
-    UpstreamUnavailable,
-)
+from enginehouse.errors import ContextOverflow, InvalidRequest, LoopDetected, RunnerError, UpstreamUnavailable
 
 _STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 

@@ -220,14 +220,13 @@ async def _answer(
             resp = await _sent(request, lease, path, data)
         except (InvalidRequest, RunnerError) as exc:
             # An embedding input longer than the engine takes is cut to fit, as Ollama's /v1 does
-            fitted = None
-            if path == "/v1/embeddings":
-                inputs = _embedding_inputs(data.get("input"))
-                upstream, extra = request.app[GATEWAY].upstream, link_headers(request, engine)
-                fitted = await engine.fit_inputs(inputs, exc, upstream, extra)
-            if fitted is None:
+            limit = engine.input_limit(exc) if path == "/v1/embeddings" else None
+            if limit is None:
                 raise
-            data["input"] = fitted
+            upstream, extra = request.app[GATEWAY].upstream, link_headers(request, engine)
+            data["input"] = await engine.fit_inputs(
+                _embedding_inputs(data.get("input")), limit, upstream, extra
+            )
             resp = await _sent(request, lease, path, data)
 
         def observe(first: float | None, tail: bytes) -> None:
