@@ -17,9 +17,11 @@ At each level: one excluded warm-up batch per path, then --rounds rounds, each s
 streams per path (order rotated each round) and waiting for all. Reported per path: aggregate tokens/s
 (all tokens of a round over its wall time, median over rounds; a stream that fails or outlasts
 --request-timeout adds no tokens and is counted as failed) and its ratio to hand, the median of the
-per-round ratios, p50/p95 TTFT pooled over rounds, and the runner's RSS after the level. The 1-minute load
-average is read before and after each level; --wait-load first waits (polling each minute, up to 30
-minutes) for it to drop below the given value, since the machine is shared.
+per-round ratios, p50/p95 TTFT pooled over rounds and the median per-round difference of p50 TTFT to
+hand's (the per-round figures paired by round, with a bootstrap 95% interval over rounds: the machine's
+drift between rounds cancels, so these are what the verdict reads), and the runner's RSS after the
+level. The 1-minute load average is read before and after each level; --wait-load first waits (polling
+each minute, up to 30 minutes) for it to drop below the given value, since the machine is shared.
 
 Target: enginehouse >= 0.98x hand's tokens/s and no worse p50 TTFT, at every level.
 """
@@ -42,7 +44,17 @@ from typing import Any
 
 import aiohttp
 
-from bench.common import PROMPT, ROOT, Sample, free_port, one_stream, percentile, runner_url, wait_ready
+from bench.common import (
+    PROMPT,
+    ROOT,
+    Sample,
+    bootstrap_ci,
+    free_port,
+    one_stream,
+    percentile,
+    runner_url,
+    wait_ready,
+)
 from enginehouse.config import Config
 from enginehouse.engines.llama_install import require_llama_server
 from enginehouse.engines.llama_server import LlamaServerSettings, build_argv
@@ -255,63 +267,107 @@ async def level_run(
         for name in PATHS:  # warm-up, excluded: fills each path's slots (the router also loads its model)
             await batch(name)
         failed = dict.fromkeys(PATHS, 0)  # the warm-up's failures are not counted
-        ttfts: dict[str, list[float]] = {n: [] for n in PATHS}
+        ttfts: dict[str, list[list[float]]] = {n: [] for n in PATHS}  # per round
         rates: dict[str, list[float]] = {n: [] for n in PATHS}
         for rnd in range(rounds):
             for name in rotated(rnd):
                 start = time.perf_counter()
                 samples = await batch(name)
                 wall = time.perf_counter() - start
-                ttfts[name] += [s.ttft for s in samples]
+                ttfts[name].append([s.ttft for s in samples])
                 rates[name].append(sum(s.tokens for s in samples) / wall)
             print(f"level {level}: round {rnd + 1}/{rounds}", file=sys.stderr)
     out: dict[str, Any] = {}
     for name in PATHS:
+        pooled = [t for per_round in ttfts[name] for t in per_round]
         row: dict[str, Any] = {
             "tokens_per_s": statistics.median(rates[name]),
-            "ttft_p50_ms": percentile(ttfts[name], 50) * 1000 if ttfts[name] else float("nan"),
-            "ttft_p95_ms": percentile(ttfts[name], 95) * 1000 if ttfts[name] else float("nan"),
+            "ttft_p50_ms": percentile(pooled, 50) * 1000 if pooled else float("nan"),
+            "ttft_p95_ms": percentile(pooled, 95) * 1000 if pooled else float("nan"),
             "failed": failed[name],
             "rss_mib": paths.runner_rss(name),
             "slots": paths.argv_of(name),
         }
-        hand = out.get("hand")
-        if hand is not None:
-            row["ratio"] = row["tokens_per_s"] / hand["tokens_per_s"]
-            row["round_ratio_median"] = statistics.median(
-                r / h for r, h in zip(rates[name], rates["hand"], strict=True)
-            )
+        if name != "hand":
+            row |= paired(rates[name], rates["hand"], ttfts[name], ttfts["hand"])
         out[name] = row
+    return out
+
+
+def paired(
+    rates: list[float], hand_rates: list[float], ttfts: list[list[float]], hand_ttfts: list[list[float]]
+) -> dict[str, Any]:
+    """A path against hand, paired by round (which cancels the machine's drift between rounds): the
+    ratio of aggregate medians, the median per-round ratio and the median per-round difference of p50
+    TTFT, each of the two with a bootstrap 95% interval over rounds."""
+    ratios = [r / h for r, h in zip(rates, hand_rates, strict=True)]
+    deltas = [
+        (percentile(t, 50) - percentile(h, 50)) * 1000
+        for t, h in zip(ttfts, hand_ttfts, strict=True)
+        if t and h
+    ]
+    out: dict[str, Any] = {
+        "ratio": statistics.median(rates) / statistics.median(hand_rates),
+        "round_ratio_median": statistics.median(ratios),
+        "round_ratio_ci": bootstrap_ci(len(ratios), lambda idx: statistics.median([ratios[i] for i in idx])),
+    }
+    if deltas:
+        out["ttft_delta_ms"] = statistics.median(deltas)
+        out["ttft_delta_ci"] = bootstrap_ci(
+            len(deltas), lambda idx: statistics.median([deltas[i] for i in idx])
+        )
     return out
 
 
 def report(out: dict[str, Any]) -> None:
     print(f"\n{out['rounds']} rounds of {out['tokens']}-token streams per path and level, ctx {out['ctx']}")
     print(
-        f"{'streams':>7} {'path':<12}{'tok/s':>9}{'vs hand':>9}{'per round':>10}{'TTFT p50':>11}"
-        f"{'TTFT p95':>11}{'RSS':>9}{'failed':>7}  {'load':>11}  slots"
+        f"{'streams':>7} {'path':<12}{'tok/s':>8}{'vs hand':>9}{'per round (95% CI)':>27}{'TTFT p50':>10}"
+        f"{'Δ p50 per round (95% CI)':>28}{'TTFT p95':>10}{'RSS':>9}{'failed':>7}  {'load':>11}  slots"
     )
     for level, per in out["levels"].items():
         load = f"{per['load'][0]:.2f}-{per['load'][1]:.2f}"
         for name in PATHS:
             r = per[name]
             ratio = f"{r['ratio']:.3f}x" if "ratio" in r else ""
-            rounds = f"{r['round_ratio_median']:.3f}x" if "round_ratio_median" in r else ""
+            rounds = ""
+            if "round_ratio_median" in r:
+                lo, hi = r["round_ratio_ci"]
+                rounds = f"{r['round_ratio_median']:.3f}x [{lo:.3f}, {hi:.3f}]"
+            delta = ""
+            if "ttft_delta_ms" in r:
+                lo, hi = r["ttft_delta_ci"]
+                delta = f"{r['ttft_delta_ms']:+.0f}ms [{lo:+.0f}, {hi:+.0f}]"
             print(
-                f"{level:>7} {name:<12}{r['tokens_per_s']:>9.1f}{ratio:>9}{rounds:>10}"
-                f"{r['ttft_p50_ms']:>9.0f}ms"
-                f"{r['ttft_p95_ms']:>9.0f}ms{r['rss_mib']:>6.0f}MiB{r['failed']:>7}  {load:>11}  {r['slots']}"
+                f"{level:>7} {name:<12}{r['tokens_per_s']:>8.1f}{ratio:>9}{rounds:>27}"
+                f"{r['ttft_p50_ms']:>8.0f}ms{delta:>28}"
+                f"{r['ttft_p95_ms']:>8.0f}ms{r['rss_mib']:>6.0f}MiB{r['failed']:>7}  {load:>11}  {r['slots']}"
             )
     print(f"\nTarget: enginehouse >= {RATE_TARGET}x hand's tok/s, p50 TTFT no worse than hand's")
     for level, per in out["levels"].items():
         eh, hand = per["enginehouse"], per["hand"]
-        ok_rate = eh["ratio"] >= RATE_TARGET
-        ok_ttft = eh["ttft_p50_ms"] <= hand["ttft_p50_ms"]
+        rate = verdict(eh["round_ratio_median"], eh["round_ratio_ci"], RATE_TARGET)
         print(
-            f"  {level:>2} streams: tok/s {'meets' if ok_rate else 'misses'} ({eh['ratio']:.3f}x), "
-            f"TTFT p50 {'meets' if ok_ttft else 'misses'} "
-            f"({eh['ttft_p50_ms']:.0f} vs {hand['ttft_p50_ms']:.0f} ms)"
+            f"  {level:>2} streams: tok/s {rate} ({eh['round_ratio_median']:.3f}x per round), TTFT p50 ",
+            end="",
         )
+        if "ttft_delta_ms" in eh:
+            lo, hi = eh["ttft_delta_ci"]
+            print(
+                f"{verdict(-eh['ttft_delta_ms'], (-hi, -lo), 0.0)} ({eh['ttft_delta_ms']:+.0f} ms per round; "
+                f"{eh['ttft_p50_ms']:.0f} vs {hand['ttft_p50_ms']:.0f} ms pooled)"
+            )
+        else:
+            print("not measured (no stream answered)")
+
+
+def verdict(value: float, ci: tuple[float, float], target: float) -> str:
+    """``meets`` / ``misses`` by the point estimate, and whether the 95% interval decides it."""
+    if ci[0] >= target:
+        return "meets"
+    if ci[1] < target:
+        return "misses"
+    return "meets (within noise)" if value >= target else "misses (within noise)"
 
 
 def main() -> None:
