@@ -222,8 +222,15 @@ class Engine(abc.ABC):
         extra: dict[str, str] | None = None,
     ) -> list[str | list[int]]:
         """Embedding inputs cut to ``limit`` tokens each (only engines with an :meth:`input_limit` are
-        asked): token ids are cut here; an engine that can tokenize cuts texts too."""
-        return [x if isinstance(x, str) else x[:limit] for x in inputs]
+        asked), one :meth:`fit_input` each."""
+        return [await self.fit_input(x, limit, http, extra) for x in inputs]
+
+    async def fit_input(
+        self, item: str | list[int], limit: int, http: Upstream, extra: dict[str, str] | None
+    ) -> str | list[int]:
+        """One input cut to ``limit`` tokens: token ids (the client's own) are cut, nothing added; texts
+        are left as they are here, and an engine that can tokenize cuts them too."""
+        return item if isinstance(item, str) else item[:limit]
 
     async def embeddings(
         self, inputs: Sequence[str | list[int]], http: Upstream, extra: dict[str, str] | None = None

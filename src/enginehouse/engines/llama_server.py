@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -249,23 +248,14 @@ class LlamaServerEngine(Engine):
         (with a 500): the limit is read from that refusal."""
         return input_limit(refusal.message)
 
-    async def fit_inputs(
-        self,
-        inputs: Sequence[str | list[int]],
-        limit: int,
-        http: Upstream,
-        extra: dict[str, str] | None = None,
-    ) -> list[str | list[int]]:
-        return [await self._fit(x, limit, http, extra) for x in inputs]
-
-    async def _fit(
+    async def fit_input(
         self, item: str | list[int], limit: int, http: Upstream, extra: dict[str, str] | None
     ) -> str | list[int]:
-        """``item`` as it is when it fits, else its first tokens with the special tokens the model puts
-        around an input kept (a BERT's [CLS] ... [SEP], a last-token pooler's EOS). Token ids from the
-        client are the client's own: cut, nothing added."""
+        """A text as it is when it fits, else its first tokens with the special tokens the model puts
+        around an input kept (a BERT's [CLS] ... [SEP], a last-token pooler's EOS); token ids as the base
+        cuts them."""
         if not isinstance(item, str):
-            return item[:limit]
+            return await super().fit_input(item, limit, http, extra)
         url, headers = self.base_url + "/tokenize", self.headers(extra)
         body = {"content": item, "add_special": True, "parse_special": True}
         full: list[int] = (await http.post_json(url, body, headers, self.refused))["tokens"]
