@@ -80,7 +80,7 @@ def is_gone(pid: int) -> bool:
     """Not alive: no such process, or a zombie nobody has reaped yet (reparented to init)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or reaped between open and read (ESRCH)
         return True
     except OSError:  # no /proc
         try:
