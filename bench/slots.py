@@ -14,7 +14,9 @@ Paths, all on the bundled model with the same context per request (--ctx tokens)
 Every request is the same streamed chat: greedy (temperature 0, seed 1), --tokens max tokens.
 
 At each level: one excluded warm-up batch per path, then --rounds rounds, each sending L concurrent
-streams per path (order rotated each round) and waiting for all. Reported per path: aggregate tokens/s
+streams per path (order rotated each round) and waiting for all; below --min-streams a path's turn runs
+such batches back to back until it has sent that many, so that a round's p50 TTFT at 1 stream is a
+median of several streams rather than one. Reported per path: aggregate tokens/s
 (all tokens of a round over its wall time, median over rounds; a stream that fails or outlasts
 --request-timeout adds no tokens and is counted as failed) and its ratio to hand, the median of the
 per-round ratios, p50/p95 TTFT pooled over rounds and the median per-round difference of p50 TTFT to
@@ -239,7 +241,7 @@ def rotated(rnd: int) -> tuple[str, ...]:
 
 
 async def level_run(
-    paths: Paths, level: int, rounds: int, tokens: int, request_timeout: float
+    paths: Paths, level: int, rounds: int, tokens: int, request_timeout: float, min_streams: int = 1
 ) -> dict[str, Any]:
     # A fresh connection per request on every path: llama-server closes a connection after a streamed
     # answer while advertising keep-alive, so a pooled one may fail the next request.
@@ -269,10 +271,11 @@ async def level_run(
         failed = dict.fromkeys(PATHS, 0)  # the warm-up's failures are not counted
         ttfts: dict[str, list[list[float]]] = {n: [] for n in PATHS}  # per round
         rates: dict[str, list[float]] = {n: [] for n in PATHS}
+        batches = -(-max(min_streams, level) // level)  # ceil: a turn sends at least min_streams
         for rnd in range(rounds):
             for name in rotated(rnd):
                 start = time.perf_counter()
-                samples = await batch(name)
+                samples = [s for _ in range(batches) for s in await batch(name)]
                 wall = time.perf_counter() - start
                 ttfts[name].append([s.ttft for s in samples])
                 rates[name].append(sum(s.tokens for s in samples) / wall)
@@ -320,7 +323,10 @@ def paired(
 
 
 def report(out: dict[str, Any]) -> None:
-    print(f"\n{out['rounds']} rounds of {out['tokens']}-token streams per path and level, ctx {out['ctx']}")
+    print(
+        f"\n{out['rounds']} rounds of {out['tokens']}-token streams per path and level (at least "
+        f"{out.get('min_streams', 1)} per round), ctx {out['ctx']}"
+    )
     print(
         f"{'streams':>7} {'path':<12}{'tok/s':>8}{'vs hand':>9}{'per round (95% CI)':>27}{'TTFT p50':>10}"
         f"{'Δ p50 per round (95% CI)':>28}{'TTFT p95':>10}{'RSS':>9}{'failed':>7}  {'load':>11}  slots"
@@ -337,7 +343,7 @@ def report(out: dict[str, Any]) -> None:
             delta = ""
             if "ttft_delta_ms" in r:
                 lo, hi = r["ttft_delta_ci"]
-                delta = f"{r['ttft_delta_ms']:+.0f}ms [{lo:+.0f}, {hi:+.0f}]"
+                delta = f"{r['ttft_delta_ms']:+.1f}ms [{lo:+.1f}, {hi:+.1f}]"
             print(
                 f"{level:>7} {name:<12}{r['tokens_per_s']:>8.1f}{ratio:>9}{rounds:>27}"
                 f"{r['ttft_p50_ms']:>8.0f}ms{delta:>28}"
@@ -354,7 +360,7 @@ def report(out: dict[str, Any]) -> None:
         if "ttft_delta_ms" in eh:
             lo, hi = eh["ttft_delta_ci"]
             print(
-                f"{verdict(-eh['ttft_delta_ms'], (-hi, -lo), 0.0)} ({eh['ttft_delta_ms']:+.0f} ms per round; "
+                f"{verdict(-eh['ttft_delta_ms'], (-hi, -lo), 0.0)} ({eh['ttft_delta_ms']:+.1f} ms per round; "
                 f"{eh['ttft_p50_ms']:.0f} vs {hand['ttft_p50_ms']:.0f} ms pooled)"
             )
         else:
@@ -375,6 +381,12 @@ def main() -> None:
     ap.add_argument("--levels", default="1,8,32")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument(
+        "--min-streams",
+        type=int,
+        default=8,
+        help="streams per path and round at least (batches back to back)",
+    )
     ap.add_argument("--ctx", type=int, default=4096, help="context per request (tokens) on every path")
     ap.add_argument("--wait-load", type=float, default=0.0, help="first wait for load average below this")
     ap.add_argument("--request-timeout", type=float, default=180.0, help="seconds before a stream fails")
@@ -386,12 +398,15 @@ def main() -> None:
     if args.wait_load:
         print(f"load average {wait_for_quiet(args.wait_load):.2f} at the start", file=sys.stderr)
     out: dict[str, Any] = {"rounds": args.rounds, "tokens": args.tokens, "ctx": args.ctx, "levels": {}}
+    out["min_streams"] = args.min_streams
     out["eh_env"] = eh_env
     with servers(args.ctx, eh_env) as paths:
         for level in levels:
             paths.start_hand(level)
             before = load1()
-            per = asyncio.run(level_run(paths, level, args.rounds, args.tokens, args.request_timeout))
+            per = asyncio.run(
+                level_run(paths, level, args.rounds, args.tokens, args.request_timeout, args.min_streams)
+            )
             per["load"] = [before, load1()]
             out["levels"][level] = per
             paths.stop("hand")
