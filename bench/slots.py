@@ -10,7 +10,11 @@ Paths, all on the bundled model with the same context per request (--ctx tokens)
   router       llama-server --models-dir DIR (router mode, the bundled GGUF linked into DIR) with its own
                slot defaults and --kv-unified-per-slot ctx, so a request gets ctx tokens as on the others
   enginehouse  `enginehouse serve` with no slot settings (ENGINEHOUSE_NUM_PARALLEL unset), OpenAI door
-               (--eh-env adds settings, e.g. ENGINEHOUSE_NUM_PARALLEL=4 for the old default)
+               (--eh-env adds settings, e.g. ENGINEHOUSE_NUM_PARALLEL=4 for the old default), on the
+               bundled GGUF imported as it is, so the door relays the engine's bytes; with --eh-model
+               bundled, on the `smollm2:135m` entry a new user gets instead: its own Go template is
+               rendered in the gateway and the answer re-encoded (the canonical path), and its
+               Modelfile's sampling applies where the request does not set it (repeat_penalty 1.1)
 Every request is the same streamed chat: greedy (temperature 0, seed 1), --tokens max tokens.
 
 At each level: one excluded warm-up batch per path, then --rounds rounds, each sending L concurrent
@@ -60,7 +64,7 @@ from bench.common import (
 from enginehouse.config import Config
 from enginehouse.engines.llama_install import require_llama_server
 from enginehouse.engines.llama_server import LlamaServerSettings, build_argv
-from enginehouse.store import Store, bundled_model_file
+from enginehouse.store import BUNDLED_NAME, Store, bundled_model_file
 
 PATHS = ("hand", "router", "enginehouse")
 SERVED = "slots-bench:latest"
@@ -102,7 +106,7 @@ def _children(pid: int) -> list[int]:
 class Paths:
     """The three servers; ``hand`` is restarted for each level."""
 
-    def __init__(self, ctx: int, eh_env: dict[str, str]) -> None:
+    def __init__(self, ctx: int, eh_env: dict[str, str], eh_model: str = SERVED) -> None:
         self.ctx = ctx
         self.binary = require_llama_server(Config.from_env()).path
         gguf = bundled_model_file()
@@ -114,6 +118,7 @@ class Paths:
         self.headers: dict[str, dict[str, str]] = {"hand": {}, "router": {}, "enginehouse": {}}
         self.router_model = ""
         self.eh_env = eh_env
+        self.eh_model = eh_model
         self.eh_runner = 0
 
     def _log(self, name: str) -> Any:
@@ -141,7 +146,8 @@ class Paths:
         self.router_model = self.gguf.name.removesuffix(".gguf")
 
     def start_enginehouse(self) -> None:
-        Store(self.home / "models").import_gguf(self.gguf, SERVED, link=True)
+        if self.eh_model == SERVED:
+            Store(self.home / "models").import_gguf(self.gguf, SERVED, link=True)
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ENGINEHOUSE_", "OLLAMA_"))}
         env |= {
@@ -153,7 +159,7 @@ class Paths:
             "PYTHONPATH": str(ROOT / "src"),
             **self.eh_env,
         }
-        argv = [sys.executable, "-m", "enginehouse", "serve", "--preload", SERVED]
+        argv = [sys.executable, "-m", "enginehouse", "serve", "--preload", self.eh_model]
         self.procs["enginehouse"] = subprocess.Popen(
             argv, env=env, stdout=self._log("enginehouse"), stderr=subprocess.STDOUT
         )
@@ -167,7 +173,7 @@ class Paths:
         )
 
     def target(self, name: str, tokens: int) -> Target:
-        model = self.router_model if name == "router" else SERVED
+        model = {"router": self.router_model, "enginehouse": self.eh_model}.get(name, SERVED)
         body = {
             "model": model,
             "messages": [{"role": "user", "content": PROMPT}],
@@ -225,8 +231,8 @@ class Paths:
 
 
 @contextlib.contextmanager
-def servers(ctx: int, eh_env: dict[str, str]) -> Iterator[Paths]:
-    paths = Paths(ctx, eh_env)
+def servers(ctx: int, eh_env: dict[str, str], eh_model: str = SERVED) -> Iterator[Paths]:
+    paths = Paths(ctx, eh_env, eh_model)
     try:
         paths.start_router()
         paths.start_enginehouse()
@@ -391,6 +397,12 @@ def main() -> None:
     ap.add_argument("--wait-load", type=float, default=0.0, help="first wait for load average below this")
     ap.add_argument("--request-timeout", type=float, default=180.0, help="seconds before a stream fails")
     ap.add_argument("--eh-env", action="append", default=[], help="KEY=VALUE for the enginehouse path")
+    ap.add_argument(
+        "--eh-model",
+        choices=("import", "bundled"),
+        default="import",
+        help="the enginehouse path's model: the GGUF imported as it is, or the bundled smollm2:135m entry",
+    )
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "slots.json")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
@@ -400,7 +412,9 @@ def main() -> None:
     out: dict[str, Any] = {"rounds": args.rounds, "tokens": args.tokens, "ctx": args.ctx, "levels": {}}
     out["min_streams"] = args.min_streams
     out["eh_env"] = eh_env
-    with servers(args.ctx, eh_env) as paths:
+    eh_model = BUNDLED_NAME if args.eh_model == "bundled" else SERVED
+    out["eh_model"] = eh_model
+    with servers(args.ctx, eh_env, eh_model) as paths:
         for level in levels:
             paths.start_hand(level)
             before = load1()
