@@ -15,6 +15,9 @@ Paths, all on the bundled model with the same context per request (--ctx tokens)
                bundled, on the `smollm2:135m` entry a new user gets instead: its own Go template is
                rendered in the gateway and the answer re-encoded (the canonical path), and its
                Modelfile's sampling applies where the request does not set it (repeat_penalty 1.1)
+With --runner-direct a fourth path, eh-runner, sends the same request straight to enginehouse's own
+llama-server (with its key): against it, enginehouse's figures are the gateway's hop alone, and against
+hand, eh-runner's are the engine's (slot layout, process), so a gap can be put where it comes from.
 Every request is the same streamed chat: greedy (temperature 0, seed 1), --tokens max tokens.
 
 At each level: one excluded warm-up batch per path, then --rounds rounds, each sending L concurrent
@@ -67,6 +70,7 @@ from enginehouse.engines.llama_server import LlamaServerSettings, build_argv
 from enginehouse.store import BUNDLED_NAME, Store, bundled_model_file
 
 PATHS = ("hand", "router", "enginehouse")
+RUNNER = "eh-runner"  # enginehouse's own llama-server, reached directly (--runner-direct)
 SERVED = "slots-bench:latest"
 RATE_TARGET = 0.98
 
@@ -106,7 +110,10 @@ def _children(pid: int) -> list[int]:
 class Paths:
     """The three servers; ``hand`` is restarted for each level."""
 
-    def __init__(self, ctx: int, eh_env: dict[str, str], eh_model: str = SERVED) -> None:
+    def __init__(
+        self, ctx: int, eh_env: dict[str, str], eh_model: str = SERVED, runner_direct: bool = False
+    ) -> None:
+        self.names = (*PATHS, RUNNER) if runner_direct else PATHS
         self.ctx = ctx
         self.binary = require_llama_server(Config.from_env()).path
         gguf = bundled_model_file()
@@ -115,7 +122,7 @@ class Paths:
         self.home = Path(tempfile.mkdtemp(prefix="eh-slots-"))
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.urls: dict[str, str] = {}
-        self.headers: dict[str, dict[str, str]] = {"hand": {}, "router": {}, "enginehouse": {}}
+        self.headers: dict[str, dict[str, str]] = {name: {} for name in self.names}
         self.router_model = ""
         self.eh_env = eh_env
         self.eh_model = eh_model
@@ -165,7 +172,8 @@ class Paths:
         )
         self.urls["enginehouse"] = f"http://127.0.0.1:{port}"
         asyncio.run(wait_ready(self.urls["enginehouse"] + "/api/version", 600))
-        runner_url(self.procs["enginehouse"].pid, 600)  # the preloaded runner is up
+        # the preloaded runner is up; its URL and key serve the eh-runner path
+        self.urls[RUNNER], self.headers[RUNNER] = runner_url(self.procs["enginehouse"].pid, 600)
         self.eh_runner = next(
             c
             for c in _children(self.procs["enginehouse"].pid)
@@ -190,10 +198,12 @@ class Paths:
         if name == "router":  # the router process and the model instance it spawned
             pid = self.procs["router"].pid
             return rss_mib(pid) + sum(rss_mib(c) for c in _children(pid))
-        return rss_mib(self.eh_runner)
+        return rss_mib(self.eh_runner)  # enginehouse and eh-runner: the same runner
 
     def argv_of(self, name: str) -> str:
-        pid = {"hand": self.procs["hand"].pid, "enginehouse": self.eh_runner}.get(name)
+        pid = {"hand": self.procs["hand"].pid, "enginehouse": self.eh_runner, RUNNER: self.eh_runner}.get(
+            name
+        )
         if name == "router":
             kids = _children(self.procs["router"].pid)
             pid = kids[0] if kids else self.procs["router"].pid
@@ -231,8 +241,10 @@ class Paths:
 
 
 @contextlib.contextmanager
-def servers(ctx: int, eh_env: dict[str, str], eh_model: str = SERVED) -> Iterator[Paths]:
-    paths = Paths(ctx, eh_env, eh_model)
+def servers(
+    ctx: int, eh_env: dict[str, str], eh_model: str = SERVED, runner_direct: bool = False
+) -> Iterator[Paths]:
+    paths = Paths(ctx, eh_env, eh_model, runner_direct)
     try:
         paths.start_router()
         paths.start_enginehouse()
@@ -241,9 +253,9 @@ def servers(ctx: int, eh_env: dict[str, str], eh_model: str = SERVED) -> Iterato
         paths.close()
 
 
-def rotated(rnd: int) -> tuple[str, ...]:
-    k = rnd % len(PATHS)
-    return PATHS[k:] + PATHS[:k]
+def rotated(rnd: int, names: tuple[str, ...] = PATHS) -> tuple[str, ...]:
+    k = rnd % len(names)
+    return names[k:] + names[:k]
 
 
 async def level_run(
@@ -253,7 +265,8 @@ async def level_run(
     # answer while advertising keep-alive, so a pooled one may fail the next request.
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     timeout = aiohttp.ClientTimeout(total=1800)
-    targets = {name: paths.target(name, tokens) for name in PATHS}
+    names = paths.names
+    targets = {name: paths.target(name, tokens) for name in names}
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def guarded(name: str) -> Sample | None:
@@ -270,16 +283,16 @@ async def level_run(
             failed[name] += sum(s is None for s in samples)
             return [s for s in samples if s is not None]
 
-        failed = dict.fromkeys(PATHS, 0)
+        failed = dict.fromkeys(names, 0)
 
-        for name in PATHS:  # warm-up, excluded: fills each path's slots (the router also loads its model)
+        for name in names:  # warm-up, excluded: fills each path's slots (the router also loads its model)
             await batch(name)
-        failed = dict.fromkeys(PATHS, 0)  # the warm-up's failures are not counted
-        ttfts: dict[str, list[list[float]]] = {n: [] for n in PATHS}  # per round
-        rates: dict[str, list[float]] = {n: [] for n in PATHS}
+        failed = dict.fromkeys(names, 0)  # the warm-up's failures are not counted
+        ttfts: dict[str, list[list[float]]] = {n: [] for n in names}  # per round
+        rates: dict[str, list[float]] = {n: [] for n in names}
         batches = -(-max(min_streams, level) // level)  # ceil: a turn sends at least min_streams
         for rnd in range(rounds):
-            for name in rotated(rnd):
+            for name in rotated(rnd, names):
                 start = time.perf_counter()
                 samples = [s for _ in range(batches) for s in await batch(name)]
                 wall = time.perf_counter() - start
@@ -287,7 +300,7 @@ async def level_run(
                 rates[name].append(sum(s.tokens for s in samples) / wall)
             print(f"level {level}: round {rnd + 1}/{rounds}", file=sys.stderr)
     out: dict[str, Any] = {}
-    for name in PATHS:
+    for name in names:
         pooled = [t for per_round in ttfts[name] for t in per_round]
         row: dict[str, Any] = {
             "tokens_per_s": statistics.median(rates[name]),
@@ -299,6 +312,8 @@ async def level_run(
         }
         if name != "hand":
             row |= paired(rates[name], rates["hand"], ttfts[name], ttfts["hand"])
+        if name == "enginehouse" and RUNNER in names:  # the gateway's hop alone
+            row["vs_runner"] = paired(rates[name], rates[RUNNER], ttfts[name], ttfts[RUNNER])
         out[name] = row
     return out
 
@@ -339,7 +354,7 @@ def report(out: dict[str, Any]) -> None:
     )
     for level, per in out["levels"].items():
         load = f"{per['load'][0]:.2f}-{per['load'][1]:.2f}"
-        for name in PATHS:
+        for name in [n for n in (*PATHS, RUNNER) if n in per]:
             r = per[name]
             ratio = f"{r['ratio']:.3f}x" if "ratio" in r else ""
             rounds = ""
@@ -371,6 +386,20 @@ def report(out: dict[str, Any]) -> None:
             )
         else:
             print("not measured (no stream answered)")
+    hops = [
+        (level, hop) for level, per in out["levels"].items() if (hop := per["enginehouse"].get("vs_runner"))
+    ]
+    if hops:
+        print("\nWhere a gap comes from: enginehouse against its own runner (the gateway's hop)")
+        for level, hop in hops:
+            lo, hi = hop["round_ratio_ci"]
+            line = (
+                f"  {level:>2} streams: tok/s {hop['round_ratio_median']:.3f}x [{lo:.3f}, {hi:.3f}] per round"
+            )
+            if "ttft_delta_ms" in hop:
+                tlo, thi = hop["ttft_delta_ci"]
+                line += f", Δ p50 TTFT {hop['ttft_delta_ms']:+.1f} ms [{tlo:+.1f}, {thi:+.1f}]"
+            print(line)
 
 
 def verdict(value: float, ci: tuple[float, float], target: float) -> str:
@@ -398,6 +427,11 @@ def main() -> None:
     ap.add_argument("--request-timeout", type=float, default=180.0, help="seconds before a stream fails")
     ap.add_argument("--eh-env", action="append", default=[], help="KEY=VALUE for the enginehouse path")
     ap.add_argument(
+        "--runner-direct",
+        action="store_true",
+        help="add eh-runner: enginehouse's own llama-server reached directly (the gateway's hop alone)",
+    )
+    ap.add_argument(
         "--eh-model",
         choices=("import", "bundled"),
         default="import",
@@ -414,7 +448,7 @@ def main() -> None:
     out["eh_env"] = eh_env
     eh_model = BUNDLED_NAME if args.eh_model == "bundled" else SERVED
     out["eh_model"] = eh_model
-    with servers(args.ctx, eh_env, eh_model) as paths:
+    with servers(args.ctx, eh_env, eh_model, args.runner_direct) as paths:
         for level in levels:
             paths.start_hand(level)
             before = load1()
