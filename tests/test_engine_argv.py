@@ -83,6 +83,16 @@ def test_llama_server_option_flags(settings: dict, expected: list[str]) -> None:
     assert " ".join(expected) in joined
 
 
+def test_penalties_run_after_top_k_and_a_users_order_wins() -> None:
+    argv = build_argv(Path("/bin/ls"), LlamaServerSettings(Path("/m.gguf"), "m"), 1)
+    order = flags_after(argv, "--samplers").split(";")
+    assert order.index("top_k") < order.index("penalties") < order.index("top_p")
+    assert order.index("penalties") < order.index("temperature")
+    mine = ("--samplers", "penalties;top_k;temperature")
+    argv = build_argv(Path("/bin/ls"), LlamaServerSettings(Path("/m.gguf"), "m", extra_args=mine), 1)
+    assert argv[-2:] == list(mine)  # llama.cpp's parser keeps the last occurrence
+
+
 def test_jinja_off_is_no_jinja() -> None:
     argv = build_argv(Path("/bin/ls"), LlamaServerSettings(Path("/m.gguf"), "m", jinja=False), 1)
     assert "--no-jinja" in argv and "--jinja" not in argv
