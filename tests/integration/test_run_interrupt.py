@@ -13,6 +13,7 @@ import sys
 import time
 
 import httpx
+import ollama
 import pytest
 
 from enginehouse.server.runtime import BackgroundServer
@@ -20,17 +21,33 @@ from tests.conftest import MODEL
 
 pytestmark = pytest.mark.slow
 
-LONG = "Count from 1 to 1000, one number per line."
+# A long answer whatever the model's mood: a story, decoded greedily (the bundled model's own sampling
+# answers some prompts in a line). Markers are bytes of the answer, never its content.
+LONG = "Write a long story about a lighthouse keeper who finds a message in a bottle."
+STORYTELLER = "storyteller:latest"
+ANSWERING = 40  # bytes of answer seen: it is streaming
+
+
+@pytest.fixture(scope="module", autouse=True)
+def storyteller(server: BackgroundServer) -> None:
+    ollama.Client(host=server.base_url).create(model=STORYTELLER, from_=MODEL, parameters={"temperature": 0})
 
 
 def cli_env(server: BackgroundServer) -> dict[str, str]:
     return {**os.environ, "ENGINEHOUSE_HOST": f"127.0.0.1:{server.port}"}
 
 
-def read_until(fd: int, marker: bytes, seen: bytearray, timeout: float = 120) -> None:
-    """Read ``fd`` into ``seen`` until ``marker`` appears after what was there before."""
+def read_until(fd: int, marker: bytes | int, seen: bytearray, timeout: float = 120) -> None:
+    """Read ``fd`` into ``seen`` until ``marker`` appears after what was there before, or (an int)
+    that many more bytes arrived."""
     start, deadline = len(seen), time.monotonic() + timeout
-    while marker not in seen[start:]:
+
+    def missing() -> bool:
+        if isinstance(marker, int):
+            return len(seen) - start < marker
+        return marker not in seen[start:]
+
+    while missing():
         left = deadline - time.monotonic()
         assert left > 0, f"no {marker!r} in {bytes(seen[start:])[-400:]!r}"
         ready, _, _ = select.select([fd], [], [], left)
@@ -55,11 +72,12 @@ def wait_idle(server: BackgroundServer, timeout: float = 30) -> None:
 
 
 def test_ctrl_c_stops_a_one_shot_answer_and_leaves_the_server_up(server: BackgroundServer) -> None:
-    cmd = [sys.executable, "-m", "enginehouse", "run", MODEL, LONG]
+    cmd = [sys.executable, "-m", "enginehouse", "run", STORYTELLER, LONG]
     proc = subprocess.Popen(cmd, env=cli_env(server), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert proc.stdout is not None
-        read_until(proc.stdout.fileno(), b"2", bytearray())  # the answer is streaming
+        read_until(proc.stdout.fileno(), ANSWERING, bytearray())  # the answer is streaming
+        assert proc.poll() is None  # not yet over: the signal interrupts it
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=20)
     finally:
@@ -71,14 +89,17 @@ def test_ctrl_c_stops_a_one_shot_answer_and_leaves_the_server_up(server: Backgro
 
 def test_ctrl_c_in_the_interactive_mode_returns_to_the_prompt(server: BackgroundServer) -> None:
     master, slave = pty.openpty()
-    cmd = [sys.executable, "-m", "enginehouse", "run", MODEL]
+    cmd = [sys.executable, "-m", "enginehouse", "run", STORYTELLER]
     proc = subprocess.Popen(cmd, env=cli_env(server), stdin=slave, stdout=slave, stderr=slave)
     os.close(slave)
     seen = bytearray()
     try:
         read_until(master, b">>> ", seen)
         os.write(master, LONG.encode() + b"\n")
-        read_until(master, b"2", seen)  # past the echoed line: the answer is streaming
+        read_until(master, LONG.encode() + b"\r\n", seen)  # the terminal's echo of the line
+        answer = len(seen)
+        read_until(master, ANSWERING, seen)  # the answer is streaming
+        assert b">>> " not in seen[answer:]  # not yet over: the signal interrupts it
         proc.send_signal(signal.SIGINT)
         read_until(master, b">>> ", seen, timeout=20)  # back at the prompt
         wait_idle(server)
