@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import httpx
 import ollama
@@ -29,8 +30,11 @@ ANSWERING = 40  # bytes of answer seen: it is streaming
 
 
 @pytest.fixture(scope="module", autouse=True)
-def storyteller(server: BackgroundServer) -> None:
-    ollama.Client(host=server.base_url).create(model=STORYTELLER, from_=MODEL, parameters={"temperature": 0})
+def storyteller(server: BackgroundServer) -> Iterator[None]:
+    client = ollama.Client(host=server.base_url)
+    client.create(model=STORYTELLER, from_=MODEL, parameters={"temperature": 0})
+    yield
+    client.delete(STORYTELLER)  # the session's server is shared: leave its store as it was
 
 
 def cli_env(server: BackgroundServer) -> dict[str, str]:
