@@ -39,6 +39,7 @@ OPEN_WEBUI_CHAT = {
 # Its background tasks: one user message holding the task's instructions and the chat so far, no tools,
 # stream off, a token cap (`max_tokens` 1000, `num_predict` on an Ollama connection).
 CHAT_SO_FAR = "USER: What is the capital of France?\nASSISTANT: The capital of France is Paris."
+SEED = 1  # the background tasks' draw
 TITLE_TASK = (
     "### Task:\nWrite a short title of 3 to 5 words, with an emoji, for the chat history below.\n"
     '### Output:\nJSON: { "title": "the title" }\n### Chat History:\n<chat_history>\n'
@@ -105,14 +106,23 @@ def test_open_webui_chat_with_tools_streams(server: BackgroundServer) -> None:
 @pytest.mark.parametrize("task", [TITLE_TASK, TAGS_TASK], ids=["title", "tags"])
 def test_open_webui_background_tasks_on_both_doors(server: BackgroundServer, task: str) -> None:
     messages = [{"role": "user", "content": task}]
-    body = {"model": MODEL, "messages": messages, "stream": False, "options": {"num_predict": 1000}}
+    # A fixed seed: at the model's temperature an answer to these tasks runs to the cap now and then (1
+    # of 140 tags tasks in a scratch run, and once in the full suite); this checks one reproducible draw.
+    body = {
+        "model": MODEL,
+        "messages": messages,
+        "stream": False,
+        "options": {"num_predict": 1000, "seed": SEED},
+    }
     resp = httpx.post(server.base_url + "/api/chat", json=body, timeout=120)
     assert resp.status_code == 200, resp.text
     answer = resp.json()
     assert answer["done"] and answer["message"]["content"].strip()
     assert answer["done_reason"] == "stop"  # ended by the model, not the cap
     oai = openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused")
-    out = oai.chat.completions.create(model=MODEL, messages=messages, stream=False, max_tokens=1000)
+    out = oai.chat.completions.create(
+        model=MODEL, messages=messages, stream=False, max_tokens=1000, seed=SEED
+    )
     assert out.choices[0].message.content and out.choices[0].finish_reason == "stop"
 
 
