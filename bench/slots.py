@@ -15,6 +15,8 @@ Paths, all on the bundled model with the same context per request (--ctx tokens)
                bundled, on the `smollm2:135m` entry a new user gets instead: its own Go template is
                rendered in the gateway and the answer re-encoded (the canonical path), and its
                Modelfile's sampling applies where the request does not set it (repeat_penalty 1.1)
+hand and router run at the priority a command typed by hand gets; enginehouse's runner at its default
+niceness (ENGINEHOUSE_RUNNER_NICE=5, below its gateway: docs/engines.md).
 With --runner-direct a fourth path, eh-runner, sends the same request straight to enginehouse's own
 llama-server (with its key): against it, enginehouse's figures are the gateway's hop alone, and against
 hand, eh-runner's are the engine's (slot layout, process), so a gap can be put where it comes from.

@@ -122,6 +122,17 @@ def wait_http(url: str, timeout: float = 30) -> None:
     raise TimeoutError(url)
 
 
+def thread_nices(pid: int) -> list[int]:
+    """The niceness of each thread of ``pid`` (field 19 of /proc/PID/task/TID/stat)."""
+    nices = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            nices.append(int((task / "stat").read_text().rpartition(")")[2].split()[16]))
+        except (FileNotFoundError, ProcessLookupError):  # a thread that ended meanwhile
+            continue
+    return nices
+
+
 def pid_alive(pid: int) -> bool:
     """True while the process exists and is not a zombie."""
     try:

@@ -22,6 +22,7 @@ import uvloop
 
 from enginehouse.errors import RunnerError, RunnerStartFailed
 from enginehouse.process import ManagedProcess, RestartPolicy, State
+from tests.conftest import thread_nices
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -428,3 +429,22 @@ def test_no_orphans_after_the_gateway_is_sigkilled(tmp_path: Path, loop: str, mo
         if runner_pid is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(runner_pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads niceness from /proc")
+@pytest.mark.parametrize("nice", [0, 5])
+def test_nice_reaches_every_thread_of_the_runner(tmp_path: Path, nice: int) -> None:
+    mp, _ = make(tmp_path, Fake(), nice=nice)
+    own = os.nice(0)
+
+    async def main() -> None:
+        await mp.ensure_ready()
+        assert mp.pid is not None
+        try:
+            nices = thread_nices(mp.pid)
+            assert nices == [min(19, own + nice)] * len(nices)
+            assert os.nice(0) == own  # the gateway keeps its own
+        finally:
+            await mp.stop()
+
+    run(main())

@@ -30,6 +30,13 @@ def _policy(value: str) -> str:
     return value
 
 
+def _nice(value: str) -> int:
+    nice = int(value)
+    if not 0 <= nice <= 19:
+        raise ValueError(f"ENGINEHOUSE_RUNNER_NICE must be 0 to 19, not {nice}")
+    return nice
+
+
 def _optional_path(value: str) -> Path | None:
     return Path(value).expanduser() if value else None
 
@@ -150,6 +157,15 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "threads", "ENGINEHOUSE_THREADS", "0", "CPU threads per runner (0: let llama-server decide).", int
+    ),
+    Setting(
+        "runner_nice",
+        "ENGINEHOUSE_RUNNER_NICE",
+        "5",
+        "Niceness added to llama-server runners (0-19): the gateway and its clients, whose work per "
+        "request is small and waited on, get the CPU before the runner's matrix work; a runner still "
+        "takes every cycle nothing else wants. 0: the gateway's own priority.",
+        _nice,
     ),
     Setting(
         "cache_ram_mib",
@@ -352,6 +368,7 @@ class Config:
     slot_memory_mib: int = 0
     kv_pool: int = 0
     threads: int = 0
+    runner_nice: int = 5
     cache_ram_mib: int = 256
     keep_alive: str = "5m"
     load_timeout: float = 300.0

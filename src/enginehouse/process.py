@@ -110,6 +110,22 @@ def _pdeathsig_preexec(parent_pid: int) -> Callable[[], None]:
     return preexec
 
 
+def _child_setup(parent_pid: int, nice: int) -> Callable[[], None] | None:
+    """What a runner's child does before exec: die with the gateway (Linux) and lower its priority.
+
+    The niceness is set before exec, so every thread the runner starts inherits it."""
+    pdeathsig = _pdeathsig_preexec(parent_pid) if _prctl is not None else None
+    if nice <= 0:
+        return pdeathsig
+
+    def preexec() -> None:
+        if pdeathsig is not None:
+            pdeathsig()
+        os.nice(nice)
+
+    return preexec
+
+
 def _free_port(host: str) -> int:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
@@ -154,8 +170,10 @@ class ManagedProcess:
         stop_grace: float = 10.0,
         restart: RestartPolicy = RestartPolicy(),  # frozen: sharing the default is safe
         on_event: Callable[[str, ManagedProcess], None] | None = None,
+        nice: int = 0,
     ) -> None:
         self.name = name
+        self.nice = nice  # added to the child's niceness (0: the gateway's own)
         self.health_path = health_path
         self.health_headers = dict(health_headers or {})  # the runner's key, where it has one
         self.host = host
@@ -471,7 +489,7 @@ class ManagedProcess:
         self._port = port = _free_port(self.host)
         argv = [str(a) for a in self._build_argv(port)]
         env = {**os.environ, **self.env} if self.env else None
-        preexec = _pdeathsig_preexec(os.getpid()) if _prctl is not None else None
+        preexec = _child_setup(os.getpid(), self.nice)
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self._log_path, "ab") as logf:
             stamp = datetime.now().astimezone().isoformat(timespec="seconds")

@@ -10,13 +10,15 @@ import time
 from pathlib import Path
 
 import httpx
+import ollama
 import pytest
 
 from enginehouse.config import Config
 from enginehouse.engines import llama_install
 from enginehouse.engines.llama_server import LlamaServerEngine, LlamaServerSettings
 from enginehouse.process import State
-from tests.conftest import MODEL, free_port, pid_alive, serve_subprocess, wait_http
+from enginehouse.server.runtime import BackgroundServer
+from tests.conftest import MODEL, free_port, pid_alive, serve_subprocess, thread_nices, wait_http
 
 pytestmark = pytest.mark.slow
 
@@ -145,3 +147,15 @@ def test_shared_pool_slots_all_start_at_once(
             await engine.stop()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads niceness from /proc")
+def test_runner_threads_run_below_the_gateway(server: BackgroundServer) -> None:
+    """With the default ENGINEHOUSE_RUNNER_NICE every thread of the real runner, the compute threads it
+    starts after loading included, runs 5 below the gateway, which keeps its own priority."""
+    ollama.Client(host=server.base_url).generate(model=MODEL, prompt="Hi", options={"num_predict": 1})
+    models = httpx.get(f"{server.base_url}/api/ps", timeout=10).json()["models"]
+    pid = next(m["pid"] for m in models if m["name"] == MODEL)
+    nices = thread_nices(pid)
+    assert len(nices) > 2  # HTTP threads and the compute pool
+    assert set(nices) == {min(19, os.nice(0) + 5)}

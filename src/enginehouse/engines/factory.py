@@ -389,4 +389,5 @@ class EngineFactory:
             settings,
             log_dir=self.config.logs,
             ready_timeout=self.config.load_timeout,
+            nice=self.config.runner_nice,
         )

@@ -171,7 +171,13 @@ class LlamaServerEngine(Engine):
     refused = EngineRefused
 
     def __init__(
-        self, binary: Path, settings: LlamaServerSettings, *, log_dir: Path, ready_timeout: float = 300.0
+        self,
+        binary: Path,
+        settings: LlamaServerSettings,
+        *,
+        log_dir: Path,
+        ready_timeout: float = 300.0,
+        nice: int = 0,
     ) -> None:
         self.binary = binary
         self.settings = settings
@@ -198,6 +204,7 @@ class LlamaServerEngine(Engine):
             # errors quote and pushes out the line that says what failed ("Failed to connect to HOST:PORT").
             env={"GGML_NO_BACKTRACE": "1", "LLAMA_API_KEY": self.api_key},
             health_headers=self._headers,
+            nice=nice,
         )
 
     @property

@@ -65,7 +65,7 @@ class RouterEmbedding:
         try:
             binary = require_llama_server(self.config).path
             path = await asyncio.to_thread(ensure_embed_model, self.config, self.store, EMBED_MODEL, log.info)
-            engine = LlamaServerEngine(
+            engine = LlamaServerEngine(  # not lowered (ENGINEHOUSE_RUNNER_NICE): it answers inside a request
                 binary,
                 runner_settings(path, EMBED_MODEL, max(1, self.config.router_threads)),
                 log_dir=self.config.logs,
