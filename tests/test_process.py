@@ -22,7 +22,7 @@ import uvloop
 
 from enginehouse.errors import RunnerError, RunnerStartFailed
 from enginehouse.process import ManagedProcess, RestartPolicy, State
-from tests.conftest import thread_nices
+from tests.conftest import pid_alive, thread_nices
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -77,24 +77,9 @@ def make(tmp_path: Path, fake: Fake, **kw: Any) -> tuple[ManagedProcess, Events]
     return mp, events
 
 
-def is_gone(pid: int) -> bool:
-    """Not alive: no such process, or a zombie nobody has reaped yet (reparented to init)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):  # gone, or reaped between open and read (ESRCH)
-        return True
-    except OSError:  # no /proc
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        return False
-    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
-
-
 def wait_gone(pid: int, timeout: float = 3.0) -> bool:
     deadline = time.monotonic() + timeout
-    while not is_gone(pid):
+    while pid_alive(pid):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.02)
@@ -227,7 +212,7 @@ def test_stop_kills_the_whole_process_group(tmp_path: Path, opts: tuple[str, ...
     async def main() -> None:
         await mp.ensure_ready()
         [grandchild] = logged_pids(mp, "child pid")
-        assert not is_gone(grandchild)
+        assert pid_alive(grandchild)
         await mp.stop(grace=0.5)
         assert wait_gone(grandchild)
 
@@ -413,7 +398,7 @@ def test_no_orphans_after_the_gateway_is_sigkilled(tmp_path: Path, loop: str, mo
         ready, _, _ = select.select([gateway.stdout], [], [], 30)
         assert ready, "the gateway did not report its runner"
         runner_pid = int(gateway.stdout.readline())
-        assert not is_gone(runner_pid)
+        assert pid_alive(runner_pid)
         [grandchild] = [int(p) for p in re.findall(r"child pid (\d+)", log.read_text())]
         gateway.kill()
         gateway.wait()
