@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from enginehouse.config import SETTINGS, Config, parse_host, settings_help
+from enginehouse.config_errors import SettingError
 
 
 def test_every_setting_is_a_field() -> None:
@@ -232,3 +233,34 @@ def test_settings_help_mentions_everything() -> None:
             assert s.fallback_env in text
     assert "[default: unset]" in text  # empty defaults are shown as unset
     assert "[default: 5m]" in text
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("ENGINEHOUSE_NUM_PARALLEL", "four", "must be a whole number"),
+        ("ENGINEHOUSE_LOAD_TIMEOUT", "soon", "must be a number"),
+        ("ENGINEHOUSE_RUNNER_NICE", "25", "must be 0 to 19"),
+        ("ENGINEHOUSE_RUNNER_NICE", "-1", "must be 0 to 19"),
+        ("ENGINEHOUSE_HOST", "localhost:abc", "port up to 65535"),
+        ("ENGINEHOUSE_HOST", "localhost:70000", "port up to 65535"),
+        ("OLLAMA_HOST", "[::1]:x", "port up to 65535"),
+    ],
+)
+def test_a_bad_setting_names_its_variable_and_value(name: str, value: str, says: str) -> None:
+    with pytest.raises(SettingError) as caught:
+        Config.from_env({name: value})
+    assert caught.value.message.startswith(f"{name}={value!r}: ")  # the variable the value came from
+    assert says in caught.value.message and "Traceback" not in caught.value.message
+
+
+def test_the_cli_reports_a_bad_setting_in_one_line() -> None:
+    from click.testing import CliRunner
+
+    from enginehouse.cli.config_cmd import config as config_command
+    from enginehouse.cli.main import cli
+
+    cli.add_command(config_command)
+    result = CliRunner().invoke(cli, ["config", "check"], env={"ENGINEHOUSE_THREADS": "two"})
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: ENGINEHOUSE_THREADS='two': must be a whole number"

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from enginehouse.config_errors import SettingError
+
 
 def _path(value: str) -> Path:
     return Path(value).expanduser()
@@ -58,6 +60,32 @@ def parse_host(value: str, default_port: int = 11434) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+_KINDS = {int: "a whole number", float: "a number"}
+
+
+def _parsed(setting: Setting, name: str, raw: str | None) -> Any:
+    """The setting's value, from the variable ``name`` or its default; a bad value names the variable."""
+    if raw is None:
+        return setting.parse(setting.default)
+    try:
+        return setting.parse(raw)
+    except ValueError as exc:
+        kind = _KINDS.get(setting.parse)  # type: ignore[call-overload]
+        reason = f"must be {kind}" if kind else str(exc).removeprefix(f"{setting.env} ")
+        raise SettingError(f"{name}={raw!r}: {reason}") from None
+
+
+def _host(value: str) -> str:
+    """Kept as written (the CLI and the server each read it with :func:`parse_host`), checked here."""
+    try:
+        port = parse_host(value)[1]
+    except ValueError:
+        port = -1
+    if not 0 <= port < 65536:
+        raise ValueError("must be host:port, with a port up to 65535")
+    return value
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -81,7 +109,7 @@ SETTINGS: tuple[Setting, ...] = (
         "ENGINEHOUSE_HOST",
         "127.0.0.1:11434",
         "Address the server binds to and the CLI talks to (host:port). Loopback by default.",
-        str,
+        _host,
         fallback_env="OLLAMA_HOST",
     ),
     Setting(
@@ -401,10 +429,8 @@ class Config:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for s in SETTINGS:
-            raw = env.get(s.env)
-            if raw is None and s.fallback_env:
-                raw = env.get(s.fallback_env)
-            values[s.name] = s.parse(raw if raw is not None else s.default)
+            name = s.env if s.env in env or not s.fallback_env else s.fallback_env
+            values[s.name] = _parsed(s, name, env.get(name))
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

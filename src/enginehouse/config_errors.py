@@ -1,4 +1,5 @@
-"""How a bad enginehouse.toml is reported: :class:`ConfigFileError` says ``file:line: key: reason``;
+"""How bad settings are reported: :class:`SettingError` names the environment variable and its value;
+:class:`ConfigFileError` says ``file:line: key: reason`` for enginehouse.toml;
 :class:`KeyedValueError` carries the keys from a validator to the loader; :func:`line_of` finds the line."""
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ class ConfigFileError(EnginehouseError):
         where = f"{path}:{line}" if line else str(path)
         super().__init__(f"{where}: {key + ': ' if key else ''}{message}")
         self.path, self.line, self.key = Path(path), line, key
+
+
+class SettingError(EnginehouseError, ValueError):
+    """An environment setting whose value cannot be used: ``NAME=value: what it must be``. The CLI
+    prints it as one line (cli/main.py), never a traceback."""
 
 
 class KeyedValueError(ValueError):
