@@ -28,14 +28,14 @@ def _bool(value: str) -> bool:
 def _policy(value: str) -> str:
     value = value.strip().lower()
     if value not in ("batch", "fifo"):
-        raise ValueError(f"ENGINEHOUSE_SCHED_POLICY must be batch or fifo, not {value!r}")
+        raise ValueError(f"must be batch or fifo, not {value!r}")
     return value
 
 
 def _nice(value: str) -> int:
     nice = int(value)
     if not 0 <= nice <= 19:
-        raise ValueError(f"ENGINEHOUSE_RUNNER_NICE must be 0 to 19, not {nice}")
+        raise ValueError(f"must be 0 to 19, not {nice}")
     return nice
 
 
@@ -71,7 +71,7 @@ def _parsed(setting: Setting, name: str, raw: str | None) -> Any:
         return setting.parse(raw)
     except ValueError as exc:
         kind = _KINDS.get(setting.parse)  # type: ignore[call-overload]
-        reason = f"must be {kind}" if kind else str(exc).removeprefix(f"{setting.env} ")
+        reason = f"must be {kind}" if kind else str(exc)  # a validator says what the value must be
         raise SettingError(f"{name}={raw!r}: {reason}") from None
 
 
