@@ -4,9 +4,7 @@ Anthropic's stream events and message object. Errors in Anthropic's shape and st
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -367,15 +365,14 @@ def test_refused_requests_name_the_field(body: dict[str, Any], param: str) -> No
 # -- stop sequences ---------------------------------------------------------------------------------
 
 
-def run_events(transform: Any, events: list[Event]) -> list[Event]:
-    async def source() -> AsyncIterator[Event]:
-        for event in events:
-            yield event
-
-    async def collect() -> list[Event]:
-        return [e async for e in transform(source())]
-
-    return asyncio.run(collect())
+def run_events(step: Any, events: list[Event]) -> list[Event]:
+    """The events a step lets through, as the relay applies it (it reads no more once the step is done)."""
+    out: list[Event] = []
+    for event in events:
+        out += step.feed(event)
+        if step.done:
+            return out
+    return out + step.end()
 
 
 def texts(events: list[Event]) -> str:

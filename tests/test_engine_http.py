@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from enginehouse.engines.engine_http import HIGH_WATER, EngineHTTP
+from enginehouse.engines.engine_http import HIGH_WATER, EngineHTTP, Flow
 from enginehouse.errors import RunnerError, UpstreamUnavailable
 
 TIMEOUT = 5.0
@@ -471,5 +471,92 @@ def test_credentials_in_the_url_never_reach_the_host_header() -> None:
                     await resp.read()
                 host = next(h for h in engine.heads[0].split(b"\r\n") if h.lower().startswith(b"host:"))
                 assert b"secret" not in host and host.endswith(url.split("@")[1].split("/")[0].encode())
+
+    run(scenario())
+
+
+# -- push: the body handed to a consumer from the connection's callback --------------------------------
+def test_push_hands_every_piece_in_order_and_reads_nothing_while_the_consumer_waits() -> None:
+    pieces = [os.urandom(1500) for _ in range(2000)]  # 3 MB: more than one read, past the high water
+
+    async def scenario() -> None:
+        async with Engine(answering(chunked(*pieces))) as engine:
+            with closing(EngineHTTP()) as http:
+                resp = await http.post(engine.url, b"{}", JSON)
+                transport = resp._conn.transport  # private on purpose: the pause is what is tested
+                assert transport is not None
+                got: list[bytes] = []
+                waits = 0
+
+                def sink(piece: bytes) -> Flow:
+                    got.append(piece)
+                    return "wait" if len(got) % 300 == 0 else "go"
+
+                async def drain() -> None:
+                    nonlocal waits
+                    waits += 1
+                    assert not transport.is_reading()  # the engine is not read while the consumer waits
+                    await asyncio.sleep(0.01)
+
+                await resp.push(sink, drain)
+                assert b"".join(got) == b"".join(pieces)
+                assert waits >= len(got) // 300 - 1
+                resp.close()
+
+    run(scenario())
+
+
+def test_push_stops_where_the_consumer_says_and_hands_nothing_after() -> None:
+    async def scenario() -> None:
+        async with Engine(answering(chunked(b"one", b"two", b"three"))) as engine:
+            with closing(EngineHTTP()) as http:
+                resp = await http.post(engine.url, b"{}", JSON)
+                got: list[bytes] = []
+
+                def sink(piece: bytes) -> Flow:
+                    got.append(piece)
+                    return "stop" if b"two" in b"".join(got) else "go"
+
+                await resp.push(sink, asyncio.sleep)
+                assert b"".join(got).startswith(b"onetwo") and b"three" not in b"".join(got)
+                resp.close()
+
+    run(scenario())
+
+
+def test_an_error_the_consumer_raises_comes_out_of_push() -> None:
+    async def scenario() -> None:
+        async with Engine(answering(chunked(b"one", b"two"))) as engine:
+            with closing(EngineHTTP()) as http:
+                resp = await http.post(engine.url, b"{}", JSON)
+
+                def sink(piece: bytes) -> Flow:
+                    raise ConnectionResetError("the client left")
+
+                with pytest.raises(ConnectionResetError, match="the client left"):
+                    await resp.push(sink, asyncio.sleep)
+                resp.close()
+
+    run(scenario())
+
+
+def test_a_body_cut_short_raises_server_disconnected_from_push() -> None:
+    async def scenario() -> None:
+        async with Engine(answering(CHUNKED_HEAD + chunk(b"partial"))) as engine:
+            with closing(EngineHTTP()) as http:
+                resp = await http.post(engine.url, b"{}", JSON)
+                got: list[bytes] = []
+
+                async def cut() -> None:
+                    await wait_until(lambda: bool(got))
+                    for writer in engine._writers:
+                        writer.close()
+
+                closer = asyncio.ensure_future(cut())
+                with pytest.raises(aiohttp.ServerDisconnectedError):
+                    await resp.push(lambda piece: got.append(piece) or "go", asyncio.sleep)
+                await closer
+                assert got == [b"partial"]
+                resp.close()
 
     run(scenario())

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -118,15 +116,9 @@ def test_splitter_table(pieces: list[str], inside: bool, reasoning: str, content
 
 
 def test_split_streams_reasoning_as_it_arrives() -> None:
-    async def source() -> AsyncIterator[Event]:
-        for text in ["<think>", "one ", "two", "</think>", "three"]:
-            yield TextDelta(text)
-        yield Finish("stop")
-
-    async def collect() -> list[Event]:
-        return [e async for e in split_thinking(TAGS, False)(source())]
-
-    events = asyncio.run(collect())
+    source: list[Event] = [TextDelta(t) for t in ["<think>", "one ", "two", "</think>", "three"]]
+    step = split_thinking(TAGS, False)
+    events = [out for event in [*source, Finish("stop")] for out in step.feed(event)] + step.end()
     assert events == [
         ReasoningDelta("one "),
         ReasoningDelta("two"),

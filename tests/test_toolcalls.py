@@ -3,10 +3,8 @@ forcing schemas, and the OpenAI chat chunks built from a raw completion stream."
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import jsonschema
@@ -51,20 +49,15 @@ def completion_body(
 def encode(encoder: Any, chunks: list[dict[str, Any]], fmt: ToolFormat | None, forced: bool = False) -> list:
     """Engine chunks -> events (tool calls split out of the text in ``fmt``) -> the encoder's objects."""
 
-    async def source() -> AsyncIterator[Event]:
-        for chunk in chunks:
-            for event in events_of(chunk):
-                yield event
-
-    async def run() -> list:
-        events = split_tool_calls(fmt, forced)(source()) if fmt else source()
-        out: list = []
-        async for event in events:
-            encoder.tally.see(event, time.monotonic())
-            out += encoder.objects(event)
-        return out + encoder.closing()
-
-    return asyncio.run(run())
+    events: list[Event] = [event for chunk in chunks for event in events_of(chunk)]
+    if fmt:
+        step = split_tool_calls(fmt, forced)
+        events = [out for event in events for out in step.feed(event)] + step.end()
+    out: list = []
+    for event in events:
+        encoder.tally.see(event, time.monotonic())
+        out += encoder.objects(event)
+    return out + encoder.closing()
 
 
 WEATHER = {

@@ -14,7 +14,7 @@ side adds no renaming table of its own.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 #: The sampling fields a call may carry (OpenAI/llama.cpp names); engines take them as they are.
 SAMPLING = (
@@ -205,6 +205,22 @@ class Failure:
 
 
 Event = TextDelta | ReasoningDelta | ToolCallDelta | Usage | Finish | Failure
+
+
+class Step(Protocol):
+    """A stateful step over an answer's events, applied as they stream (thinking or tool calls split out of
+    a Go template's text, a door's stop sequences). Plain functions, not generators: the relay runs them
+    in the engine connection's own callback, one engine piece at a time."""
+
+    done: bool  # the step wants no more events (a stop sequence was met): the answer ends here
+
+    def feed(self, event: Event) -> list[Event]:
+        """What goes on for one event (none while text is held back, several when held text is let go)."""
+        ...
+
+    def end(self) -> list[Event]:
+        """What is still held once the events before this step ended."""
+        ...
 
 
 class Tally:

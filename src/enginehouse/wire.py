@@ -62,19 +62,6 @@ class SSEParser:
             self._data = []
 
 
-async def sse_payloads(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-    """The ``data`` payloads of an SSE byte stream, up to and without ``[DONE]``."""
-    parser = SSEParser()
-    async for chunk in chunks:
-        for payload in parser.feed(chunk):
-            if payload == DONE:
-                return
-            yield payload
-    for payload in parser.close():
-        if payload != DONE:
-            yield payload
-
-
 def last_sse_payloads(tail: bytes) -> list[bytes]:
     """The ``data`` payloads found in the end of a stream, last first (for counts read once, at the end)."""
     parser = SSEParser()

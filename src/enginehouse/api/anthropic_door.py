@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -291,36 +290,38 @@ def _partial_tail(text: str, sequences: list[str], longest: int) -> int:
     return 0
 
 
-def stop_at(sequences: list[str]) -> Callable[[AsyncIterator[Event]], AsyncIterator[Event]]:
-    """A transform of an answer's events: the text up to the first stop sequence, then a
+class StopStep:
+    """A :class:`~enginehouse.canonical.Step`: the text up to the first stop sequence, then a
     :class:`Finish` naming it, and the end (the relay then closes the engine's stream, which stops the
     generation). Text that may begin a sequence is held back until the next piece decides."""
-    longest = max(map(len, sequences), default=0)
 
-    async def transform(events: AsyncIterator[Event]) -> AsyncIterator[Event]:
-        held = ""
-        async for event in events:
-            if not isinstance(event, TextDelta):
-                if held:
-                    yield TextDelta(held)
-                    held = ""
-                yield event
-                continue
-            text = held + event.text
-            if hit := _first_stop(text, sequences):
-                at, sequence = hit
-                if at:
-                    yield TextDelta(text[:at])
-                yield Finish("stop", sequence)
-                return
-            keep = _partial_tail(text, sequences, longest)
-            held = text[len(text) - keep :]
-            if len(text) > keep:
-                yield TextDelta(text[: len(text) - keep])
-        if held:
-            yield TextDelta(held)
+    def __init__(self, sequences: list[str]) -> None:
+        self.sequences = sequences
+        self.longest = max(map(len, sequences), default=0)
+        self.held = ""
+        self.done = False
 
-    return transform
+    def feed(self, event: Event) -> list[Event]:
+        if self.done:
+            return []
+        if not isinstance(event, TextDelta):
+            return [*self.end(), event]
+        text = self.held + event.text
+        if hit := _first_stop(text, self.sequences):
+            at, sequence = hit
+            self.done, self.held = True, ""
+            return [TextDelta(text[:at]), Finish("stop", sequence)] if at else [Finish("stop", sequence)]
+        keep = _partial_tail(text, self.sequences, self.longest)
+        self.held = text[len(text) - keep :]
+        return [TextDelta(text[: len(text) - keep])] if len(text) > keep else []
+
+    def end(self) -> list[Event]:
+        held, self.held = self.held, ""
+        return [TextDelta(held)] if held and not self.done else []
+
+
+def stop_at(sequences: list[str]) -> StopStep:
+    return StopStep(sequences)
 
 
 # ---- the answer ---------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ and split the reasoning themselves (``engines/openai_wire.think_fields``). A Go 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -120,30 +119,33 @@ class ThinkingSplitter:
         return (rest, "") if self.state == "thinking" else ("", rest)
 
 
-def split_thinking(tags: ThinkTags, inside: bool) -> Callable[[AsyncIterator[Event]], AsyncIterator[Event]]:
-    """A transform of an answer's events: text through :class:`ThinkingSplitter`."""
+class ThinkingStep:
+    """A :class:`~enginehouse.canonical.Step`: text through :class:`ThinkingSplitter`, its reasoning as
+    :class:`~enginehouse.canonical.ReasoningDelta` events; what is held goes out before the finish."""
 
-    async def split(events: AsyncIterator[Event]) -> AsyncIterator[Event]:
-        splitter = ThinkingSplitter(tags, inside)
-        async for event in events:
-            if isinstance(event, TextDelta):
-                reasoning, content = splitter.feed(event.text)
-                if reasoning:
-                    yield ReasoningDelta(reasoning)
-                if content:
-                    yield TextDelta(content, event.logprobs)
-                continue
-            if isinstance(event, Finish | Failure):  # the end: what is held goes out first
-                reasoning, content = splitter.finish()
-                if reasoning:
-                    yield ReasoningDelta(reasoning)
-                if content:
-                    yield TextDelta(content)
-            yield event
-        reasoning, content = splitter.finish()
-        if reasoning:
-            yield ReasoningDelta(reasoning)
+    done = False
+
+    def __init__(self, tags: ThinkTags, inside: bool) -> None:
+        self.splitter = ThinkingSplitter(tags, inside)
+
+    def feed(self, event: Event) -> list[Event]:
+        if isinstance(event, TextDelta):
+            reasoning, content = self.splitter.feed(event.text)
+            return self._pieces(reasoning, content, event.logprobs)
+        if isinstance(event, Finish | Failure):  # the end: what is held goes out first
+            return [*self.end(), event]
+        return [event]
+
+    def end(self) -> list[Event]:
+        return self._pieces(*self.splitter.finish())
+
+    @staticmethod
+    def _pieces(reasoning: str, content: str, logprobs: Any = None) -> list[Event]:
+        out: list[Event] = [ReasoningDelta(reasoning)] if reasoning else []
         if content:
-            yield TextDelta(content)
+            out.append(TextDelta(content, logprobs))
+        return out
 
-    return split
+
+def split_thinking(tags: ThinkTags, inside: bool) -> ThinkingStep:
+    return ThinkingStep(tags, inside)

@@ -15,7 +15,6 @@ turns into a grammar. The output is then a call by construction.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -203,35 +202,36 @@ def forcing_schema(tools: list[dict[str, Any]], fmt: ToolFormat, name: str | Non
     return options[0] if len(options) == 1 else {"anyOf": options}
 
 
-def split_tool_calls(fmt: ToolFormat, forced: bool) -> Callable[[AsyncIterator[Event]], AsyncIterator[Event]]:
-    """A transform of an answer's events: text through :class:`ToolCallSplitter`, the calls found sent
+class ToolCallStep:
+    """A :class:`~enginehouse.canonical.Step`: text through :class:`ToolCallSplitter`, the calls found sent
     as whole :class:`~enginehouse.canonical.ToolCallDelta` events before the finish."""
 
-    async def split(events: AsyncIterator[Event]) -> AsyncIterator[Event]:
-        splitter = ToolCallSplitter(fmt, forced)
-        flushed = False
+    done = False
 
-        def flush() -> list[Event]:
-            rest, calls = splitter.finish()
-            out: list[Event] = [TextDelta(rest)] if rest else []
-            out += [
-                ToolCallDelta(i, call["name"], orjson.dumps(call["arguments"]).decode())
-                for i, call in enumerate(calls)
-            ]
-            return out
+    def __init__(self, fmt: ToolFormat, forced: bool) -> None:
+        self.splitter = ToolCallSplitter(fmt, forced)
+        self.flushed = False
 
-        async for event in events:
-            if isinstance(event, TextDelta):
-                if text := splitter.feed(event.text):
-                    yield TextDelta(text, event.logprobs)
-                continue
-            if isinstance(event, Finish) and not flushed:
-                flushed = True
-                for pending in flush():
-                    yield pending
-            yield event
-        if not flushed:
-            for pending in flush():
-                yield pending
+    def feed(self, event: Event) -> list[Event]:
+        if isinstance(event, TextDelta):
+            text = self.splitter.feed(event.text)
+            return [TextDelta(text, event.logprobs)] if text else []
+        if isinstance(event, Finish):
+            return [*self.end(), event]
+        return [event]
 
-    return split
+    def end(self) -> list[Event]:
+        if self.flushed:
+            return []
+        self.flushed = True
+        rest, calls = self.splitter.finish()
+        out: list[Event] = [TextDelta(rest)] if rest else []
+        out += [
+            ToolCallDelta(i, call["name"], orjson.dumps(call["arguments"]).decode())
+            for i, call in enumerate(calls)
+        ]
+        return out
+
+
+def split_tool_calls(fmt: ToolFormat, forced: bool) -> ToolCallStep:
+    return ToolCallStep(fmt, forced)

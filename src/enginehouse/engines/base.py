@@ -17,16 +17,26 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import aiohttp
 import orjson
 
-from enginehouse.canonical import ChatCall, CompletionCall, EmbedCall, Event, Ranked, RerankCall, RerankResult
-from enginehouse.engines.openai_wire import events, request_for
-from enginehouse.engines.upstream import EngineAnswer, Upstream, raise_for_engine
+from enginehouse.canonical import (
+    ChatCall,
+    CompletionCall,
+    EmbedCall,
+    Event,
+    Ranked,
+    RerankCall,
+    RerankResult,
+    Step,
+)
+from enginehouse.engines.engine_http import Flow
+from enginehouse.engines.openai_wire import EventDecoder, request_for
+from enginehouse.engines.upstream import EngineAnswer, Upstream, pump, raise_for_engine
 from enginehouse.errors import ContextOverflow, EnginehouseError, InvalidRequest, RunnerError
 
 #: What a broken engine stream looks like from the clients' side: reported as "closed early".
@@ -34,29 +44,58 @@ STREAM_BROKEN = (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, ai
 
 
 class EventStream:
-    """An engine's answer as canonical events. ``close()`` drops the engine's stream, which cancels its
-    generation (also when the client left)."""
+    """An engine's answer as canonical events: each piece of the engine's bytes decoded, then passed
+    through the steps (:meth:`through`), and handed to the consumer by :meth:`run`. ``close()`` drops the
+    engine's stream, which cancels its generation (also when the client left)."""
 
-    def __init__(self, source: AsyncIterator[Event], close: Callable[[], None]) -> None:
-        self._source = source
-        self._close = close
+    def __init__(self, resp: EngineAnswer, decoder: EventDecoder | None = None) -> None:
+        self._resp = resp
+        self._decoder = decoder or EventDecoder()
+        self._steps: list[Step] = []
 
-    def __aiter__(self) -> AsyncIterator[Event]:
-        return self._events()
+    def through(self, step: Step) -> EventStream:
+        """The same answer with ``step`` applied to its events, after the steps before it."""
+        self._steps.append(step)
+        return self
 
-    async def _events(self) -> AsyncIterator[Event]:
+    def _piece(self, chunk: bytes) -> list[Event]:
+        events = self._decoder.feed(chunk)
+        for step in self._steps:
+            events = [out for event in events for out in step.feed(event)]
+        return events
+
+    def _ending(self) -> list[Event]:
+        events = self._decoder.end()
+        for step in self._steps:
+            events = [out for event in events for out in step.feed(event)] + step.end()
+        return events
+
+    async def run(self, deliver: Callable[[list[Event]], bool], drain: Callable[[], Awaitable[None]]) -> None:
+        """Hand the answer's events to ``deliver``, one engine piece's worth at a time, until the engine's
+        ``[DONE]`` or a step's end (a stop sequence). ``deliver`` returns True when its client reads
+        slower than the engine writes: the engine is then not read until ``drain()`` returned.
+
+        Where the engine's connection can push (:func:`~enginehouse.engines.upstream.pump`), the
+        pieces are decoded and delivered in that connection's own callback. An exception ``deliver``
+        raises ends the answer and is raised here."""
+        steps = self._steps
+
+        def sink(chunk: bytes) -> Flow:
+            events = self._piece(chunk)
+            slow = deliver(events) if events else False
+            if self._decoder.done or (steps and any(step.done for step in steps)):
+                return "stop"
+            return "wait" if slow else "go"
+
         try:
-            async for event in self._source:
-                yield event
+            await pump(self._resp, sink, drain)
         except STREAM_BROKEN as exc:
             raise RunnerError("the engine closed the stream early") from exc
-
-    def through(self, transform: Callable[[AsyncIterator[Event]], AsyncIterator[Event]]) -> EventStream:
-        """The same answer with ``transform`` applied to its events (e.g. tool calls split from text)."""
-        return EventStream(transform(self._source), self._close)
+        if rest := self._ending():
+            deliver(rest)
 
     def close(self) -> None:
-        self._close()
+        self._resp.close()
 
 
 @dataclass(frozen=True)
@@ -190,7 +229,7 @@ class Engine(abc.ABC):
         except BaseException:
             resp.close()
             raise
-        return EventStream(events(resp.iter_any()), resp.close)
+        return EventStream(resp)
 
     async def embed(self, call: EmbedCall, http: Upstream, extra: dict[str, str] | None = None) -> Embeddings:
         """Embeddings; an input longer than the engine takes (when it says how long that is, see

@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -33,6 +33,11 @@ from enginehouse.errors import DeadlineExceeded, RunnerError, UpstreamUnavailabl
 CONNECT_TIMEOUT = 10.0
 IDLE_SECONDS = 4.0  # under cpp-httplib's 5 s keep-alive timeout, so an idle connection is not stale
 HIGH_WATER = 256 * 1024  # bytes buffered unread before the engine is paused (a slow client)
+
+
+#: What a push consumer says after each piece (:meth:`EngineResponse.push`): read on, wait until its
+#: client drained, or stop (the answer is complete for it).
+Flow = Literal["go", "wait", "stop"]
 
 
 class _Stale(Exception):
@@ -58,6 +63,9 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self._deadline: asyncio.TimerHandle | None = None
+        self.sink: Callable[[bytes], Flow] | None = None  # a push consumer, fed in on_body
+        self.halt: Flow | None = None  # what the sink last said, when not "go"
+        self.sink_error: BaseException | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -95,6 +103,17 @@ class _Connection(asyncio.Protocol):
             self._head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        if self.sink is not None and self.halt is None:
+            try:
+                flow = self.sink(body)
+            except BaseException as exc:  # the consumer's own failure (its client left): raised in push()
+                self.sink_error, flow = exc, "stop"
+            if flow != "go":
+                self.halt = flow
+                if self.transport is not None:
+                    self.transport.pause_reading()  # pieces already read queue up below until push() resumes
+                self._wake()
+            return
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > HIGH_WATER and not self._paused and self.transport is not None:
@@ -155,6 +174,15 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
         return chunk
 
+    async def settled(self) -> None:
+        """Wait until the body ended, failed, or the push consumer halted."""
+        while not (self._complete or self._error is not None or self.halt is not None or self._chunks):
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
     def _until_eof(self) -> bool:
         names = {k.lower() for k, _ in self._headers}
         return not self.chunked and "content-length" not in names
@@ -211,6 +239,40 @@ class EngineResponse:
     async def iter_any(self) -> AsyncIterator[bytes]:
         while (chunk := await self._conn.next_chunk()) is not None:
             yield chunk
+
+    async def push(self, sink: Callable[[bytes], Flow], drain: Callable[[], Awaitable[None]]) -> None:
+        """Hand the body to ``sink`` piece by piece, called from the connection's own callback as each
+        piece is parsed: no task switch per piece. Returns at the body's end or when ``sink`` says
+        "stop"; on "wait" the engine is not read until ``drain()`` returned. An error of the exchange
+        (the engine gone, the deadline), or one ``sink`` raised, is raised here."""
+        conn = self._conn
+        try:
+            while True:
+                while conn._chunks:  # what arrived before push, or during a wait, goes first
+                    flow = sink(conn._chunks.popleft())
+                    if flow == "stop":
+                        return
+                    if flow == "wait":
+                        await drain()
+                conn._buffered = 0
+                if conn._complete:
+                    return
+                if conn._error is not None:
+                    raise conn._error
+                conn.sink, conn.halt = sink, None
+                if conn.transport is not None and not conn.closed:
+                    conn._paused = False
+                    conn.transport.resume_reading()
+                await conn.settled()
+                conn.sink = None
+                if conn.sink_error is not None:
+                    raise conn.sink_error
+                if conn.halt == "stop":
+                    return
+                if conn.halt == "wait":
+                    await drain()
+        finally:
+            conn.sink = None
 
     async def lines(self) -> AsyncIterator[bytes]:
         """The body line by line, each with its ``\\n`` (the last one may have none)."""

@@ -7,7 +7,6 @@ for a stream with usage: a client's ``stream: false`` is folded by its door, so 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 import orjson
@@ -25,7 +24,7 @@ from enginehouse.canonical import (
     ToolCallDelta,
     Usage,
 )
-from enginehouse.wire import sse_payloads
+from enginehouse.wire import DONE, SSEParser
 
 
 def engine_message(msg: Message) -> dict[str, Any]:
@@ -173,10 +172,30 @@ def events_of(chunk: dict[str, Any]) -> list[Event]:
     return out
 
 
-async def events(chunks: AsyncIterable[bytes]) -> AsyncIterator[Event]:
-    """An engine's SSE stream as events, until ``[DONE]``."""
-    async for payload in sse_payloads(chunks):
-        chunk = orjson.loads(payload)
-        if isinstance(chunk, dict):
-            for event in events_of(chunk):
-                yield event
+class EventDecoder:
+    """An engine's SSE stream as events, one piece of bytes at a time, until ``[DONE]`` (then ``done``)."""
+
+    def __init__(self) -> None:
+        self._parser = SSEParser()
+        self.done = False
+
+    def feed(self, chunk: bytes) -> list[Event]:
+        out: list[Event] = []
+        for payload in self._parser.feed(chunk):
+            if payload == DONE:
+                self.done = True
+                break
+            out += _events_in(payload)
+        return out
+
+    def end(self) -> list[Event]:
+        """The last event of a stream that ended without its blank line (or without ``[DONE]``)."""
+        if self.done:
+            return []
+        self.done = True
+        return [event for payload in self._parser.close() if payload != DONE for event in _events_in(payload)]
+
+
+def _events_in(payload: bytes) -> list[Event]:
+    chunk = orjson.loads(payload)
+    return events_of(chunk) if isinstance(chunk, dict) else []

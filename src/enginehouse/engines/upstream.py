@@ -10,14 +10,14 @@ mid-stream is reported, not retried here.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 import aiohttp
 import orjson
 
 from enginehouse import http_client
-from enginehouse.engines.engine_http import EngineHTTP, EngineResponse
+from enginehouse.engines.engine_http import EngineHTTP, EngineResponse, Flow
 from enginehouse.errors import ContextOverflow, InvalidRequest, LoopDetected, RunnerError, UpstreamUnavailable
 
 _STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
@@ -35,6 +35,24 @@ class EngineAnswer(Protocol):
     async def read(self) -> bytes: ...
     def release(self) -> None: ...
     def close(self) -> None: ...
+
+
+async def pump(
+    resp: EngineAnswer, sink: Callable[[bytes], Flow], drain: Callable[[], Awaitable[None]]
+) -> None:
+    """Hand an answer's body to ``sink`` piece by piece, until its end or until ``sink`` says "stop"; on
+    "wait" nothing more is read until ``drain()`` returned. The lean client pushes the pieces from its
+    connection's callback (no task switch per piece: most of what relaying a token costs); an aiohttp
+    answer is read here."""
+    if isinstance(resp, EngineResponse):
+        await resp.push(sink, drain)
+        return
+    async for chunk in resp.iter_any():
+        flow = sink(chunk)
+        if flow == "stop":
+            return
+        if flow == "wait":
+            await drain()
 
 
 class _AiohttpAnswer:

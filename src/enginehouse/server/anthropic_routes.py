@@ -37,7 +37,6 @@ async def messages(request: web.Request) -> web.StreamResponse:
     data = await read_json(request)
     req = MessagesRequest.model_validate(data)
     call = messages_call(req)
-    stops = stop_at(req.stop_sequences) if req.stop_sequences else None
 
     async def attempt(name: str, outcome: Outcome) -> web.StreamResponse:
         record = gw.catalog.resolve(name)
@@ -46,6 +45,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
             async with lease_for(request, name, None, RunnerSpec(), record) as lease:
                 prepared = prepare(call, facts_for(request, lease.model.record))
                 encoder = AnthropicEncoder(call.model, started)
+                stops = stop_at(req.stop_sequences) if req.stop_sequences else None  # fresh state per try
                 return await run_generation(request, "anthropic", lease, prepared, encoder, outcome, stops)
 
         return await answer_cached(request, "anthropic", MESSAGES, data, record, answer)

@@ -20,7 +20,7 @@ from aiohttp import web
 from enginehouse.api.prepare import ModelFacts, Prepared, prepare_chat, prepare_completion
 from enginehouse.api.thinking import split_thinking
 from enginehouse.api.toolcalls import split_tool_calls
-from enginehouse.canonical import Call, ChatCall, CompletionCall, Event
+from enginehouse.canonical import Call, ChatCall, CompletionCall, Step
 from enginehouse.engines.base import Engine, RunnerSpec
 from enginehouse.engines.upstream import EngineAnswer
 from enginehouse.routing.dispatch import Outcome
@@ -32,7 +32,6 @@ from enginehouse.server.relay import Encoder, relay_events
 from enginehouse.store import ModelRecord
 
 Attempt = Callable[[str, Outcome], Awaitable[web.StreamResponse]]
-Transform = Callable[[AsyncIterator[Event]], AsyncIterator[Event]]
 
 
 async def plan_request(request: web.Request, call: Call) -> Plan:
@@ -83,9 +82,9 @@ async def run_generation(
     prepared: Prepared,
     encoder: Encoder,
     outcome: Outcome,
-    transform: Transform | None = None,
+    step: Step | None = None,
 ) -> web.StreamResponse:
-    """One generation on a leased engine, relayed in the door's shape. ``transform``: the door's own
+    """One generation on a leased engine, relayed in the door's shape. ``step``: the door's own
     step over the events, after the tool calls are split out (e.g. Anthropic's stop sequences)."""
     engine = lease.model.engine
     sent = time.monotonic()
@@ -94,8 +93,8 @@ async def run_generation(
         answer = answer.through(split_thinking(prepared.thinking, prepared.thinking_open))
     if prepared.tools is not None:  # a Go template's calls come back as text, written its way
         answer = answer.through(split_tool_calls(prepared.tools, prepared.forced))
-    if transform is not None:
-        answer = answer.through(transform)
+    if step is not None:
+        answer = answer.through(step)
     response = await relay_events(request, answer, encoder, outcome, prepared.call.stream)
     observe_generation(request, door, lease, encoder.tally, sent)
     return response

@@ -18,15 +18,16 @@ the response cache asked; metrics are observed once per answer, never per chunk.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import orjson
-from aiohttp import web
+from aiohttp import ClientConnectionResetError, web
 
 from enginehouse.canonical import Event, Failure
 from enginehouse.engines.base import STREAM_BROKEN, EventStream
-from enginehouse.engines.upstream import EngineAnswer
+from enginehouse.engines.engine_http import Flow
+from enginehouse.engines.upstream import EngineAnswer, pump
 from enginehouse.errors import EnginehouseError, EngineRefused, RunnerError
 from enginehouse.routing.dispatch import Outcome
 from enginehouse.server.app_state import json_response
@@ -47,14 +48,48 @@ class Encoder(Protocol):
     def error(self, exc: EnginehouseError) -> bytes: ...
 
 
-async def _objects(answer: EventStream, encoder: Encoder) -> AsyncIterator[dict[str, Any]]:
-    """The door's objects for an answer's events; the engine's in-band failure raises here."""
-    async for event in answer:
+def _objects(events: list[Event], encoder: Encoder) -> list[dict[str, Any]]:
+    """The door's objects for some of an answer's events; the engine's in-band failure raises here."""
+    out: list[dict[str, Any]] = []
+    now = time.monotonic()
+    for event in events:
         if isinstance(event, Failure):
             raise EngineRefused(event.message)
-        encoder.tally.see(event, time.monotonic())
-        for obj in encoder.objects(event):
-            yield obj
+        encoder.tally.see(event, now)
+        out += encoder.objects(event)
+    return out
+
+
+class BodyWriter:
+    """A prepared response's body, written straight to the client's transport from plain code (the relay
+    runs in the engine connection's callback, where nothing can be awaited): the chunked framing
+    aiohttp announced in ``prepare()``, and the cache's recorder fed the same bytes as through
+    ``write()``. Flow control is aiohttp's own: the transport pauses its protocol past its high-water
+    mark, and :meth:`drain` waits as aiohttp's writer would."""
+
+    def __init__(self, request: web.Request, out: web.StreamResponse) -> None:
+        self._protocol = request.protocol
+        self._chunked = out.headers.get("Transfer-Encoding", "").lower() == "chunked"
+        self._recorder = getattr(out, "recorder", None)
+
+    def write(self, data: bytes) -> bool:
+        """Send ``data``; True when the client reads slower than we write (then :meth:`drain`)."""
+        transport = self._protocol.transport
+        if transport is None or transport.is_closing():
+            raise ClientConnectionResetError("the client closed the connection")
+        if data:
+            transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+            if self._recorder is not None:
+                self._recorder.feed(data)
+        return self._protocol.writing_paused
+
+    async def drain(self) -> None:
+        if self._protocol.transport is not None and self._protocol.writing_paused:
+            await self._protocol._drain_helper()  # aiohttp's StreamWriter.drain, which our writes bypass
+
+
+async def _nothing() -> None:
+    """No client to drain: a folded answer is gathered in memory."""
 
 
 async def relay_events(
@@ -62,17 +97,27 @@ async def relay_events(
 ) -> web.StreamResponse:
     try:
         if not stream:
-            objects = [obj async for obj in _objects(answer, encoder)]
+            objects: list[dict[str, Any]] = []
+
+            def gather(events: list[Event]) -> bool:
+                objects.extend(_objects(events, encoder))
+                return False  # never slow: nothing is sent before the end
+
+            await answer.run(gather, _nothing)
             return json_response(encoder.fold(objects + encoder.closing()))
         out = open_stream(request, {"Content-Type": encoder.content_type, "Cache-Control": "no-cache"})
         await out.prepare(request)
+        body = BodyWriter(request, out)
+
+        def deliver(events: list[Event]) -> bool:
+            return body.write(b"".join([encoder.frame(obj) for obj in _objects(events, encoder)]))
+
         try:
-            async for obj in _objects(answer, encoder):
-                await out.write(encoder.frame(obj))
-            await out.write(b"".join(encoder.frame(o) for o in encoder.closing()) + encoder.closing_bytes)
+            await answer.run(deliver, body.drain)
+            body.write(b"".join(encoder.frame(o) for o in encoder.closing()) + encoder.closing_bytes)
         except EnginehouseError as exc:  # after the first byte the status is sent: reported in-band
             outcome.fail(exc)
-            await out.write(encoder.error(exc))
+            body.write(encoder.error(exc))
         await out.write_eof()
         return out
     finally:
@@ -125,28 +170,35 @@ async def relay_bytes(
             headers["Cache-Control"] = "no-cache"
         out = open_stream(request, headers)
         await out.prepare(request)
+        body = BodyWriter(request, out)
         first: float | None = None
         prev = b""  # the engine's counts are in the last events before the end
         pending = b""  # NDJSON with a rename: the unfinished line
         ended = False
+
+        def sink(chunk: bytes) -> Flow:
+            nonlocal first, prev, pending, ended
+            first = first or time.monotonic()
+            slow = False
+            if rename is not None and framing.line_based:
+                pending += chunk
+                cut = pending.rfind(b"\n") + 1
+                if cut:
+                    slow = body.write(rename(pending[:cut]))
+                    pending = pending[cut:]
+            else:
+                slow = body.write(rename(chunk) if rename else chunk)
+            if framing.end_marker is not None and chunk.endswith(framing.end_marker):
+                observe(first, prev[-4096:] + chunk)  # llama-server's end: do not wait for the close
+                ended = True
+                return "stop"
+            prev = chunk
+            return "wait" if slow else "go"
+
         try:
-            async for chunk in resp.iter_any():
-                first = first or time.monotonic()
-                if rename is not None and framing.line_based:
-                    pending += chunk
-                    cut = pending.rfind(b"\n") + 1
-                    if cut:
-                        await out.write(rename(pending[:cut]))
-                        pending = pending[cut:]
-                else:
-                    await out.write(rename(chunk) if rename else chunk)
-                if framing.end_marker is not None and chunk.endswith(framing.end_marker):
-                    observe(first, prev[-4096:] + chunk)  # llama-server's end: do not wait for the close
-                    ended = True
-                    break
-                prev = chunk
+            await pump(resp, sink, body.drain)
             if pending:
-                await out.write(rename(pending) if rename else pending)
+                body.write(rename(pending) if rename else pending)
             if not ended:
                 observe(first, prev[-4096:])
         except (*STREAM_BROKEN, EnginehouseError) as exc:
@@ -157,7 +209,7 @@ async def relay_bytes(
                 else RunnerError("the engine closed the stream early")
             )
             outcome.fail(error)
-            await out.write(framing.error(error))
+            body.write(framing.error(error))
         await out.write_eof()
         return out
     finally:
