@@ -19,42 +19,28 @@ import pytest
 from aiohttp import web
 
 from enginehouse.server.runtime import BackgroundServer
+from enginehouse.wire import SSE_DONE
 from tests.conftest import make_config
-from tests.fakes.threaded import ThreadedApps
+from tests.fakes.openai_upstream import OpenAIUpstream, sse_chunk
 
 PIECES = 6000
 PIECE = "x" * 1000
 
 
-class FloodingUpstream(ThreadedApps):
+class FloodingUpstream(OpenAIUpstream):
     """An OpenAI-compatible engine that streams PIECES numbered deltas back to back."""
 
     thread_name = "flooding-upstream"
-    port = 0
-
-    async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "flood"}]})
+    model_ids = ("flood",)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await out.prepare(request)
         for i in range(PIECES):
-            delta = {"content": f"{i:05d}{PIECE}"}
-            chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta}]}
-            await out.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
-        end = {
-            "object": "chat.completion.chunk",
-            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-        }
-        await out.write(b"data: " + orjson.dumps(end) + b"\n\ndata: [DONE]\n\n")
+            await out.write(sse_chunk({"delta": {"content": f"{i:05d}{PIECE}"}}))
+        await out.write(sse_chunk({"delta": {}, "finish_reason": "stop"}) + SSE_DONE)
         await out.write_eof()
         return out
-
-    async def start_async(self) -> None:
-        app = web.Application()
-        app.router.add_get("/v1/models", self.models)
-        app.router.add_post("/v1/chat/completions", self.chat)
-        (self.port,) = await self.serve((app, 0))
 
 
 def unchunked(body: bytes) -> bytes:

@@ -20,7 +20,7 @@ from aiohttp import web
 from enginehouse.config import Config
 from enginehouse.server.runtime import BackgroundServer
 from tests.conftest import MODEL
-from tests.fakes.threaded import ThreadedApps
+from tests.fakes.openai_upstream import OpenAIUpstream, sse_chunk
 
 pytestmark = pytest.mark.slow
 
@@ -44,32 +44,21 @@ def prompt_of(message: anthropic.types.Message) -> int:
     return message.usage.input_tokens + (message.usage.cache_read_input_tokens or 0)
 
 
-class CuttingUpstream(ThreadedApps):
+class CuttingUpstream(OpenAIUpstream):
     """An OpenAI-compatible engine that sends one chunk and drops the connection: what a crash
     mid-answer looks like to the gateway (a real runner cannot be made to do it on demand)."""
 
     thread_name = "cutting-upstream"
-    port = 0
-
-    async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "cut"}]})
+    model_ids = ("cut",)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await out.prepare(request)
-        delta = {"role": "assistant", "content": "Hi"}
-        chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta}]}
-        await out.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        await out.write(sse_chunk({"delta": {"role": "assistant", "content": "Hi"}}))
         await asyncio.sleep(0.05)
         assert request.transport is not None
         request.transport.abort()
         return out
-
-    async def start_async(self) -> None:
-        app = web.Application()
-        app.router.add_get("/v1/models", self.models)
-        app.router.add_post("/v1/chat/completions", self.chat)
-        (self.port,) = await self.serve((app, 0))
 
 
 @pytest.fixture(scope="module")

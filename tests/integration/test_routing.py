@@ -23,8 +23,9 @@ import pytest
 from aiohttp import web
 
 from enginehouse.server.runtime import BackgroundServer
+from enginehouse.wire import SSE_DONE
 from tests.conftest import MODEL, free_port, make_config
-from tests.fakes.threaded import ThreadedApps
+from tests.fakes.openai_upstream import OpenAIUpstream, sse_chunk
 
 pytestmark = pytest.mark.slow
 
@@ -32,20 +33,17 @@ HI = [{"role": "user", "content": "Say hello."}]
 SHORT = {"temperature": 0, "max_tokens": 4}
 
 
-class FlakyUpstream(ThreadedApps):
+class FlakyUpstream(OpenAIUpstream):
     """An OpenAI-compatible upstream: model ``crash`` answers 500 while ``broken`` (else a short
     stream), model ``cut`` sends one chunk and drops the connection."""
 
     thread_name = "flaky-upstream"
+    model_ids = ("crash", "cut")
 
     def __init__(self) -> None:
         super().__init__()
         self.broken = True
         self.hits: dict[str, int] = {}
-        self.port = 0
-
-    async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "crash"}, {"id": "cut"}]})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -55,26 +53,17 @@ class FlakyUpstream(ThreadedApps):
             return web.json_response({"error": {"message": "CUDA error: out of memory"}}, status=500)
         out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await out.prepare(request)
-        chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": model}
-        delta = {
-            "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": None}]
-        }
-        await out.write(b"data: " + orjson.dumps({**chunk, **delta}) + b"\n\n")
+        head = {"id": "x", "created": 0, "model": model}
+        choice = {"delta": {"role": "assistant", "content": "Hi"}, "finish_reason": None}
+        await out.write(sse_chunk(choice, **head))
         if model == "cut":
             await asyncio.sleep(0.05)
             assert request.transport is not None
             request.transport.abort()  # the engine dies mid-stream
             return out
-        done = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-        await out.write(b"data: " + orjson.dumps({**chunk, **done}) + b"\n\ndata: [DONE]\n\n")
+        await out.write(sse_chunk({"delta": {}, "finish_reason": "stop"}, **head) + SSE_DONE)
         await out.write_eof()
         return out
-
-    async def start_async(self) -> None:
-        app = web.Application()
-        app.router.add_get("/v1/models", self.models)
-        app.router.add_post("/v1/chat/completions", self.chat)
-        (self.port,) = await self.serve((app, 0))
 
 
 @pytest.fixture(scope="module")
