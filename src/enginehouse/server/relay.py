@@ -11,8 +11,11 @@ Both: the response opens once the engine accepted the request (a refusal before 
 and routing may try another candidate); after the first byte a failure ends the stream with an error
 in the door's own shape and is noted on the :class:`~enginehouse.routing.dispatch.Outcome`, so it still
 counts against the model's health; a client that leaves closes the engine's stream, which cancels its
-generation; writes go through :func:`~enginehouse.server.caching.open_stream`, which records them when
-the response cache asked; metrics are observed once per answer, never per chunk.
+generation; the response is opened by :func:`~enginehouse.server.caching.open_stream`, which records
+what is written when the response cache asked; metrics are observed once per answer, never per chunk.
+A stream's pieces are relayed as they arrive, in the engine connection's own callback
+(:func:`~enginehouse.engines.upstream.pump`), and written by :class:`BodyWriter`: no task switch per
+token.
 """
 
 from __future__ import annotations
