@@ -110,10 +110,10 @@ def _pdeathsig_preexec(parent_pid: int) -> Callable[[], None]:
     return preexec
 
 
-def _child_setup(parent_pid: int, nice: int) -> Callable[[], None] | None:
-    """What a runner's child does before exec: die with the gateway (Linux) and lower its priority.
-
-    The niceness is set before exec, so every thread the runner starts inherits it."""
+def child_preexec(parent_pid: int, nice: int = 0) -> Callable[[], None] | None:
+    """What a child of the gateway (a runner, an RPC worker, the converter) does before exec: die with
+    ``parent_pid`` (Linux; None where there is no prctl and nothing else to do) and lower its priority
+    by ``nice``. The niceness is set before exec, so every thread the child starts inherits it."""
     pdeathsig = _pdeathsig_preexec(parent_pid) if _prctl is not None else None
     if nice <= 0:
         return pdeathsig
@@ -489,7 +489,7 @@ class ManagedProcess:
         self._port = port = _free_port(self.host)
         argv = [str(a) for a in self._build_argv(port)]
         env = {**os.environ, **self.env} if self.env else None
-        preexec = _child_setup(os.getpid(), self.nice)
+        preexec = child_preexec(os.getpid(), self.nice)
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self._log_path, "ab") as logf:
             stamp = datetime.now().astimezone().isoformat(timespec="seconds")

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import tempfile
 import time
 from collections import deque
@@ -196,13 +195,6 @@ def check_hf_dir(path: Path, *, trust_remote_code: bool = False) -> HfModelDir:
 # -- running the converter -----------------------------------------------------------------------
 
 
-def _preexec() -> Callable[[], None] | None:
-    """On Linux the converter dies with us (even on SIGKILL), as runners do."""
-    if getattr(process, "_prctl", None) is None:
-        return None
-    return process._pdeathsig_preexec(os.getpid())
-
-
 def _converter_error(lines: deque[str]) -> str:
     """The converter's own reason: its ERROR line, else the exception's last line."""
     for line in reversed(lines):
@@ -240,7 +232,7 @@ def run_converter(
             errors="replace",
             env=env,
             cwd=str(converter.script.parent),
-            preexec_fn=_preexec() if sys.platform.startswith("linux") else None,
+            preexec_fn=process.child_preexec(os.getpid()),  # it dies with us (Linux), as runners do
         )
         assert proc.stdout is not None
         try:

@@ -44,7 +44,7 @@ from pathlib import Path
 from enginehouse.config_values import RPC_DEFAULT_PORT as DEFAULT_PORT
 from enginehouse.config_values import parse_endpoint
 from enginehouse.errors import InvalidRequest, RunnerStartFailed
-from enginehouse.process import _pdeathsig_preexec, _prctl, _read_tail
+from enginehouse.process import _read_tail, child_preexec
 
 DEFAULT_HOST = "127.0.0.1"
 
@@ -307,7 +307,7 @@ class RpcWorker:
         return f"{self.host}:{self.port}"
 
     def start(self, timeout: float = 30.0) -> RpcWorker:
-        preexec = _pdeathsig_preexec(os.getpid()) if _prctl is not None else None
+        preexec = child_preexec(os.getpid())
         out: int | object = None  # no log file: its output goes where ours goes
         logf = None
         if self.log_path is not None:
