@@ -30,14 +30,15 @@ _RECORDER = web.RequestKey("enginehouse.cache.recorder", object)  # content type
 
 
 class RecordingStream(web.StreamResponse):
-    """A stream that also hands every chunk it writes to the cache's recorder."""
+    """A stream whose body is also handed to the cache's recorder (by the relay's writer, which writes
+    to the transport itself: ``server/relay.BodyWriter``)."""
 
     recorder: Recorder | None = None
 
-    async def write(self, data: bytes) -> None:  # type: ignore[override]
-        await super().write(data)
-        if self.recorder is not None:
-            self.recorder.feed(data)
+
+def recorder_of(response: web.StreamResponse) -> Recorder | None:
+    """The recorder a stream opened by :func:`open_stream` feeds, if the cache asked for one."""
+    return response.recorder if isinstance(response, RecordingStream) else None
 
 
 def open_stream(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
@@ -83,7 +84,7 @@ async def answer_cached(
     note_header(request, CACHE_HEADER, "miss")
     request[_RECORDER] = lambda content_type: cache.recorder(plan, content_type)
     response = await answer()
-    recorder = response.recorder if isinstance(response, RecordingStream) else None
+    recorder = recorder_of(response)
     if isinstance(response, web.Response) and response.status == 200 and isinstance(response.body, bytes):
         recorder = cache.recorder(plan, response.content_type)
         if recorder is not None:

@@ -34,7 +34,7 @@ from enginehouse.engines.upstream import EngineAnswer, pump
 from enginehouse.errors import EnginehouseError, EngineRefused, RunnerError
 from enginehouse.routing.dispatch import Outcome
 from enginehouse.server.app_state import json_response
-from enginehouse.server.caching import open_stream
+from enginehouse.server.caching import open_stream, recorder_of
 
 
 class Encoder(Protocol):
@@ -66,14 +66,14 @@ def _objects(events: list[Event], encoder: Encoder) -> list[dict[str, Any]]:
 class BodyWriter:
     """A prepared response's body, written straight to the client's transport from plain code (the relay
     runs in the engine connection's callback, where nothing can be awaited): the chunked framing
-    aiohttp announced in ``prepare()``, and the cache's recorder fed the same bytes as through
-    ``write()``. Flow control is aiohttp's own: the transport pauses its protocol past its high-water
-    mark, and :meth:`drain` waits as aiohttp's writer would."""
+    aiohttp announced in ``prepare()``, and the cache's recorder fed the body's bytes. Flow control is
+    aiohttp's own: the transport pauses its protocol past its high-water mark, and :meth:`drain` waits
+    as aiohttp's writer would."""
 
     def __init__(self, request: web.Request, out: web.StreamResponse) -> None:
         self._protocol = request.protocol
         self._chunked = out.headers.get("Transfer-Encoding", "").lower() == "chunked"
-        self._recorder = getattr(out, "recorder", None)
+        self._recorder = recorder_of(out)
 
     def write(self, data: bytes) -> bool:
         """Send ``data``; True when the client reads slower than we write (then :meth:`drain`)."""
