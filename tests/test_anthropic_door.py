@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from enginehouse.api.anthropic import CountTokensRequest, MessagesRequest
-from enginehouse.api.anthropic_door import AnthropicEncoder, messages_call, stop_at
+from enginehouse.api.anthropic_door import AnthropicEncoder, StopStep, messages_call
 from enginehouse.api.prepare import ModelFacts, prepare_chat
 from enginehouse.canonical import (
     Event,
@@ -196,7 +196,7 @@ def test_sampling_tools_choice_and_thinking() -> None:
         tool_choice={"type": "any"},
         thinking={"type": "enabled", "budget_tokens": 2048},
     )
-    # stop sequences stay out of the sampling: the door matches them (stop_at)
+    # stop sequences stay out of the sampling: the door matches them (StopStep)
     assert call.sampling == {"max_tokens": 16, "temperature": 0.2, "top_p": 0.9, "top_k": 40}
     assert call.tools == [FUNCTION]
     assert call.tool_choice == "required"
@@ -392,7 +392,7 @@ STOPS = [
 @pytest.mark.parametrize("sequences,pieces,text,matched", [c[1:] for c in STOPS], ids=[c[0] for c in STOPS])
 def test_stop_sequences(sequences: list[str], pieces: list[str], text: str, matched: str | None) -> None:
     events: list[Event] = [TextDelta(p) for p in pieces] + [Finish("stop"), Usage(3, 4)]
-    out = run_events(stop_at(sequences), events)
+    out = run_events(StopStep(sequences), events)
     assert texts(out) == text
     finishes = [e for e in out if isinstance(e, Finish)]
     assert finishes[0].stop_sequence == matched
@@ -401,7 +401,7 @@ def test_stop_sequences(sequences: list[str], pieces: list[str], text: str, matc
 
 
 def test_held_text_goes_before_a_tool_call() -> None:
-    out = run_events(stop_at(["END"]), [TextDelta("a E"), ToolCallDelta(0, "f", "{}"), Finish("tool_calls")])
+    out = run_events(StopStep(["END"]), [TextDelta("a E"), ToolCallDelta(0, "f", "{}"), Finish("tool_calls")])
     assert isinstance(out[0], TextDelta) and out[0].text == "a "
     assert isinstance(out[1], TextDelta) and out[1].text == "E"
     assert isinstance(out[2], ToolCallDelta)

@@ -13,8 +13,8 @@ from enginehouse.api.openai_door import OpenAIChatEncoder, chat_call
 from enginehouse.api.prepare import ModelFacts, prepare_chat, prepare_completion
 from enginehouse.api.thinking import (
     ThinkingSplitter,
+    ThinkingStep,
     ThinkTags,
-    split_thinking,
     think_from_openai,
     think_tags,
 )
@@ -117,7 +117,7 @@ def test_splitter_table(pieces: list[str], inside: bool, reasoning: str, content
 
 def test_split_streams_reasoning_as_it_arrives() -> None:
     source: list[Event] = [TextDelta(t) for t in ["<think>", "one ", "two", "</think>", "three"]]
-    step = split_thinking(TAGS, False)
+    step = ThinkingStep(TAGS, False)
     events = [out for event in [*source, Finish("stop")] for out in step.feed(event)] + step.end()
     assert events == [
         ReasoningDelta("one "),

@@ -15,10 +15,10 @@ from enginehouse.api.openai_door import OpenAIChatEncoder, chat_call
 from enginehouse.api.prepare import ModelFacts, gateway_template, prepare_chat, template_messages
 from enginehouse.api.toolcalls import (
     ToolCallSplitter,
+    ToolCallStep,
     ToolFormat,
     forcing_schema,
     parse_calls,
-    split_tool_calls,
     tool_format,
 )
 from enginehouse.canonical import Event
@@ -51,7 +51,7 @@ def encode(encoder: Any, chunks: list[dict[str, Any]], fmt: ToolFormat | None, f
 
     events: list[Event] = [event for chunk in chunks for event in events_of(chunk)]
     if fmt:
-        step = split_tool_calls(fmt, forced)
+        step = ToolCallStep(fmt, forced)
         events = [out for event in events for out in step.feed(event)] + step.end()
     out: list = []
     for event in events:

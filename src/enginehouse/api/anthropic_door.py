@@ -6,7 +6,7 @@ Pure functions, a transform and one small stateful encoder, tested with tables
 content blocks -> messages (a user turn's ``tool_result`` blocks -> tool messages), ``tools`` ->
 function tools, ``tool_choice`` any -> required, ``thinking`` -> ``think``.
 
-Stop sequences are matched here (:func:`stop_at`) rather than by the engine: Anthropic's answer names
+Stop sequences are matched here (:class:`StopStep`) rather than by the engine: Anthropic's answer names
 the sequence that stopped it (``stop_sequence``), which no engine's OpenAI stream reports.
 """
 
@@ -250,7 +250,7 @@ def think_of(thinking: dict[str, Any] | None) -> Think:
 
 def messages_call(req: CountTokensRequest) -> ChatCall:
     """A validated Messages (or count_tokens) body as a chat call. Stop sequences stay out of the
-    sampling: the door matches them (:func:`stop_at`)."""
+    sampling: the door matches them (:class:`StopStep`)."""
     sampling: dict[str, Any] = {}
     stream = False
     response_format = None
@@ -318,10 +318,6 @@ class StopStep:
     def end(self) -> list[Event]:
         held, self.held = self.held, ""
         return [TextDelta(held)] if held and not self.done else []
-
-
-def stop_at(sequences: list[str]) -> StopStep:
-    return StopStep(sequences)
 
 
 # ---- the answer ---------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ is; OpenAI's ``reasoning_effort`` (or ``reasoning: {effort}``) maps onto it ("no
 render their own templates get it as ``chat_template_kwargs.enable_thinking`` plus ``reasoning_effort``
 and split the reasoning themselves (``engines/openai_wire.think_fields``). A Go template renders
 ``.Think``, and its model writes its thoughts between the tags the template uses, which
-:func:`split_thinking` turns into :class:`~enginehouse.canonical.ReasoningDelta` events as they stream.
+:class:`ThinkingStep` turns into :class:`~enginehouse.canonical.ReasoningDelta` events as they stream.
 """
 
 from __future__ import annotations
@@ -145,7 +145,3 @@ class ThinkingStep:
         if content:
             out.append(TextDelta(content, logprobs))
         return out
-
-
-def split_thinking(tags: ThinkTags, inside: bool) -> ThinkingStep:
-    return ThinkingStep(tags, inside)

@@ -231,7 +231,3 @@ class ToolCallStep:
             for i, call in enumerate(calls)
         ]
         return out
-
-
-def split_tool_calls(fmt: ToolFormat, forced: bool) -> ToolCallStep:
-    return ToolCallStep(fmt, forced)

@@ -63,9 +63,9 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self._deadline: asyncio.TimerHandle | None = None
-        self.sink: Callable[[bytes], Flow] | None = None  # a push consumer, fed in on_body
-        self.halt: Flow | None = None  # what the sink last said, when not "go"
-        self.sink_error: BaseException | None = None
+        self._sink: Callable[[bytes], Flow] | None = None  # a push consumer, fed in on_body
+        self._halt: Flow | None = None  # what the sink last said, when not "go"
+        self._sink_error: BaseException | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -103,13 +103,13 @@ class _Connection(asyncio.Protocol):
             self._head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
-        if self.sink is not None and self.halt is None:
+        if self._sink is not None and self._halt is None:
             try:
-                flow = self.sink(body)
+                flow = self._sink(body)
             except BaseException as exc:  # the consumer's own failure (its client left): raised in push()
-                self.sink_error, flow = exc, "stop"
+                self._sink_error, flow = exc, "stop"
             if flow != "go":
-                self.halt = flow
+                self._halt = flow
                 if self.transport is not None:
                     self.transport.pause_reading()  # pieces already read queue up below until push() resumes
                 self._wake()
@@ -174,9 +174,39 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
         return chunk
 
-    async def settled(self) -> None:
+    async def push(self, sink: Callable[[bytes], Flow], drain: Callable[[], Awaitable[None]]) -> None:
+        """:meth:`EngineResponse.push`."""
+        try:
+            while True:
+                while self._chunks:  # what arrived before push, or during a wait, goes first
+                    flow = sink(self._chunks.popleft())
+                    if flow == "stop":
+                        return
+                    if flow == "wait":
+                        await drain()
+                self._buffered = 0
+                if self._complete:
+                    return
+                if self._error is not None:
+                    raise self._error
+                self._sink, self._halt = sink, None
+                if self.transport is not None and not self.closed:
+                    self._paused = False
+                    self.transport.resume_reading()
+                await self._settled()
+                self._sink = None
+                if self._sink_error is not None:
+                    raise self._sink_error
+                if self._halt == "stop":
+                    return
+                if self._halt == "wait":
+                    await drain()
+        finally:
+            self._sink = None
+
+    async def _settled(self) -> None:
         """Wait until the body ended, failed, or the push consumer halted."""
-        while not (self._complete or self._error is not None or self.halt is not None or self._chunks):
+        while not (self._complete or self._error is not None or self._halt is not None or self._chunks):
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
@@ -245,34 +275,7 @@ class EngineResponse:
         piece is parsed: no task switch per piece. Returns at the body's end or when ``sink`` says
         "stop"; on "wait" the engine is not read until ``drain()`` returned. An error of the exchange
         (the engine gone, the deadline), or one ``sink`` raised, is raised here."""
-        conn = self._conn
-        try:
-            while True:
-                while conn._chunks:  # what arrived before push, or during a wait, goes first
-                    flow = sink(conn._chunks.popleft())
-                    if flow == "stop":
-                        return
-                    if flow == "wait":
-                        await drain()
-                conn._buffered = 0
-                if conn._complete:
-                    return
-                if conn._error is not None:
-                    raise conn._error
-                conn.sink, conn.halt = sink, None
-                if conn.transport is not None and not conn.closed:
-                    conn._paused = False
-                    conn.transport.resume_reading()
-                await conn.settled()
-                conn.sink = None
-                if conn.sink_error is not None:
-                    raise conn.sink_error
-                if conn.halt == "stop":
-                    return
-                if conn.halt == "wait":
-                    await drain()
-        finally:
-            conn.sink = None
+        await self._conn.push(sink, drain)
 
     async def lines(self) -> AsyncIterator[bytes]:
         """The body line by line, each with its ``\\n`` (the last one may have none)."""

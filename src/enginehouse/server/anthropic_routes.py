@@ -13,7 +13,7 @@ import time
 from aiohttp import web
 
 from enginehouse.api.anthropic import CountTokensRequest, MessagesRequest
-from enginehouse.api.anthropic_door import AnthropicEncoder, messages_call, stop_at
+from enginehouse.api.anthropic_door import AnthropicEncoder, StopStep, messages_call
 from enginehouse.engines.base import RunnerSpec
 from enginehouse.routing.dispatch import Outcome
 from enginehouse.server.app_state import GATEWAY, json_response, read_json
@@ -45,7 +45,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
             async with lease_for(request, name, None, RunnerSpec(), record) as lease:
                 prepared = prepare(call, facts_for(request, lease.model.record))
                 encoder = AnthropicEncoder(call.model, started)
-                stops = stop_at(req.stop_sequences) if req.stop_sequences else None  # fresh state per try
+                stops = StopStep(req.stop_sequences) if req.stop_sequences else None  # fresh state per try
                 return await run_generation(request, "anthropic", lease, prepared, encoder, outcome, stops)
 
         return await answer_cached(request, "anthropic", MESSAGES, data, record, answer)

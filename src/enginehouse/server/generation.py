@@ -18,8 +18,8 @@ from typing import Any
 from aiohttp import web
 
 from enginehouse.api.prepare import ModelFacts, Prepared, prepare_chat, prepare_completion
-from enginehouse.api.thinking import split_thinking
-from enginehouse.api.toolcalls import split_tool_calls
+from enginehouse.api.thinking import ThinkingStep
+from enginehouse.api.toolcalls import ToolCallStep
 from enginehouse.canonical import Call, ChatCall, CompletionCall, Step
 from enginehouse.engines.base import Engine, RunnerSpec
 from enginehouse.engines.upstream import EngineAnswer
@@ -90,9 +90,9 @@ async def run_generation(
     sent = time.monotonic()
     answer = await engine.stream(prepared.call, request.app[GATEWAY].upstream, link_headers(request, engine))
     if prepared.thinking is not None:  # a Go template's model thinks in its text, between tags
-        answer = answer.through(split_thinking(prepared.thinking, prepared.thinking_open))
+        answer = answer.through(ThinkingStep(prepared.thinking, prepared.thinking_open))
     if prepared.tools is not None:  # a Go template's calls come back as text, written its way
-        answer = answer.through(split_tool_calls(prepared.tools, prepared.forced))
+        answer = answer.through(ToolCallStep(prepared.tools, prepared.forced))
     if step is not None:
         answer = answer.through(step)
     response = await relay_events(request, answer, encoder, outcome, prepared.call.stream)
