@@ -23,9 +23,10 @@ hand, eh-runner's are the engine's (slot layout, process), so a gap can be put w
 Every request is the same streamed chat: greedy (temperature 0, seed 1), --tokens max tokens.
 
 At each level: one excluded warm-up batch per path, then --rounds rounds, each sending L concurrent
-streams per path (order rotated each round) and waiting for all; below --min-streams a path's turn runs
-such batches back to back until it has sent that many, so that a round's p50 TTFT at 1 stream is a
-median of several streams rather than one. Reported per path: aggregate tokens/s
+streams per path (order rotated each round) and waiting for all; below --min-streams a round holds
+several such batches per path, the paths taking turns batch by batch (so that drift within a round falls
+on every path alike), until each has sent that many, so that a round's p50 TTFT at 1 stream is a median
+of several streams rather than one. Reported per path: aggregate tokens/s
 (all tokens of a round over its wall time, median over rounds; a stream that fails or outlasts
 --request-timeout adds no tokens and is counted as failed) and its ratio to hand, the median of the
 per-round ratios, p50/p95 TTFT pooled over rounds and the median per-round difference of p50 TTFT to
@@ -294,12 +295,18 @@ async def level_run(
         rates: dict[str, list[float]] = {n: [] for n in names}
         batches = -(-max(min_streams, level) // level)  # ceil: a turn sends at least min_streams
         for rnd in range(rounds):
-            for name in rotated(rnd, names):
-                start = time.perf_counter()
-                samples = [s for _ in range(batches) for s in await batch(name)]
-                wall = time.perf_counter() - start
-                ttfts[name].append([s.ttft for s in samples])
-                rates[name].append(sum(s.tokens for s in samples) / wall)
+            samples: dict[str, list[Sample]] = {n: [] for n in names}
+            walls = dict.fromkeys(names, 0.0)
+            # The paths take turns batch by batch, not in blocks of `batches`: a path's batches then sit
+            # between the others' and the machine's drift within a round falls on all paths alike.
+            for b in range(batches):
+                for name in rotated(rnd * batches + b, names):
+                    start = time.perf_counter()
+                    samples[name] += await batch(name)
+                    walls[name] += time.perf_counter() - start
+            for name in names:
+                ttfts[name].append([s.ttft for s in samples[name]])
+                rates[name].append(sum(s.tokens for s in samples[name]) / walls[name])
             print(f"level {level}: round {rnd + 1}/{rounds}", file=sys.stderr)
     out: dict[str, Any] = {}
     for name in names:
