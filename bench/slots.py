@@ -293,7 +293,7 @@ async def level_run(
         failed = dict.fromkeys(names, 0)  # the warm-up's failures are not counted
         ttfts: dict[str, list[list[float]]] = {n: [] for n in names}  # per round
         rates: dict[str, list[float]] = {n: [] for n in names}
-        batches = -(-max(min_streams, level) // level)  # ceil: a turn sends at least min_streams
+        batches = -(-max(min_streams, level) // level)  # ceil: each path sends at least min_streams a round
         for rnd in range(rounds):
             samples: dict[str, list[Sample]] = {n: [] for n in names}
             walls = dict.fromkeys(names, 0.0)
