@@ -185,6 +185,10 @@ class DeadlineExceeded(EnginehouseError):
 
     status = 504
 
+    @classmethod
+    def after(cls, seconds: float) -> DeadlineExceeded:
+        return cls(f"the request ran past its deadline of {seconds:g}s and was cancelled")
+
 
 class AllCandidatesFailed(EnginehouseError):
     status = 503

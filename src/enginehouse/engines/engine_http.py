@@ -243,7 +243,7 @@ class _Connection(asyncio.Protocol):
 
     def _expire(self, seconds: float) -> None:
         self._deadline = None
-        error = DeadlineExceeded(f"the request ran past its deadline of {seconds:g}s and was cancelled")
+        error = DeadlineExceeded.after(seconds)
         if self._head is not None and not self._head.done():
             self._head.set_exception(error)
         self._fail(error)

@@ -1,10 +1,12 @@
 """HTTP to engines, with the one retry that pooled keep-alive connections need.
 
 Plain ``http://`` engines (every runner this gateway starts) go through engine_http's lean client, the
-hot path; ``https://`` upstreams through aiohttp. Either way the caller gets an :class:`EngineAnswer`:
-one interface, whichever client carried it. A pooled connection can go stale (the engine closed it
-while idle, or restarted); the first write then fails before any byte reached the client. That case,
-and only that case, is retried once on a fresh connection. An engine that refuses connections or dies
+hot path; ``https://`` upstreams through aiohttp. Either way the caller gets an :class:`EngineAnswer`
+(one interface, whichever client carried it), and the request's deadline (ENGINEHOUSE_REQUEST_TIMEOUT)
+ends it with DeadlineExceeded, before the engine's headers or while its body is read. A pooled
+connection can go stale (the engine closed it while idle, or restarted); the first write then fails
+before any byte reached the client. That case, and only that case, is retried once on a fresh
+connection. An engine that refuses connections or dies
 mid-stream is reported, not retried here.
 """
 
@@ -18,7 +20,14 @@ import orjson
 
 from enginehouse import http_client
 from enginehouse.engines.engine_http import EngineHTTP, EngineResponse, Flow
-from enginehouse.errors import ContextOverflow, InvalidRequest, LoopDetected, RunnerError, UpstreamUnavailable
+from enginehouse.errors import (
+    ContextOverflow,
+    DeadlineExceeded,
+    InvalidRequest,
+    LoopDetected,
+    RunnerError,
+    UpstreamUnavailable,
+)
 
 _STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
@@ -56,10 +65,13 @@ async def pump(
 
 
 class _AiohttpAnswer:
-    """An https upstream's aiohttp response as an :class:`EngineAnswer`."""
+    """An https upstream's aiohttp response as an :class:`EngineAnswer`. Its request's deadline is
+    aiohttp's ``total`` timeout, which runs on while the body is read: a plain TimeoutError there (no
+    other timeout of ours covers the body) is the deadline, raised as on the plain path."""
 
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+    def __init__(self, resp: aiohttp.ClientResponse, deadline: float) -> None:
         self._resp = resp
+        self._deadline = deadline
         self.status = resp.status
         self.reason = resp.reason
 
@@ -67,11 +79,18 @@ class _AiohttpAnswer:
     def headers(self) -> Any:
         return self._resp.headers
 
-    def iter_any(self) -> AsyncIterator[bytes]:
-        return self._resp.content.iter_any()
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._resp.content.iter_any():
+                yield chunk
+        except TimeoutError as exc:
+            raise DeadlineExceeded.after(self._deadline) from exc
 
     async def read(self) -> bytes:
-        return await self._resp.read()
+        try:
+            return await self._resp.read()
+        except TimeoutError as exc:
+            raise DeadlineExceeded.after(self._deadline) from exc
 
     def release(self) -> None:
         self._resp.release()
@@ -90,14 +109,15 @@ class Upstream:
     def __init__(self, *, limit: int = 0, deadline: float = 0.0) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._limit = limit
-        self.deadline = deadline  # seconds a plain-HTTP engine may spend on one request (0: no limit)
+        self.deadline = deadline  # seconds an engine may spend on one request, body included (0: no limit)
         self._plain = EngineHTTP()
+        self._timeout = aiohttp.ClientTimeout(total=deadline or None, sock_connect=10)
 
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = http_client.session(
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+                timeout=self._timeout,
                 connector_args={"limit": self._limit, "keepalive_timeout": 30},
             )
         return self._session
@@ -117,12 +137,14 @@ class Upstream:
             return await self._plain.post(url, data, hdrs, self.deadline)
         for attempt in (1, 2):
             try:
-                return _AiohttpAnswer(await self.session.post(url, data=data, headers=hdrs))
+                return _AiohttpAnswer(await self.session.post(url, data=data, headers=hdrs), self.deadline)
             except _STALE as exc:
                 if attempt == 2 or isinstance(exc, aiohttp.ClientConnectorError):
                     raise UpstreamUnavailable(f"engine at {url} is unreachable: {exc}") from exc
-            except aiohttp.ClientError as exc:
+            except aiohttp.ClientError as exc:  # a connect timeout too (a ClientError and a TimeoutError)
                 raise UpstreamUnavailable(f"engine at {url} is unreachable: {exc}") from exc
+            except TimeoutError as exc:  # the deadline ran out before the engine's headers
+                raise DeadlineExceeded.after(self.deadline) from exc
         raise AssertionError("unreachable")
 
     async def post_json(
