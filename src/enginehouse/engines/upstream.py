@@ -6,8 +6,7 @@ hot path; ``https://`` upstreams through aiohttp. Either way the caller gets an 
 ends it with DeadlineExceeded, before the engine's headers or while its body is read. A pooled
 connection can go stale (the engine closed it while idle, or restarted); the first write then fails
 before any byte reached the client. That case, and only that case, is retried once on a fresh
-connection. An engine that refuses connections or dies
-mid-stream is reported, not retried here.
+connection. An engine that refuses connections or dies mid-stream is reported, not retried here.
 """
 
 from __future__ import annotations
