@@ -21,7 +21,7 @@ import pytest
 import uvloop
 
 from enginehouse.errors import RunnerError, RunnerStartFailed
-from enginehouse.process import ManagedProcess, RestartPolicy, State
+from enginehouse.process import ManagedProcess, RestartPolicy, State, autogroup_nice
 from tests.conftest import pid_alive, thread_nices
 
 pytestmark = pytest.mark.timeout(60)
@@ -429,6 +429,12 @@ def test_nice_reaches_every_thread_of_the_runner(tmp_path: Path, nice: int) -> N
             nices = thread_nices(mp.pid)
             assert nices == [min(19, own + nice)] * len(nices)
             assert os.nice(0) == own  # the gateway keeps its own
+            # Its session is scheduled as a group of its own where the kernel has autogroups: that
+            # group is lowered too, or the runner would share the CPU with the gateway as an equal.
+            ours = autogroup_nice()
+            if ours is not None:
+                assert autogroup_nice(mp.pid) == min(19, ours + nice)
+                assert autogroup_nice() == ours
         finally:
             await mp.stop()
 

@@ -110,18 +110,44 @@ def _pdeathsig_preexec(parent_pid: int) -> Callable[[], None]:
     return preexec
 
 
+def autogroup_nice(pid: int | str = "self") -> int | None:
+    """The niceness of the scheduling group of ``pid``'s session (Linux autogroup), or None without one."""
+    try:
+        with open(f"/proc/{pid}/autogroup") as fh:  # "/autogroup-42 nice 0"
+            return int(fh.read().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def child_preexec(parent_pid: int, nice: int = 0) -> Callable[[], None] | None:
     """What a child of the gateway (a runner, an RPC worker, the converter) does before exec: die with
     ``parent_pid`` (Linux; None where there is no prctl and nothing else to do) and lower its priority
-    by ``nice``. The niceness is set before exec, so every thread the child starts inherits it."""
+    by ``nice``. The niceness is set before exec, so every thread the child starts inherits it.
+
+    The child leads a session of its own (its process group is killed as one). Where the kernel
+    schedules each session as a group (autogroup, on by default in most Linux distributions), a thread's
+    niceness only weighs against threads of its own session: the gateway and a runner would share the
+    CPU as equals, whatever the runner's threads say. So the child's session is lowered by ``nice`` too,
+    relative to the gateway's (raising a niceness needs no privilege)."""
     pdeathsig = _pdeathsig_preexec(parent_pid) if _prctl is not None else None
     if nice <= 0:
         return pdeathsig
+    ours = autogroup_nice()  # read here, in the gateway: the child's new session starts at 0
+    group = None if ours is None else str(min(19, ours + nice)).encode()
 
     def preexec() -> None:
         if pdeathsig is not None:
             pdeathsig()
         os.nice(nice)
+        if group is not None and os.getsid(0) == os.getpid():  # a session leader: the group is its own
+            try:
+                fd = os.open("/proc/self/autogroup", os.O_WRONLY)
+                try:
+                    os.write(fd, group)
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass  # a kernel that refuses: thread niceness still orders the runner's own threads
 
     return preexec
 

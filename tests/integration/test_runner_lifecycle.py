@@ -16,7 +16,7 @@ import pytest
 from enginehouse.config import Config
 from enginehouse.engines import llama_install
 from enginehouse.engines.llama_server import LlamaServerEngine, LlamaServerSettings
-from enginehouse.process import State
+from enginehouse.process import State, autogroup_nice
 from enginehouse.server.runtime import BackgroundServer
 from tests.conftest import MODEL, free_port, pid_alive, serve_subprocess, thread_nices, wait_http
 
@@ -152,10 +152,14 @@ def test_shared_pool_slots_all_start_at_once(
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads niceness from /proc")
 def test_runner_threads_run_below_the_gateway(server: BackgroundServer) -> None:
     """With the default ENGINEHOUSE_RUNNER_NICE every thread of the real runner, the compute threads it
-    starts after loading included, runs 5 below the gateway, which keeps its own priority."""
+    starts after loading included, runs 5 below the gateway, which keeps its own priority; so does the
+    runner's session where the kernel schedules sessions as groups (autogroup)."""
     ollama.Client(host=server.base_url).generate(model=MODEL, prompt="Hi", options={"num_predict": 1})
     models = httpx.get(f"{server.base_url}/api/ps", timeout=10).json()["models"]
     pid = next(m["pid"] for m in models if m["name"] == MODEL)
     nices = thread_nices(pid)
     assert len(nices) > 2  # HTTP threads and the compute pool
     assert set(nices) == {min(19, os.nice(0) + 5)}
+    ours = autogroup_nice()  # the runner's session, a scheduling group of its own, is lowered as well
+    if ours is not None:
+        assert autogroup_nice(pid) == min(19, ours + 5)
