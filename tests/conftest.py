@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +23,12 @@ from enginehouse.server.runtime import BackgroundServer
 from enginehouse.store import bundled_minilm_dir, bundled_model_file
 
 MODEL = "smollm2:135m"
+
+# A shell starts a background job (`scripts/test &` without job control) with SIGINT ignored, and the
+# children inherit that: the tests that press Ctrl-C would then see nothing happen. Restore Python's
+# own handler, which children see as the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def free_port() -> int:
